@@ -1,0 +1,40 @@
+/**
+ * Entry keys: primary key (URL) and Vary variant joined so that
+ * - every variant of a URL shares the prefix `url + SEPARATOR` (purge by URL is a prefix match),
+ * - a prefix of a URL is a prefix of its entry keys (purge by prefix is a range scan),
+ * - any bytes are allowed in the URL: NUL and \u0001 in it are escaped so they cannot fake the separator.
+ */
+const SEPARATOR = '\u0000';
+const ESCAPE = '\u0001';
+
+function escapeUrl(url: string): string {
+  if (url.indexOf(SEPARATOR) === -1 && url.indexOf(ESCAPE) === -1) return url;
+  return url.replace(/[\u0000\u0001]/g, (c) => (c === ESCAPE ? '\u0001\u0002' : '\u0001\u0001'));
+}
+
+function unescapeUrl(escaped: string): string {
+  if (escaped.indexOf(ESCAPE) === -1) return escaped;
+  return escaped.replace(/\u0001([\u0001\u0002])/g, (_m, c: string) => (c === '\u0002' ? ESCAPE : SEPARATOR));
+}
+
+/** The store key for one variant of one URL. `variant` is '' when the response has no Vary. */
+export function entryKey(url: string, variant: string): string {
+  return escapeUrl(url) + SEPARATOR + variant;
+}
+
+/** Every entry key of `url` (all variants) starts with this. */
+export function urlKeyPrefix(url: string): string {
+  return escapeUrl(url) + SEPARATOR;
+}
+
+/** Every entry key whose URL starts with `prefix` starts with this. */
+export function primaryKeyPrefix(prefix: string): string {
+  return escapeUrl(prefix);
+}
+
+/** Splits an entry key back into URL and variant. */
+export function splitEntryKey(key: string): { url: string; variant: string } {
+  const at = key.indexOf(SEPARATOR);
+  if (at === -1) return { url: unescapeUrl(key), variant: '' };
+  return { url: unescapeUrl(key.slice(0, at)), variant: key.slice(at + 1) };
+}
