@@ -1,0 +1,330 @@
+/**
+ * One configuration schema for every role: defaults in one place; each option settable from the
+ * config file (camelCase field), an OUTPOST_* environment variable and a --kebab-case flag
+ * (file < environment < flags). Validated once at start-up with the failing field named, then frozen.
+ */
+import { readFileSync } from 'node:fs';
+
+export type Role = 'edge' | 'shield';
+
+type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'listen' | 'enum' | 'routes';
+
+interface OptionSpec {
+  kind: Kind;
+  /** Default value; a function picks it per role. */
+  default: unknown | ((role: Role) => unknown);
+  help: string;
+  /** Roles that accept the option (default: both). */
+  roles?: readonly Role[];
+  /** For enum options. */
+  choices?: readonly string[];
+  min?: number;
+  max?: number;
+  /** Flag name if it differs from the kebab-case field (e.g. --upstream for upstreams). */
+  flag?: string;
+}
+
+const ms = (help: string, value: number, min = 1): OptionSpec => ({ kind: 'int', default: value, help, min });
+
+/** The schema: every option Outpost reads. README's configuration table is this list. */
+export const OPTIONS = {
+  listen: { kind: 'listen', default: (r: Role) => (r === 'edge' ? '127.0.0.1:8080' : '127.0.0.1:9000'), help: 'address:port to accept HTTP on' },
+  upstreams: { kind: 'url-list', default: [], flag: 'upstream', roles: ['edge'], help: 'shield or origin URL; repeat for a consistent-hash ring of shields' },
+  origins: { kind: 'url-list', default: [], flag: 'origin', roles: ['shield'], help: 'origin URL; repeat for a load-balanced pool' },
+  balance: { kind: 'enum', default: 'round-robin', choices: ['round-robin', 'least-request', 'consistent-hash'], roles: ['shield'], help: 'origin load-balancing algorithm' },
+  routes: { kind: 'routes', default: [], roles: ['shield'], help: 'config file only: [{ "host": "a.example", "pathPrefix": "/api", "origins": ["http://…"] }] routes to other pools' },
+  dataDir: { kind: 'string', default: (r: Role) => `./data/${r}`, help: 'folder for the disk cache (LevelDB); one per process' },
+  memorySize: { kind: 'bytes', default: 256 * 1024 ** 2, min: 1024 * 1024, help: 'memory tier budget (e.g. 256MB)' },
+  diskSize: { kind: 'bytes', default: 10 * 1024 ** 3, min: 1024 * 1024, help: 'disk tier budget (e.g. 10GB)' },
+  memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
+  nodeName: { kind: 'string', default: (r: Role) => `outpost-${r}`, help: 'name in Via and Cache-Status' },
+  logLevel: { kind: 'enum', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level' },
+  accessLog: { kind: 'bool', default: true, help: 'one JSON line per request' },
+  sortQuery: { kind: 'bool', default: false, help: 'sort query parameters in the cache key' },
+  dropQueryParams: { kind: 'string-list', default: [], help: 'query parameters left out of the cache key (comma-separated)' },
+  heuristicFraction: { kind: 'number', default: 0.1, min: 0, max: 1, help: 'heuristic freshness as a share of (Date − Last-Modified)' },
+  heuristicMaxSec: { kind: 'int', default: 86_400, min: 0, help: 'cap on heuristic freshness' },
+  defaultTtlSec: { kind: 'int', default: 0, min: 0, help: 'freshness for cacheable responses with no freshness information' },
+  defaultGraceSec: { kind: 'int', default: 0, min: 0, help: 'stale-while-revalidate window when the origin sends none' },
+  defaultStaleIfErrorSec: { kind: 'int', default: 0, min: 0, help: 'stale-if-error window when the origin sends none' },
+  keepSec: { kind: 'int', default: 3600, min: 0, help: 'keep stale entries with validators this long for conditional revalidation' },
+  lockWaitMs: ms('longest a collapsed request waits for the leader before fetching on its own', 10_000),
+  hitForMissSec: { kind: 'int', default: 30, min: 0, help: 'how long an uncacheable key skips request collapsing' },
+  maxVariantsPerUrl: { kind: 'int', default: 32, min: 1, help: 'cap on Vary variants stored per URL' },
+  cacheSetCookiePaths: { kind: 'string-list', default: [], help: 'path prefixes whose Set-Cookie responses may be stored (the cookie is never served from cache)' },
+  trustForwardedFrom: { kind: 'string-list', default: [], help: 'peer addresses/CIDRs whose X-Forwarded-* headers are trusted' },
+  cacheStatusKey: { kind: 'bool', default: false, help: 'debug: add key= to Cache-Status' },
+  upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
+  connectTimeoutMs: ms('upstream connect timeout', 5_000),
+  firstByteTimeoutMs: ms('time to upstream response headers', 30_000),
+  idleBodyTimeoutMs: ms('longest pause between upstream body bytes', 30_000),
+  shutdownTimeoutMs: ms('on SIGTERM, longest wait for requests in flight', 10_000),
+  maxRequestsPerOrigin: { kind: 'int', default: 1024, min: 1, roles: ['shield'], help: 'circuit breaker: concurrent requests per origin' },
+  maxAttempts: { kind: 'int', default: 2, min: 1, max: 10, roles: ['shield'], help: 'tries per idempotent request across origins' },
+  retryBudgetPercent: { kind: 'number', default: 20, min: 0, max: 100, roles: ['shield'], help: 'retries in flight as a share of requests in flight' },
+  healthCheckPath: { kind: 'string', default: '', roles: ['shield'], help: 'active health-check path (empty: off)' },
+  healthCheckIntervalMs: { kind: 'int', default: 5_000, min: 10, roles: ['shield'], help: 'between health probes' },
+  healthCheckTimeoutMs: { kind: 'int', default: 2_000, min: 1, roles: ['shield'], help: 'health probe timeout' },
+  healthyThreshold: { kind: 'int', default: 2, min: 1, roles: ['shield'], help: 'consecutive passing probes to mark healthy' },
+  unhealthyThreshold: { kind: 'int', default: 3, min: 1, roles: ['shield'], help: 'consecutive failing probes to mark unhealthy' },
+  outlierConsecutive5xx: { kind: 'int', default: 5, min: 1, roles: ['shield'], help: 'consecutive 5xx responses that eject an origin' },
+  outlierConsecutiveConnectFailures: { kind: 'int', default: 3, min: 1, roles: ['shield'], help: 'consecutive connect failures that eject an origin' },
+  outlierBaseEjectionMs: { kind: 'int', default: 30_000, min: 1, roles: ['shield'], help: 'ejection time, multiplied by the number of ejections' },
+  outlierMaxEjectionPercent: { kind: 'number', default: 50, min: 0, max: 100, roles: ['shield'], help: 'never eject more than this share of a pool' },
+} satisfies Record<string, OptionSpec>;
+
+export type OptionName = keyof typeof OPTIONS;
+
+export interface Route {
+  host?: string;
+  pathPrefix?: string;
+  origins: string[];
+}
+
+export interface Config {
+  role: Role;
+  listen: { host: string; port: number };
+  upstreams: string[];
+  origins: string[];
+  balance: 'round-robin' | 'least-request' | 'consistent-hash';
+  routes: Route[];
+  dataDir: string;
+  memorySize: number;
+  diskSize: number;
+  memoryMaxObjectSize: number;
+  nodeName: string;
+  logLevel: string;
+  accessLog: boolean;
+  sortQuery: boolean;
+  dropQueryParams: string[];
+  heuristicFraction: number;
+  heuristicMaxSec: number;
+  defaultTtlSec: number;
+  defaultGraceSec: number;
+  defaultStaleIfErrorSec: number;
+  keepSec: number;
+  lockWaitMs: number;
+  hitForMissSec: number;
+  maxVariantsPerUrl: number;
+  cacheSetCookiePaths: string[];
+  trustForwardedFrom: string[];
+  cacheStatusKey: boolean;
+  upstreamConnections: number;
+  connectTimeoutMs: number;
+  firstByteTimeoutMs: number;
+  idleBodyTimeoutMs: number;
+  shutdownTimeoutMs: number;
+  maxRequestsPerOrigin: number;
+  maxAttempts: number;
+  retryBudgetPercent: number;
+  healthCheckPath: string;
+  healthCheckIntervalMs: number;
+  healthCheckTimeoutMs: number;
+  healthyThreshold: number;
+  unhealthyThreshold: number;
+  outlierConsecutive5xx: number;
+  outlierConsecutiveConnectFailures: number;
+  outlierBaseEjectionMs: number;
+  outlierMaxEjectionPercent: number;
+}
+
+/** A configuration error names the field and where it came from. */
+export class ConfigError extends Error {
+  readonly code = 'CONFIG_INVALID';
+  constructor(
+    readonly field: string,
+    readonly source: string,
+    message: string,
+  ) {
+    super(`invalid ${field} (${source}): ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export function kebab(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}
+
+export function envName(name: string): string {
+  return `OUTPOST_${kebab(name).replace(/-/g, '_').toUpperCase()}`;
+}
+
+export function flagName(name: OptionName): string {
+  const spec: OptionSpec = OPTIONS[name];
+  return spec.flag ?? kebab(name);
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, kb: 1024, k: 1024, mb: 1024 ** 2, m: 1024 ** 2, gb: 1024 ** 3, g: 1024 ** 3, tb: 1024 ** 4, t: 1024 ** 4, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4 };
+
+export function parseBytes(text: string): number | undefined {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  if (!match) return undefined;
+  const unit = UNITS[match[2]!.toLowerCase()];
+  if (unit === undefined) return undefined;
+  return Math.floor(Number(match[1]) * unit);
+}
+
+/** Converts one raw value (string from env/flags, or JSON from the file) to the option's type. */
+function convert(name: OptionName, raw: unknown, source: string): unknown {
+  const spec: OptionSpec = OPTIONS[name];
+  const fail = (message: string): never => {
+    throw new ConfigError(name, source, message);
+  };
+  const range = (n: number): number => {
+    if (spec.min !== undefined && n < spec.min) fail(`must be at least ${spec.min}, got ${n}`);
+    if (spec.max !== undefined && n > spec.max) fail(`must be at most ${spec.max}, got ${n}`);
+    return n;
+  };
+  switch (spec.kind) {
+    case 'string':
+      if (typeof raw !== 'string') fail('must be a string');
+      return raw;
+    case 'int':
+    case 'number': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : Number.NaN;
+      if (!Number.isFinite(n)) fail(`must be a number, got ${JSON.stringify(raw)}`);
+      if (spec.kind === 'int' && !Number.isInteger(n)) fail(`must be a whole number, got ${JSON.stringify(raw)}`);
+      return range(n);
+    }
+    case 'bool':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === '1' || raw === 'yes') return true;
+      if (raw === 'false' || raw === '0' || raw === 'no') return false;
+      return fail(`must be true or false, got ${JSON.stringify(raw)}`);
+    case 'bytes': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' ? parseBytes(raw) : undefined;
+      if (n === undefined || !Number.isFinite(n)) return fail(`must be a size such as 256MB, got ${JSON.stringify(raw)}`);
+      return range(n);
+    }
+    case 'enum':
+      if (typeof raw !== 'string' || !spec.choices!.includes(raw)) fail(`must be one of ${spec.choices!.join(', ')}, got ${JSON.stringify(raw)}`);
+      return raw;
+    case 'listen': {
+      if (typeof raw !== 'string') return fail('must be host:port');
+      const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(raw) ?? /^()()(\d{1,5})$/.exec(raw);
+      const port = match ? Number(match[3]) : Number.NaN;
+      if (!match || port > 65535) return fail(`must be host:port (port 0-65535), got ${JSON.stringify(raw)}`);
+      return { host: match[1] || match[2] || '127.0.0.1', port };
+    }
+    case 'string-list': {
+      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list');
+      if (!list.every((item) => typeof item === 'string')) fail('must be a list of strings');
+      return list;
+    }
+    case 'url-list': {
+      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of URLs');
+      return list.map((item) => checkUrl(item, name, source));
+    }
+    case 'routes':
+      return parseRoutes(raw, source);
+  }
+}
+
+function checkUrl(item: unknown, field: string, source: string): string {
+  if (typeof item !== 'string') throw new ConfigError(field, source, 'must be a list of URLs');
+  let url: URL;
+  try {
+    url = new URL(item);
+  } catch {
+    throw new ConfigError(field, source, `not a URL: ${JSON.stringify(item)}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(field, source, `must be http:// or https://, got ${JSON.stringify(item)}`);
+  if (url.pathname !== '/' || url.search !== '') throw new ConfigError(field, source, `must have no path or query, got ${JSON.stringify(item)}`);
+  return url.origin;
+}
+
+function parseRoutes(raw: unknown, source: string): Route[] {
+  if (!Array.isArray(raw)) throw new ConfigError('routes', source, 'must be a list');
+  return raw.map((route, i) => {
+    const field = `routes[${i}]`;
+    if (typeof route !== 'object' || route === null) throw new ConfigError(field, source, 'must be an object');
+    const r = route as Record<string, unknown>;
+    for (const key of Object.keys(r)) if (!['host', 'pathPrefix', 'origins'].includes(key)) throw new ConfigError(`${field}.${key}`, source, 'unknown field');
+    if (r.host !== undefined && typeof r.host !== 'string') throw new ConfigError(`${field}.host`, source, 'must be a string');
+    if (r.pathPrefix !== undefined && (typeof r.pathPrefix !== 'string' || !r.pathPrefix.startsWith('/'))) {
+      throw new ConfigError(`${field}.pathPrefix`, source, 'must be a string starting with /');
+    }
+    if (!Array.isArray(r.origins) || r.origins.length === 0) throw new ConfigError(`${field}.origins`, source, 'must be a non-empty list of URLs');
+    return {
+      ...(r.host !== undefined ? { host: (r.host as string).toLowerCase() } : {}),
+      ...(r.pathPrefix !== undefined ? { pathPrefix: r.pathPrefix as string } : {}),
+      origins: r.origins.map((o) => checkUrl(o, `${field}.origins`, source)),
+    };
+  });
+}
+
+export interface ConfigSources {
+  /** Parsed flags: option name → raw values in the order given. */
+  flags?: Partial<Record<OptionName, string[]>>;
+  env?: Record<string, string | undefined>;
+  /** Path of a JSON config file. */
+  file?: string;
+  /** Already-parsed file contents (tests, embedding). */
+  fileContents?: Record<string, unknown>;
+}
+
+/** Builds a frozen, validated Config for `role`. Throws ConfigError naming the bad field. */
+export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Config> {
+  const values: Record<string, unknown> = { role };
+  for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
+    values[name] = typeof spec.default === 'function' ? (spec.default as (r: Role) => unknown)(role) : spec.default;
+    if (spec.kind === 'listen') values[name] = convert(name, values[name], 'default');
+  }
+  const accepts = (name: OptionName): boolean => {
+    const roles = (OPTIONS[name] as OptionSpec).roles;
+    return roles === undefined || roles.includes(role);
+  };
+
+  let file = sources.fileContents;
+  const fileSource = sources.file ? `config file ${sources.file}` : 'config';
+  if (sources.file) file = readConfigFile(sources.file);
+  if (file) {
+    for (const [key, raw] of Object.entries(file)) {
+      if (!(key in OPTIONS)) throw new ConfigError(key, fileSource, 'unknown field');
+      if (!accepts(key as OptionName)) throw new ConfigError(key, fileSource, `not an option of the ${role}`);
+      values[key] = convert(key as OptionName, raw, fileSource);
+    }
+  }
+  const env = sources.env ?? {};
+  for (const name of Object.keys(OPTIONS) as OptionName[]) {
+    const raw = env[envName(name)];
+    if (raw === undefined || raw === '' || !accepts(name)) continue;
+    values[name] = convert(name, raw, `environment ${envName(name)}`);
+  }
+  for (const [name, raws] of Object.entries(sources.flags ?? {}) as [OptionName, string[]][]) {
+    if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
+    const spec: OptionSpec = OPTIONS[name];
+    const list = spec.kind === 'url-list' || spec.kind === 'string-list';
+    values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`);
+  }
+  return Object.freeze(values as unknown as Config);
+}
+
+function readConfigFile(path: string): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError('config', path, `cannot read: ${(error as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError('config', path, `not valid JSON: ${(error as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError('config', path, 'must be a JSON object');
+  return parsed as Record<string, unknown>;
+}
+
+/** Option names for a role, for --help and the README table. */
+export function optionsFor(role: Role): OptionName[] {
+  return (Object.keys(OPTIONS) as OptionName[]).filter((name) => {
+    const roles = (OPTIONS[name] as OptionSpec).roles;
+    return roles === undefined || roles.includes(role);
+  });
+}
+
+export function optionSpec(name: OptionName): Readonly<OptionSpec> {
+  return OPTIONS[name];
+}

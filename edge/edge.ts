@@ -1,0 +1,44 @@
+/**
+ * The edge (PoP) entry point: the cache pipeline in front of the shield tier. With several
+ * upstreams, cache keys are hashed onto a ring of shields. TLS, PROXY protocol, WAF and rate
+ * limits plug in here as listeners and request filters (DESIGN.md phases accept, identify,
+ * requestFilter).
+ */
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import { HttpUpstream } from '../pipeline/http-upstream.js';
+import { createLogger } from '../pipeline/logger.js';
+import { startNode, type RunningNode } from '../pipeline/node-server.js';
+import type { Upstream } from '../pipeline/upstream.js';
+import type { CacheStore } from '../storage/cache-store.js';
+import { openStore } from '../storage/open-store.js';
+import { ShieldRing } from '../origin-shield/shield-ring.js';
+
+export interface StartOptions {
+  logger?: Logger;
+  /** A store to use instead of the configured tiered store (tests, embedding). */
+  store?: CacheStore;
+}
+
+export function upstreamTimeouts(config: Readonly<Config>) {
+  return {
+    connections: config.upstreamConnections,
+    connectTimeoutMs: config.connectTimeoutMs,
+    headersTimeoutMs: config.firstByteTimeoutMs,
+    bodyTimeoutMs: config.idleBodyTimeoutMs,
+  };
+}
+
+export function edgeUpstream(config: Readonly<Config>): Upstream {
+  if (config.upstreams.length === 0) throw new Error('the edge needs at least one --upstream');
+  const members = config.upstreams.map((url) => new HttpUpstream({ url, ...upstreamTimeouts(config) }));
+  if (members.length === 1) return members[0]!;
+  return new ShieldRing({ shields: members });
+}
+
+export async function startEdge(config: Readonly<Config>, options: StartOptions = {}): Promise<RunningNode> {
+  const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
+  const store = options.store ?? (await openStore(config));
+  const upstream = edgeUpstream(config);
+  return startNode({ config, upstream, store, logger });
+}

@@ -1,0 +1,97 @@
+/**
+ * Cache-Control parsing (RFC 9111 §5.2) for requests and responses, and the targeted fields
+ * CDN-Cache-Control (RFC 9213) and Surrogate-Control that override it for this cache.
+ *
+ * Directive names are case-insensitive; arguments may be tokens or quoted strings (§5.2:
+ * recipients accept both forms). A directive that appears twice with different arguments is
+ * recorded in `conflicting` so freshness can treat the response as stale (§4.2.1).
+ */
+
+export interface Directives {
+  /** Directive name (lower case) → argument, or true when it has none. First occurrence wins. */
+  readonly values: ReadonlyMap<string, string | true>;
+  /** Names seen more than once with different arguments. */
+  readonly conflicting: ReadonlySet<string>;
+}
+
+export const NO_DIRECTIVES: Directives = Object.freeze({ values: new Map(), conflicting: new Set<string>() });
+
+/** Parses one or more Cache-Control field lines (multiple lines are a comma-joined list). */
+export function parseCacheControl(field: string | string[] | undefined): Directives {
+  if (field === undefined) return NO_DIRECTIVES;
+  const text = Array.isArray(field) ? field.join(',') : field;
+  if (text.length === 0) return NO_DIRECTIVES;
+  const values = new Map<string, string | true>();
+  const conflicting = new Set<string>();
+  for (const part of splitList(text)) {
+    const eq = part.indexOf('=');
+    const name = (eq === -1 ? part : part.slice(0, eq)).trim().toLowerCase();
+    if (name.length === 0) continue;
+    let argument: string | true = true;
+    if (eq !== -1) {
+      argument = part.slice(eq + 1).trim();
+      if (argument.length >= 2 && argument.startsWith('"') && argument.endsWith('"')) {
+        argument = argument.slice(1, -1).replace(/\\(.)/g, '$1');
+      }
+    }
+    const previous = values.get(name);
+    if (previous === undefined) values.set(name, argument);
+    else if (previous !== argument) conflicting.add(name);
+  }
+  return { values, conflicting };
+}
+
+/** Splits on commas outside quoted strings. */
+function splitList(text: string): string[] {
+  if (text.indexOf('"') === -1) return text.split(',');
+  const parts: string[] = [];
+  let start = 0;
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x5c /* \ */ && quoted) i++;
+    else if (c === 0x22 /* " */) quoted = !quoted;
+    else if (c === 0x2c /* , */ && !quoted) {
+      parts.push(text.slice(start, i));
+      start = i + 1;
+    }
+  }
+  parts.push(text.slice(start));
+  return parts;
+}
+
+export function has(directives: Directives, name: string): boolean {
+  return directives.values.has(name);
+}
+
+/**
+ * A delta-seconds argument (§1.2.2): digits only. Returns undefined when absent, NaN when the
+ * argument is invalid (callers treat invalid freshness as stale), and clamps very large values
+ * to 2^31 as the RFC asks.
+ */
+export function deltaSeconds(directives: Directives, name: string): number | undefined {
+  const argument = directives.values.get(name);
+  if (argument === undefined) return undefined;
+  if (argument === true || !/^\d+$/.test(argument)) return Number.NaN;
+  const value = Number(argument);
+  return value > 2147483648 ? 2147483648 : value;
+}
+
+/**
+ * Which field governs caching for this cache: CDN-Cache-Control (RFC 9213 §2.1) when present and
+ * valid, then Surrogate-Control, else Cache-Control. A targeted field replaces Cache-Control and
+ * Expires entirely for this cache (RFC 9213 §2.2).
+ */
+export function governingDirectives(headers: Record<string, string | string[] | undefined>): {
+  directives: Directives;
+  targeted: boolean;
+} {
+  for (const name of ['cdn-cache-control', 'surrogate-control']) {
+    const field = headers[name];
+    if (field === undefined) continue;
+    const directives = parseCacheControl(field);
+    // An invalid targeted field (nothing parseable) is ignored (RFC 9213 §2.1).
+    if (directives.values.size > 0) return { directives, targeted: true };
+  }
+  return { directives: parseCacheControl(headers['cache-control']), targeted: false };
+}

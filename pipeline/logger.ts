@@ -1,0 +1,20 @@
+/** pino logger: JSON lines to stdout through an asynchronous destination so logging stays off the hot path. */
+import { pino, type Logger } from 'pino';
+
+export function createLogger(level: string, name: string): Logger {
+  const destination = pino.destination({ dest: 1, sync: false, minLength: 4096 });
+  const logger = pino({ level, name, base: { pid: process.pid } }, destination);
+  // Flush buffered lines on exit so the last requests are not lost.
+  process.once('exit', () => {
+    try {
+      destination.flushSync();
+    } catch {
+      // not opened yet: nothing buffered
+    }
+  });
+  return logger;
+}
+
+export function silentLogger(): Logger {
+  return pino({ level: 'silent' });
+}

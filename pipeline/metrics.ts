@@ -1,0 +1,41 @@
+/**
+ * Counters for the cache pipeline, rendered in the Prometheus text format. Labels are the same
+ * small enums that appear in Cache-Status and logs.
+ */
+
+export class Metrics {
+  private readonly counters = new Map<string, { help: string; values: Map<string, number> }>();
+
+  constructor(private readonly prefix = 'outpost') {}
+
+  /** Adds `by` to counter `name` with the given label set. */
+  inc(name: string, help: string, labels: Record<string, string> = {}, by = 1): void {
+    let counter = this.counters.get(name);
+    if (!counter) this.counters.set(name, (counter = { help, values: new Map() }));
+    const key = labelText(labels);
+    counter.values.set(key, (counter.values.get(key) ?? 0) + by);
+  }
+
+  get(name: string, labels: Record<string, string> = {}): number {
+    return this.counters.get(name)?.values.get(labelText(labels)) ?? 0;
+  }
+
+  /** Prometheus exposition text; `gauges` adds point-in-time values (store size, in-flight fetches). */
+  render(gauges: Record<string, { help: string; value: number }> = {}): string {
+    let out = '';
+    for (const [name, counter] of this.counters) {
+      out += `# HELP ${this.prefix}_${name} ${counter.help}\n# TYPE ${this.prefix}_${name} counter\n`;
+      for (const [labels, value] of counter.values) out += `${this.prefix}_${name}${labels} ${value}\n`;
+    }
+    for (const [name, gauge] of Object.entries(gauges)) {
+      out += `# HELP ${this.prefix}_${name} ${gauge.help}\n# TYPE ${this.prefix}_${name} gauge\n${this.prefix}_${name} ${gauge.value}\n`;
+    }
+    return out;
+  }
+}
+
+function labelText(labels: Record<string, string>): string {
+  const entries = Object.entries(labels);
+  if (entries.length === 0) return '';
+  return `{${entries.map(([k, v]) => `${k}="${v.replace(/["\\\n]/g, (c) => (c === '\n' ? '\\n' : `\\${c}`))}"`).join(',')}}`;
+}

@@ -1,0 +1,111 @@
+/**
+ * Runs a cache pipeline behind a node:http server (DESIGN.md phase "accept"): the part the edge
+ * and the shield share. Malformed requests get a 4xx and the node keeps serving; SIGTERM-style
+ * shutdown stops accepting, finishes requests in flight, then closes the upstream and the store.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import type { CacheStore } from '../storage/cache-store.js';
+import { CachePipeline, type PipelineSettings, type RequestFilter } from './cache-pipeline.js';
+import { Metrics } from './metrics.js';
+import type { Upstream } from './upstream.js';
+
+export interface RunningNode {
+  readonly server: Server;
+  readonly pipeline: CachePipeline;
+  readonly store: CacheStore;
+  readonly metrics: Metrics;
+  /** http://host:port the node listens on. */
+  readonly url: string;
+  /** Stops accepting, finishes requests in flight (up to shutdownTimeoutMs), closes upstream and store. */
+  close(): Promise<void>;
+}
+
+export interface NodeOptions {
+  config: Readonly<Config>;
+  upstream: Upstream;
+  store: CacheStore;
+  logger: Logger;
+  filters?: RequestFilter[];
+}
+
+export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
+  return {
+    role: config.role,
+    nodeName: config.nodeName,
+    key: { sortQuery: config.sortQuery, dropQueryParams: config.dropQueryParams },
+    freshness: {
+      heuristicFraction: config.heuristicFraction,
+      heuristicMaxSec: config.heuristicMaxSec,
+      defaultTtlSec: config.defaultTtlSec,
+      defaultGraceSec: config.defaultGraceSec,
+      defaultStaleIfErrorSec: config.defaultStaleIfErrorSec,
+      keepSec: config.keepSec,
+    },
+    lockWaitMs: config.lockWaitMs,
+    hitForMissSec: config.hitForMissSec,
+    maxVariantsPerUrl: config.maxVariantsPerUrl,
+    cacheSetCookiePaths: config.cacheSetCookiePaths,
+    trustForwardedFrom: config.trustForwardedFrom,
+    cacheStatusKey: config.cacheStatusKey,
+    accessLog: config.accessLog,
+  };
+}
+
+export async function startNode(options: NodeOptions): Promise<RunningNode> {
+  const { config, upstream, store, logger } = options;
+  const metrics = new Metrics();
+  const pipeline = new CachePipeline({ settings: pipelineSettings(config), store, upstream, logger, metrics, filters: options.filters ?? [] });
+  const server = createServer(
+    {
+      keepAliveTimeout: 5_000,
+      headersTimeout: 20_000,
+      requestTimeout: 120_000,
+      maxHeaderSize: 16 * 1024,
+    },
+    pipeline.handle,
+  );
+  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
+    metrics.inc('client_errors_total', 'malformed requests answered with a 4xx', { code: error.code ?? 'unknown' });
+    if (!socket.writable || (error as { bytesParsed?: number }).bytesParsed === undefined) {
+      socket.destroy();
+      return;
+    }
+    const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+    const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+    const body = `${status}: ${tooLarge ? 'request headers exceed 16 KiB' : 'malformed request'}\n`;
+    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.listen.port, config.listen.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    pipeline,
+    store,
+    metrics,
+    url: `http://${host}:${address.port}`,
+    close: () => (closing ??= shutdown(server, pipeline, upstream, store, config.shutdownTimeoutMs)),
+  };
+}
+
+async function shutdown(server: Server, pipeline: CachePipeline, upstream: Upstream, store: CacheStore, timeoutMs: number): Promise<void> {
+  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+  server.closeIdleConnections();
+  const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
+  timer.unref();
+  await closed;
+  clearTimeout(timer);
+  await pipeline.drain();
+  await upstream.close();
+  await store.close();
+}

@@ -1,0 +1,228 @@
+/**
+ * Whether an upstream response may be stored, and its time model, decided once when it arrives
+ * (RFC 9111 §3, §4.2) so a hit only compares numbers.
+ *
+ * Storability starts from http-cache-semantics' `storable()` (method, status, no-store, private,
+ * Authorization, explicit freshness or cacheable-by-default status; shared-cache mode) and adds
+ * what a CDN needs: targeted fields (RFC 9213), Set-Cookie, Vary: *, 1xx. Freshness is computed
+ * here rather than by the library because it must honour targeted fields, conflicting
+ * directives, operator defaults and precise §4.2.3 age arithmetic.
+ */
+import CachePolicy from 'http-cache-semantics';
+import { deltaSeconds, governingDirectives, has, type Directives } from './cache-control.js';
+import type { HeaderMap } from './upstream.js';
+
+/** Why a response was not stored; the string appears in Cache-Status `detail`, logs and metrics. */
+export type NotStoredReason =
+  | 'method'
+  | 'status'
+  | 'request-no-store'
+  | 'no-store'
+  | 'private'
+  | 'authorization'
+  | 'set-cookie'
+  | 'vary-star'
+  | 'no-freshness'
+  | 'too-large'
+  | 'incomplete'
+  | 'stale-on-arrival';
+
+export interface FreshnessConfig {
+  /** Share of (Date − Last-Modified) used as heuristic freshness (§4.2.2). */
+  heuristicFraction: number;
+  /** Cap on heuristic freshness. */
+  heuristicMaxSec: number;
+  /** Freshness for responses with no explicit freshness and no heuristic basis (like proxy_cache_valid); 0 = none. */
+  defaultTtlSec: number;
+  /** stale-while-revalidate window for responses that send none. */
+  defaultGraceSec: number;
+  /** stale-if-error window for responses that send none. */
+  defaultStaleIfErrorSec: number;
+  /** How long a stale entry with validators is kept for conditional revalidation. */
+  keepSec: number;
+}
+
+export interface ResponseTimes {
+  /** When the upstream request was sent (ms). */
+  requestTime: number;
+  /** When the response headers arrived (ms). */
+  responseTime: number;
+}
+
+/** The time model and flags of a stored response (all instants are ms since the epoch). */
+export interface Freshness {
+  /** Freshness lifetime in seconds (§4.2.1). */
+  lifetimeSec: number;
+  /** corrected_initial_age (§4.2.3), seconds. */
+  initialAgeSec: number;
+  staleAt: number;
+  /** stale-while-revalidate window end. */
+  swrUntil: number;
+  /** stale-if-error window end. */
+  sieUntil: number;
+  graceUntil: number;
+  deleteAt: number;
+  /** must-revalidate, proxy-revalidate or s-maxage: never served stale (§4.2.4, §5.2.2.2, §5.2.2.8, §5.2.2.10). */
+  noStale: boolean;
+}
+
+const HEURISTIC_STATUSES = new Set([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]);
+
+export interface StorabilityInput {
+  method: string;
+  requestHeaders: Record<string, string | string[] | undefined>;
+  status: number;
+  responseHeaders: HeaderMap;
+  /** Operator opted in to storing responses with Set-Cookie for this path. */
+  allowSetCookie: boolean;
+}
+
+/** Returns undefined when the response may be stored, else why not (§3). */
+export function notStorableReason(input: StorabilityInput): NotStoredReason | undefined {
+  const { method, status, responseHeaders } = input;
+  if (method !== 'GET' && method !== 'HEAD') return 'method';
+  if (status < 200) return 'status';
+  const requestDirectives = governingRequestDirectives(input.requestHeaders);
+  if (has(requestDirectives, 'no-store')) return 'request-no-store';
+  const { directives } = governingDirectives(responseHeaders);
+  if (has(directives, 'no-store')) return 'no-store';
+  if (has(directives, 'private')) return 'private';
+  const vary = headerText(responseHeaders['vary']);
+  if (vary !== undefined && vary.split(',').some((v) => v.trim() === '*')) return 'vary-star';
+  if (responseHeaders['set-cookie'] !== undefined && !input.allowSetCookie) return 'set-cookie';
+  const policy = new CachePolicy(
+    { method, url: '/', headers: flatten(input.requestHeaders) },
+    { status, headers: { ...flatten(responseHeaders), 'cache-control': formatDirectives(directives) } },
+    { shared: true },
+  );
+  if (policy.storable()) return undefined;
+  if (input.requestHeaders['authorization'] !== undefined && !allowsAuthorized(directives)) return 'authorization';
+  if (!HEURISTIC_STATUSES.has(status) && !hasExplicitFreshness(directives, responseHeaders)) return 'status';
+  return 'no-freshness';
+}
+
+/** §3.5: a shared cache may store a response to an authorized request only with these. */
+function allowsAuthorized(directives: Directives): boolean {
+  return has(directives, 'public') || has(directives, 's-maxage') || has(directives, 'must-revalidate');
+}
+
+function hasExplicitFreshness(directives: Directives, headers: HeaderMap): boolean {
+  return has(directives, 's-maxage') || has(directives, 'max-age') || headers['expires'] !== undefined || has(directives, 'public');
+}
+
+/** Computes the time model of a storable response (§4.2). */
+export function computeFreshness(
+  status: number,
+  headers: HeaderMap,
+  times: ResponseTimes,
+  config: FreshnessConfig,
+): Freshness {
+  const { directives, targeted } = governingDirectives(headers);
+  const lifetimeSec = freshnessLifetime(status, headers, directives, targeted, times, config);
+  const initialAgeSec = correctedInitialAge(headers, times);
+  const noStale = has(directives, 'must-revalidate') || has(directives, 'proxy-revalidate') || has(directives, 's-maxage');
+  const staleAt = times.responseTime + Math.max(0, lifetimeSec - initialAgeSec) * 1000;
+  const swrSec = windowSec(directives, 'stale-while-revalidate', config.defaultGraceSec);
+  const sieSec = windowSec(directives, 'stale-if-error', config.defaultStaleIfErrorSec);
+  const swrUntil = noStale ? staleAt : staleAt + swrSec * 1000;
+  const sieUntil = noStale ? staleAt : staleAt + sieSec * 1000;
+  const graceUntil = Math.max(swrUntil, sieUntil);
+  const hasValidators = headers['etag'] !== undefined || headers['last-modified'] !== undefined;
+  const deleteAt = graceUntil + (hasValidators ? config.keepSec * 1000 : 0);
+  return { lifetimeSec, initialAgeSec, staleAt, swrUntil, sieUntil, graceUntil, deleteAt, noStale };
+}
+
+function windowSec(directives: Directives, name: string, fallback: number): number {
+  const value = deltaSeconds(directives, name);
+  if (value === undefined) return fallback;
+  return Number.isNaN(value) ? 0 : value;
+}
+
+/** §4.2.1, shared cache: s-maxage, then max-age, then Expires − Date, then heuristics (§4.2.2). */
+function freshnessLifetime(
+  status: number,
+  headers: HeaderMap,
+  directives: Directives,
+  targeted: boolean,
+  times: ResponseTimes,
+  config: FreshnessConfig,
+): number {
+  // Response no-cache (qualified forms treated as unqualified, §5.2.2.4): store, but revalidate on every use.
+  if (has(directives, 'no-cache')) return 0;
+  for (const name of ['s-maxage', 'max-age']) {
+    const value = deltaSeconds(directives, name);
+    if (value === undefined) continue;
+    // Invalid or conflicting duplicates make the response stale (§4.2.1, §1.2.2).
+    if (Number.isNaN(value) || directives.conflicting.has(name)) return 0;
+    return value;
+  }
+  // A targeted field replaces Cache-Control and Expires for this cache (RFC 9213 §2.2).
+  const expiresField = targeted ? undefined : headers['expires'];
+  if (expiresField !== undefined) {
+    if (Array.isArray(expiresField) && new Set(expiresField).size > 1) return 0;
+    const expires = parseHttpDate(headerText(expiresField));
+    // An invalid Expires (e.g. "0") means already expired (§5.3).
+    if (expires === undefined) return 0;
+    const date = parseHttpDate(headerText(headers['date'])) ?? times.responseTime;
+    return Math.max(0, (expires - date) / 1000);
+  }
+  if (HEURISTIC_STATUSES.has(status) || has(directives, 'public')) {
+    const lastModified = parseHttpDate(headerText(headers['last-modified']));
+    const date = parseHttpDate(headerText(headers['date'])) ?? times.responseTime;
+    if (lastModified !== undefined && date > lastModified) {
+      return Math.min(((date - lastModified) / 1000) * config.heuristicFraction, config.heuristicMaxSec);
+    }
+    return config.defaultTtlSec;
+  }
+  return 0;
+}
+
+/** §4.2.3: corrected_initial_age = max(apparent_age, age_value + response_delay). */
+export function correctedInitialAge(headers: HeaderMap, times: ResponseTimes): number {
+  const date = parseHttpDate(headerText(headers['date']));
+  const apparentAge = date === undefined ? 0 : Math.max(0, (times.responseTime - date) / 1000);
+  const responseDelay = Math.max(0, (times.responseTime - times.requestTime) / 1000);
+  const correctedAgeValue = ageValue(headers) + responseDelay;
+  return Math.max(apparentAge, correctedAgeValue);
+}
+
+/** Age (§5.1): a non-negative integer; an invalid value is ignored (treated as 0). */
+function ageValue(headers: HeaderMap): number {
+  const field = headers['age'];
+  const text = Array.isArray(field) ? field[0] : field;
+  if (text === undefined || !/^\s*\d+\s*$/.test(text)) return 0;
+  return Math.min(Number(text), 2147483648);
+}
+
+/** Request Cache-Control, with `Pragma: no-cache` honoured when Cache-Control is absent (§5.4). */
+export function governingRequestDirectives(headers: Record<string, string | string[] | undefined>): Directives {
+  if (headers['cache-control'] === undefined && headers['pragma'] !== undefined) {
+    const pragma = headerText(headers['pragma'])?.toLowerCase() ?? '';
+    if (pragma.split(',').some((p) => p.trim() === 'no-cache')) {
+      return { values: new Map([['no-cache', true]]), conflicting: new Set() };
+    }
+  }
+  return governingDirectives({ 'cache-control': headers['cache-control'] }).directives;
+}
+
+/** HTTP-date (RFC 9110 §5.6.7) to ms; undefined when invalid. */
+export function parseHttpDate(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Date.parse(text);
+  return Number.isNaN(value) ? undefined : value;
+}
+
+export function headerText(field: string | string[] | undefined): string | undefined {
+  if (field === undefined) return undefined;
+  return Array.isArray(field) ? field.join(', ') : field;
+}
+
+function flatten(headers: Record<string, string | string[] | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) if (value !== undefined) out[name] = headerText(value)!;
+  return out;
+}
+
+function formatDirectives(directives: Directives): string {
+  return [...directives.values].map(([name, value]) => (value === true ? name : `${name}=${value}`)).join(', ');
+}

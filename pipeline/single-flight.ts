@@ -1,0 +1,82 @@
+/**
+ * Single-flight per cache key (DESIGN.md phase "fetch"): the first request for a key leads a
+ * fetch, the others wait for its outcome. Explicit outcomes, as Pingora's cache lock: the
+ * leader settles with a result, a waiter may time out (lockWaitMs) and fetch on its own.
+ * Keys whose responses turned out unshareable are marked hit-for-miss for a while so later
+ * requests do not queue behind a fetch that will never be shared (Varnish).
+ */
+
+export type Joined<R> = { leader: true; settle: (result: R) => void } | { leader: false; result: Promise<R | undefined> };
+
+interface Flight<R> {
+  waiters: Array<(result: R | undefined) => void>;
+}
+
+export class SingleFlight<R> {
+  private readonly flights = new Map<string, Flight<R>>();
+  private readonly hitForMiss = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /** Becomes the leader for `key`, or a waiter that gets the leader's result (undefined after `waitMs`). */
+  join(key: string, waitMs: number): Joined<R> {
+    const flight = this.flights.get(key);
+    if (flight === undefined) {
+      const created: Flight<R> = { waiters: [] };
+      this.flights.set(key, created);
+      let settled = false;
+      return {
+        leader: true,
+        settle: (result: R) => {
+          if (settled) return;
+          settled = true;
+          if (this.flights.get(key) === created) this.flights.delete(key);
+          for (const waiter of created.waiters) waiter(result);
+          created.waiters.length = 0;
+        },
+      };
+    }
+    const result = new Promise<R | undefined>((resolve) => {
+      let timer: NodeJS.Timeout | undefined;
+      const waiter = (value: R | undefined) => {
+        if (timer) clearTimeout(timer);
+        resolve(value);
+      };
+      flight.waiters.push(waiter);
+      timer = setTimeout(() => {
+        const at = flight.waiters.indexOf(waiter);
+        if (at !== -1) flight.waiters.splice(at, 1);
+        resolve(undefined);
+      }, waitMs);
+      timer.unref();
+    });
+    return { leader: false, result };
+  }
+
+  /** Number of keys with a fetch in flight. */
+  get inFlight(): number {
+    return this.flights.size;
+  }
+
+  markHitForMiss(key: string, forMs: number): void {
+    this.hitForMiss.set(key, this.now() + forMs);
+    if (this.hitForMiss.size > 100_000) this.pruneHitForMiss();
+  }
+
+  clearHitForMiss(key: string): void {
+    this.hitForMiss.delete(key);
+  }
+
+  isHitForMiss(key: string): boolean {
+    const until = this.hitForMiss.get(key);
+    if (until === undefined) return false;
+    if (until > this.now()) return true;
+    this.hitForMiss.delete(key);
+    return false;
+  }
+
+  private pruneHitForMiss(): void {
+    const now = this.now();
+    for (const [key, until] of this.hitForMiss) if (until <= now) this.hitForMiss.delete(key);
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * What the pipeline keeps in `EntryMeta.http`: a response record (status, the headers as they
+ * will be delivered, the time model) or a Vary record that names the fields selecting variants.
+ */
+import type { EntryMeta } from '../storage/cache-store.js';
+import type { Freshness } from './response-policy.js';
+import { headerText } from './response-policy.js';
+import { withoutHopByHop } from './forward-headers.js';
+import type { HeaderMap } from './upstream.js';
+
+export interface ResponseRecord {
+  kind: 'response';
+  status: number;
+  /** Flat [name, value, name, value…] as delivered; no Content-Length, Age or Cache-Status (added per delivery). */
+  headers: string[];
+  /** Cache-Status members of caches before this one (e.g. the shield), kept in front of ours (RFC 9211 §2). */
+  upstreamCacheStatus: string | undefined;
+  lifetimeSec: number;
+  initialAgeSec: number;
+  swrUntil: number;
+  sieUntil: number;
+  noStale: boolean;
+  etag: string | undefined;
+  lastModified: string | undefined;
+  /** Vary field names (lower case, sorted). */
+  vary: string[];
+}
+
+export interface VaryRecord {
+  kind: 'vary';
+  /** Vary field names (lower case, sorted) of the responses stored for this URL. */
+  fields: string[];
+  /** Variant keys stored so far (for the per-URL variant cap). */
+  variants: string[];
+}
+
+export type HttpRecord = ResponseRecord | VaryRecord;
+
+/** Fields never stored: per-hop, per-delivery, or per-client. */
+const NOT_STORED = new Set(['content-length', 'age', 'cache-status', 'set-cookie', 'date-received']);
+/** Fields for this cache only, removed before delivery at the edge. */
+export const SURROGATE_FIELDS = new Set(['surrogate-control', 'surrogate-key']);
+
+export interface RecordInput {
+  status: number;
+  headers: HeaderMap;
+  freshness: Freshness;
+  vary: string[];
+  /** Remove Surrogate-Control / Surrogate-Key (the edge; the shield passes them on). */
+  stripSurrogate: boolean;
+  /** Via to store in place of the upstream's (the upstream's with this node appended). */
+  via?: string;
+}
+
+export function makeResponseRecord(input: RecordInput): ResponseRecord {
+  const kept = withoutHopByHop(input.headers);
+  const flat: string[] = [];
+  for (const name in kept) {
+    if (NOT_STORED.has(name) || (input.stripSurrogate && SURROGATE_FIELDS.has(name))) continue;
+    if (name === 'via' && input.via !== undefined) continue;
+    const value = kept[name]!;
+    if (Array.isArray(value)) for (const v of value) flat.push(name, v);
+    else flat.push(name, value);
+  }
+  if (input.via !== undefined) flat.push('via', input.via);
+  const f = input.freshness;
+  return {
+    kind: 'response',
+    status: input.status,
+    headers: flat,
+    upstreamCacheStatus: headerText(input.headers['cache-status']),
+    lifetimeSec: f.lifetimeSec,
+    initialAgeSec: f.initialAgeSec,
+    swrUntil: f.swrUntil,
+    sieUntil: f.sieUntil,
+    noStale: f.noStale,
+    etag: headerText(input.headers['etag']),
+    lastModified: headerText(input.headers['last-modified']),
+    vary: input.vary,
+  };
+}
+
+/** The stored headers as a map (for policy recomputation after a 304). */
+export function recordHeaders(record: ResponseRecord): HeaderMap {
+  const map: HeaderMap = {};
+  for (let i = 0; i < record.headers.length; i += 2) {
+    const name = record.headers[i]!;
+    const value = record.headers[i + 1]!;
+    const existing = map[name];
+    map[name] = existing === undefined ? value : Array.isArray(existing) ? [...existing, value] : [existing, value];
+  }
+  if (record.upstreamCacheStatus !== undefined) map['cache-status'] = record.upstreamCacheStatus;
+  return map;
+}
+
+/**
+ * Fields a 304 must not change in the stored response (RFC 9111 §3.2): Content-Length, and the
+ * fields the stored body depends on (its coding and range).
+ */
+const NOT_UPDATED_BY_304 = new Set(['content-length', 'content-encoding', 'content-range', 'transfer-encoding']);
+
+/** §4.3.4: the stored headers updated with those of a 304. */
+export function mergeNotModified(stored: ResponseRecord, notModified: HeaderMap): HeaderMap {
+  const merged = recordHeaders(stored);
+  for (const [name, value] of Object.entries(withoutHopByHop(notModified))) {
+    if (NOT_UPDATED_BY_304.has(name)) continue;
+    merged[name] = value;
+  }
+  return merged;
+}
+
+export function isResponseRecord(meta: EntryMeta): boolean {
+  return (meta.http as unknown as HttpRecord).kind === 'response';
+}

@@ -1,0 +1,127 @@
+/**
+ * Real parts for pipeline tests: a test origin on 127.0.0.1 that records and counts requests,
+ * an edge (or shield) in front of it with a real store, and a small HTTP client.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { request as undiciRequest, Agent } from 'undici';
+import { loadConfig, type Config } from '../../config/config.js';
+import { startEdge } from '../../edge/edge.js';
+import { silentLogger } from '../../pipeline/logger.js';
+import type { RunningNode } from '../../pipeline/node-server.js';
+import { MemoryStore } from '../../storage/memory-store.js';
+import type { CacheStore } from '../../storage/cache-store.js';
+
+export interface RecordedRequest {
+  method: string;
+  url: string;
+  headers: IncomingMessage['headers'];
+  body: Buffer;
+}
+
+export type OriginHandler = (req: IncomingMessage, res: ServerResponse, body: Buffer, count: number) => void | Promise<void>;
+
+export interface TestOrigin {
+  url: string;
+  server: Server;
+  requests: RecordedRequest[];
+  /** Requests seen for a path (with query). */
+  count(path?: string): number;
+  /** Replaces the handler (for scripted sequences). */
+  handle(handler: OriginHandler): void;
+  close(): Promise<void>;
+}
+
+export async function startOrigin(handler: OriginHandler): Promise<TestOrigin> {
+  const requests: RecordedRequest[] = [];
+  let current = handler;
+  const server = createServer(async (req, res) => {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = Buffer.concat(chunks);
+    requests.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+    try {
+      await current(req, res, body, requests.length);
+    } catch (error) {
+      res.destroy(error as Error);
+    }
+  });
+  server.keepAliveTimeout = 60_000;
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    server,
+    requests,
+    count: (path) => (path === undefined ? requests.length : requests.filter((r) => r.url === path).length),
+    handle: (next) => {
+      current = next;
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export interface TestEdge extends RunningNode {
+  store: CacheStore;
+  /** Everything created for the test, removed on close. */
+  dataDir: string;
+}
+
+/** An edge on 127.0.0.1:0 in front of `upstream`, with config overrides as in a config file. */
+export async function startTestEdge(upstream: string | string[], overrides: Record<string, unknown> = {}, store?: CacheStore): Promise<TestEdge> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'outpost-edge-'));
+  const config: Readonly<Config> = loadConfig('edge', {
+    fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...overrides },
+  });
+  const node = await startEdge(config, { logger: silentLogger(), store: store ?? new MemoryStore({ maxBytes: 64 * 1024 * 1024 }) });
+  return {
+    ...node,
+    dataDir,
+    close: async () => {
+      await node.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface Reply {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Buffer;
+  text: string;
+}
+
+/** A client with its own connection pool, so tests do not share sockets. */
+const agent = new Agent({ connections: 512, keepAliveTimeout: 1_000 });
+
+export async function fetchFrom(base: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer } = {}): Promise<Reply> {
+  const response = await undiciRequest(base + path, {
+    method: (init.method ?? 'GET') as 'GET',
+    headers: init.headers,
+    body: init.body,
+    dispatcher: agent,
+  });
+  const body = Buffer.from(await response.body.arrayBuffer());
+  return { status: response.statusCode, headers: response.headers as Reply['headers'], body, text: body.toString('utf8') };
+}
+
+export function header(reply: Reply, name: string): string | undefined {
+  const value = reply.headers[name];
+  return Array.isArray(value) ? value.join(', ') : value;
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** HTTP-date for `offsetSec` from now. */
+export function httpDate(offsetSec = 0): string {
+  return new Date(Date.now() + offsetSec * 1000).toUTCString();
+}
