@@ -6,6 +6,7 @@
  */
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
+import { healthFilter, HEALTH_PATH } from '../pipeline/health-filter.js';
 import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
@@ -31,14 +32,18 @@ export function upstreamTimeouts(config: Readonly<Config>) {
 
 export function edgeUpstream(config: Readonly<Config>): Upstream {
   if (config.upstreams.length === 0) throw new Error('the edge needs at least one --upstream');
-  const members = config.upstreams.map((url) => new HttpUpstream({ url, ...upstreamTimeouts(config) }));
-  if (members.length === 1) return members[0]!;
-  return new ShieldRing({ shields: members });
+  if (config.upstreams.length === 1) return new HttpUpstream({ url: config.upstreams[0]!, ...upstreamTimeouts(config) });
+  // Every edge given the same list maps a key to the same shield; a failing shield is skipped until healthy.
+  return new ShieldRing({
+    shields: config.upstreams,
+    upstream: upstreamTimeouts(config),
+    healthCheck: { path: HEALTH_PATH, intervalMs: 2_000, timeoutMs: 1_000, healthyThreshold: 1, unhealthyThreshold: 2 },
+  });
 }
 
 export async function startEdge(config: Readonly<Config>, options: StartOptions = {}): Promise<RunningNode> {
   const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
   const store = options.store ?? (await openStore(config));
   const upstream = edgeUpstream(config);
-  return startNode({ config, upstream, store, logger });
+  return startNode({ config, upstream, store, logger, filters: [healthFilter] });
 }

@@ -645,7 +645,6 @@ export class CachePipeline {
     }
     const length = range ? range.end - range.start + 1 : size;
     if (length !== UNKNOWN_SIZE) headers.push('content-length', String(length));
-    headers.push('accept-ranges', 'bytes');
     res.writeHead(status, headers);
     if (x.method === 'HEAD' || status === 204 || status === 304) {
       res.end();

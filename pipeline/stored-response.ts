@@ -57,12 +57,14 @@ export function makeResponseRecord(input: RecordInput): ResponseRecord {
   const flat: string[] = [];
   for (const name in kept) {
     if (NOT_STORED.has(name) || (input.stripSurrogate && SURROGATE_FIELDS.has(name))) continue;
-    if (name === 'via' && input.via !== undefined) continue;
+    if ((name === 'via' && input.via !== undefined) || name === 'accept-ranges') continue;
     const value = kept[name]!;
     if (Array.isArray(value)) for (const v of value) flat.push(name, v);
     else flat.push(name, value);
   }
   if (input.via !== undefined) flat.push('via', input.via);
+  // Ranges are served from the stored copy, whatever the upstream supports.
+  flat.push('accept-ranges', 'bytes');
   const f = input.freshness;
   return {
     kind: 'response',

@@ -1,0 +1,210 @@
+/**
+ * `outpost` command line: `edge`, `shield`, `origin` (the demo origin) and `start` (the whole
+ * chain on one machine). Flags, OUTPOST_* variables and a JSON config file feed one schema
+ * (config/config.ts); a bad flag or value is named and the process exits non-zero.
+ */
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError, OPTIONS, envName, flagName, loadConfig, optionsFor, optionSpec, type Config, type OptionName, type Role } from '../config/config.js';
+import { startDemoOrigin, demoIndex } from '../demo-origin/demo-origin.js';
+import { startEdge } from '../edge/edge.js';
+import type { RunningNode } from '../pipeline/node-server.js';
+import { startShield } from '../origin-shield/shield.js';
+
+const USAGE = `outpost — a caching edge node (CDN point of presence) with an origin-shield tier
+
+Usage:
+  outpost start  [--origin URL] [--listen HOST:PORT]   edge → shield → origin on this machine (demo origin when no --origin)
+  outpost edge   --upstream URL [--upstream URL…] [options]
+  outpost shield --origin URL [--origin URL…] [options]
+  outpost origin [--listen HOST:PORT]                  the demo origin alone
+  outpost COMMAND --help                               options of a command
+
+Every option is also a config-file field (--config FILE, JSON) and an OUTPOST_* environment variable.
+`;
+
+class UsageError extends Error {}
+
+interface Parsed {
+  flags: Partial<Record<OptionName, string[]>>;
+  config: string | undefined;
+  help: boolean;
+}
+
+/** Parses --name value / --name=value / --flag (booleans). Unknown flags are errors. */
+export function parseFlags(role: Role, argv: readonly string[], extra: Record<string, 'value'> = {}): Parsed & { extra: Record<string, string> } {
+  const byFlag = new Map<string, OptionName>();
+  for (const name of optionsFor(role)) byFlag.set(flagName(name), name);
+  const parsed: Parsed & { extra: Record<string, string> } = { flags: {}, config: undefined, help: false, extra: {} };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') {
+      parsed.help = true;
+      continue;
+    }
+    if (!arg.startsWith('--')) throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`);
+    const eq = arg.indexOf('=');
+    const flag = arg.slice(2, eq === -1 ? undefined : eq);
+    const inline = eq === -1 ? undefined : arg.slice(eq + 1);
+    const takeValue = (): string => {
+      if (inline !== undefined) return inline;
+      const next = argv[i + 1];
+      if (next === undefined || next.startsWith('--')) throw new UsageError(`--${flag} needs a value`);
+      i++;
+      return next;
+    };
+    if (flag === 'config') {
+      parsed.config = takeValue();
+      continue;
+    }
+    if (extra[flag]) {
+      parsed.extra[flag] = takeValue();
+      continue;
+    }
+    const name = byFlag.get(flag);
+    if (name === undefined) {
+      const other = (Object.keys(OPTIONS) as OptionName[]).some((n) => flagName(n) === flag);
+      throw new UsageError(other ? `--${flag} is not an option of \`outpost ${role}\`` : `unknown flag --${flag}`);
+    }
+    const value = optionSpec(name).kind === 'bool' && inline === undefined && (argv[i + 1] === undefined || argv[i + 1]!.startsWith('--')) ? 'true' : takeValue();
+    (parsed.flags[name] ??= []).push(value);
+  }
+  return parsed;
+}
+
+function help(role: Role): string {
+  const lines = optionsFor(role).map((name) => {
+    const spec = optionSpec(name);
+    const def = typeof spec.default === 'function' ? (spec.default as (r: Role) => unknown)(role) : spec.default;
+    return `  --${flagName(name).padEnd(36)} ${spec.help} [${envName(name)}; default ${JSON.stringify(def)}]`;
+  });
+  return `Usage: outpost ${role} [options]\n\nOptions:\n  --config FILE                          JSON config file (fields are the camelCase option names)\n${lines.join('\n')}\n`;
+}
+
+function configFor(role: Role, argv: readonly string[]): Readonly<Config> | undefined {
+  const parsed = parseFlags(role, argv);
+  if (parsed.help) {
+    process.stdout.write(help(role));
+    return undefined;
+  }
+  return loadConfig(role, { flags: parsed.flags, env: process.env, file: parsed.config });
+}
+
+function onSignals(nodes: RunningNode[], extra: Array<() => Promise<void>> = []): void {
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`outpost: ${signal}, finishing requests in flight\n`);
+    for (const node of nodes) await node.close();
+    for (const close of extra) await close();
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+  process.once('SIGINT', () => void stop('SIGINT'));
+}
+
+async function runStart(argv: readonly string[]): Promise<void> {
+  const parsed = parseFlags('edge', argv, { origin: 'value', 'shield-listen': 'value' });
+  if (parsed.help) {
+    process.stdout.write(
+      `Usage: outpost start [--origin URL] [--listen HOST:PORT] [--shield-listen HOST:PORT] [edge options]\n\nRuns edge → shield → origin on this machine. Without --origin (or OUTPOST_ORIGIN) it starts the demo origin.\nData lives in ./.outpost-data unless --data-dir is given.\n`,
+    );
+    return;
+  }
+  const baseDir = parsed.flags.dataDir?.[0] ?? process.env.OUTPOST_DATA_DIR ?? '.outpost-data';
+  let originUrl = parsed.extra.origin ?? process.env.OUTPOST_ORIGIN;
+  const closers: Array<() => Promise<void>> = [];
+  if (!originUrl) {
+    const demo = await startDemoOrigin('127.0.0.1', 0);
+    originUrl = demo.url;
+    closers.push(() => new Promise((resolve) => demo.server.close(() => resolve())));
+  }
+  mkdirSync(baseDir, { recursive: true });
+  const shieldConfig = loadConfig('shield', {
+    fileContents: { listen: parsed.extra['shield-listen'] ?? '127.0.0.1:0', origins: [originUrl], dataDir: join(baseDir, 'shield') },
+  });
+  const shield = await startShield(shieldConfig);
+  const { dataDir: _ignored, ...edgeFlags } = parsed.flags;
+  const edgeConfig = loadConfig('edge', {
+    fileContents: { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [] },
+    flags: edgeFlags,
+    env: process.env,
+    file: parsed.config,
+  });
+  const edge = await startEdge(edgeConfig);
+  onSignals([edge, shield], closers);
+  process.stderr.write(
+    `\nOutpost is running:\n  edge    ${edge.url}\n  shield  ${shield.url}\n  origin  ${originUrl}${parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : ' (demo origin)'}\n  data    ${baseDir}/\n\n` +
+      (parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : `Demo paths:\n${demoIndex().replace(/^/gm, '  ')}\n\n`) +
+      `Try:\n  curl -si ${edge.url}/hello    # twice: the second answer is a hit (see Cache-Status and Age)\n\nCtrl-C stops everything.\n\n`,
+  );
+}
+
+async function runOrigin(argv: readonly string[]): Promise<void> {
+  let listen = '127.0.0.1:7001';
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--help' || arg === '-h') {
+      process.stdout.write('Usage: outpost origin [--listen HOST:PORT]\n\nThe demo origin alone.\n');
+      return;
+    }
+    if (arg === '--listen' && argv[i + 1]) listen = argv[++i]!;
+    else if (arg.startsWith('--listen=')) listen = arg.slice('--listen='.length);
+    else throw new UsageError(`unknown flag ${arg}`);
+  }
+  const match = /^(.+):(\d{1,5})$/.exec(listen);
+  if (!match) throw new ConfigError('listen', 'flag --listen', `must be host:port, got ${JSON.stringify(listen)}`);
+  const demo = await startDemoOrigin(match[1]!, Number(match[2]));
+  process.stderr.write(`demo origin on ${demo.url}\n`);
+  process.once('SIGTERM', () => demo.server.close(() => process.exit(0)));
+  process.once('SIGINT', () => demo.server.close(() => process.exit(0)));
+}
+
+export async function main(argv: readonly string[]): Promise<void> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'edge': {
+        const config = configFor('edge', rest);
+        if (!config) return;
+        if (config.upstreams.length === 0) throw new ConfigError('upstreams', 'flag --upstream', 'the edge needs at least one --upstream URL');
+        mkdirSync(config.dataDir, { recursive: true });
+        const node = await startEdge(config);
+        onSignals([node]);
+        process.stderr.write(`outpost edge listening on ${node.url}, upstream ${config.upstreams.join(', ')}\n`);
+        return;
+      }
+      case 'shield': {
+        const config = configFor('shield', rest);
+        if (!config) return;
+        if (config.origins.length === 0 && config.routes.length === 0) throw new ConfigError('origins', 'flag --origin', 'the shield needs at least one --origin URL');
+        mkdirSync(config.dataDir, { recursive: true });
+        const node = await startShield(config);
+        onSignals([node]);
+        process.stderr.write(`outpost shield listening on ${node.url}, origins ${config.origins.join(', ')}\n`);
+        return;
+      }
+      case 'start':
+        return await runStart(rest);
+      case 'origin':
+        return await runOrigin(rest);
+      case undefined:
+      case '--help':
+      case '-h':
+      case 'help':
+        process.stdout.write(USAGE);
+        return;
+      default:
+        throw new UsageError(`unknown command ${JSON.stringify(command)}`);
+    }
+  } catch (error) {
+    if (error instanceof UsageError || error instanceof ConfigError) {
+      process.stderr.write(`outpost: ${error.message}\n${error instanceof UsageError ? 'Run `outpost --help` for usage.\n' : ''}`);
+      process.exit(2);
+    }
+    const code = (error as { code?: string }).code;
+    process.stderr.write(`outpost: ${code ? `${code}: ` : ''}${(error as Error).message}\n`);
+    process.exit(1);
+  }
+}
