@@ -92,7 +92,7 @@ interface Lookup {
 
 /** What a fill (the leader's upstream fetch) shares with the requests waiting on it. */
 type FillResult =
-  | { kind: 'stream'; record: ResponseRecord; meta: EntryMeta; broadcast: BodyBroadcast; requestHeaders: IncomingMessage['headers'] }
+  | { kind: 'stream'; record: ResponseRecord; meta: EntryMeta; broadcast: BodyBroadcast; requestHeaders: IncomingMessage['headers']; stored: Promise<void> }
   | { kind: 'entry'; entry: CachedEntry }
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
   | { kind: 'own'; reason: NotStoredReason | 'status' };
@@ -285,7 +285,7 @@ export class CachePipeline {
       const fill = this.fill(x, l, lockKey);
       this.track(fill);
       const result = await fill;
-      joined.settle(result.kind === 'response' ? { kind: 'own', reason: result.reason } : result);
+      settleFill(joined.settle, result);
       return this.deliverFill(x, l, result, missKind);
     }
     const result = await joined.result;
@@ -409,7 +409,7 @@ export class CachePipeline {
     }
     const task = this.fill(x, l, lockKey).then((result) => {
       if (result.kind === 'response') result.response.body.resume();
-      joined.settle(result.kind === 'response' ? { kind: 'own', reason: result.reason } : result);
+      settleFill(joined.settle, result);
     });
     this.track(task);
   }
@@ -461,8 +461,9 @@ export class CachePipeline {
     };
     const key = entryKey(x.url, variant);
     const broadcast = new BodyBroadcast();
-    this.track(this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url));
-    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers };
+    const stored = this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url);
+    this.track(stored);
+    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, stored };
   }
 
   /** Streams the upstream body to the broadcast and the store; commits only a complete body. */
@@ -787,6 +788,12 @@ export class CachePipeline {
       'request',
     );
   }
+}
+
+/** Settles a flight; a streaming body keeps it open until stored, so late arrivals share the same stream. */
+function settleFill(settle: (result: FillResult, openUntil?: Promise<unknown>) => void, result: LeaderResult): void {
+  if (result.kind === 'response') settle({ kind: 'own', reason: result.reason });
+  else settle(result, result.kind === 'stream' ? result.stored : undefined);
 }
 
 function ttl(meta: EntryMeta, now: number): number {

@@ -6,10 +6,20 @@
  * requests do not queue behind a fetch that will never be shared (Varnish).
  */
 
-export type Joined<R> = { leader: true; settle: (result: R) => void } | { leader: false; result: Promise<R | undefined> };
+export type Joined<R> =
+  | {
+      leader: true;
+      /**
+       * Hands the result to every waiter. With `openUntil`, requests that join before it settles
+       * get the same result at once (a body still streaming in is shared, not fetched again).
+       */
+      settle: (result: R, openUntil?: Promise<unknown>) => void;
+    }
+  | { leader: false; result: Promise<R | undefined> };
 
 interface Flight<R> {
   waiters: Array<(result: R | undefined) => void>;
+  settled?: { result: R };
 }
 
 export class SingleFlight<R> {
@@ -21,18 +31,22 @@ export class SingleFlight<R> {
   /** Becomes the leader for `key`, or a waiter that gets the leader's result (undefined after `waitMs`). */
   join(key: string, waitMs: number): Joined<R> {
     const flight = this.flights.get(key);
+    if (flight?.settled) return { leader: false, result: Promise.resolve(flight.settled.result) };
     if (flight === undefined) {
       const created: Flight<R> = { waiters: [] };
       this.flights.set(key, created);
-      let settled = false;
+      const close = () => {
+        if (this.flights.get(key) === created) this.flights.delete(key);
+      };
       return {
         leader: true,
-        settle: (result: R) => {
-          if (settled) return;
-          settled = true;
-          if (this.flights.get(key) === created) this.flights.delete(key);
+        settle: (result: R, openUntil?: Promise<unknown>) => {
+          if (created.settled) return;
+          created.settled = { result };
           for (const waiter of created.waiters) waiter(result);
           created.waiters.length = 0;
+          if (openUntil) openUntil.then(close, close);
+          else close();
         },
       };
     }
