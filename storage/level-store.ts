@@ -1,0 +1,896 @@
+/**
+ * Disk tier: a LevelDB folder holding metadata, chunked bodies and the indexes that make purges
+ * and eviction range scans.
+ *
+ * Key layout (all keys are bytes; `K` is the entry key encoded as CESU-8, see encodeText):
+ *   o1/m/K                       -> meta record: crc32(rest) u32 | generation (16 B) | JSON
+ *   o1/b/GEN idx(u32 BE)         -> body chunk:  crc32(key, data) u32 | data (chunkBytes, last one shorter)
+ *   o1/t/len(u32 BE) TAG K       -> ''  tag index (length prefix so tag "a" never matches tag "ab")
+ *   o1/a/time(u48 BE) K          -> ''  access order, oldest first (LRU eviction)
+ *   o1/x/time(u48 BE) K          -> ''  expiry order by meta.deleteAt (absent when deleteAt is not finite)
+ *   o1/p/GEN                     -> K   pending write: chunks under GEN are not committed yet
+ * Everything lives under `o1/`; rows under any other prefix are never read or touched, so a
+ * later format can live beside this one.
+ *
+ * Writes put chunks under a fresh generation, then one batch writes the meta and index rows,
+ * deletes the pending row and removes the replaced generation. Index rows can go stale only
+ * when a meta record is corrupt; every index reader checks the meta and drops stale rows.
+ *
+ * All mutations of meta/index rows run one at a time on `queue`, so read-modify-write is safe;
+ * reads (get, body streams) run beside it and rely on LevelDB's atomic batches and iterator
+ * snapshots.
+ */
+import { randomBytes } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { Level } from 'level';
+import {
+  StoreError,
+  UNKNOWN_SIZE,
+  type CacheStore,
+  type CachedEntry,
+  type EntryMeta,
+  type EntryWriter,
+  type PurgeOptions,
+  type StoreStats,
+} from './cache-store.js';
+import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
+
+/** Bytes an entry costs beyond its body (meta record, index rows) in the byte budget. */
+export const ENTRY_OVERHEAD_BYTES = 1024;
+const DEFAULT_CHUNK_BYTES = 64 * 1024;
+const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
+/** A hit rewrites the access order only if the last touch is older than this. */
+const TOUCH_INTERVAL_MS = 5_000;
+/** Rows handled per batch by scans (purge, sweep, eviction). */
+const PAGE = 256;
+const GEN_BYTES = 16;
+const TIME_BYTES = 6;
+const MAX_TIME = 2 ** 48 - 1;
+
+const NS = Buffer.from('o1/');
+const META = Buffer.from('o1/m/');
+const BODY = Buffer.from('o1/b/');
+const TAG = Buffer.from('o1/t/');
+const ACCESS = Buffer.from('o1/a/');
+const EXPIRY = Buffer.from('o1/x/');
+const PENDING = Buffer.from('o1/p/');
+const EMPTY = Buffer.alloc(0);
+
+export interface LevelStoreOptions {
+  /** Data folder. */
+  location: string;
+  /** On-disk byte budget: body sizes plus ENTRY_OVERHEAD_BYTES per entry. */
+  maxBytes: number;
+  /** Body chunk size, default 64 KiB. */
+  chunkBytes?: number;
+  /** Clock, for tests. */
+  now?: () => number;
+  /** Background expiry/eviction sweep, default 30 s. */
+  sweepIntervalMs?: number;
+}
+
+type Db = Level<Buffer, Buffer>;
+type Op = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+/** What the meta row holds. */
+interface MetaRecord {
+  key: string;
+  gen: Buffer;
+  chunks: number;
+  chunkBytes: number;
+  size: number;
+  /** crc32 of the whole body, checked when the whole body is streamed. */
+  bodyCrc: number;
+  accessAt: number;
+  meta: EntryMeta;
+}
+
+/**
+ * Strings to bytes, lossless and prefix-preserving for any UTF-16 string (lone surrogates
+ * included, which UTF-8 would replace with U+FFFD): each UTF-16 code unit becomes 1-3 bytes as
+ * in UTF-8 (CESU-8). Equal to UTF-8 for strings without surrogates. Byte prefix <=> string prefix.
+ */
+function encodeText(text: string): Buffer {
+  if (!/[\uD800-\uDFFF]/.test(text)) return Buffer.from(text, 'utf8');
+  const out = Buffer.allocUnsafe(text.length * 3);
+  let o = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) out[o++] = c;
+    else if (c < 0x800) {
+      out[o++] = 0xc0 | (c >> 6);
+      out[o++] = 0x80 | (c & 0x3f);
+    } else {
+      out[o++] = 0xe0 | (c >> 12);
+      out[o++] = 0x80 | ((c >> 6) & 0x3f);
+      out[o++] = 0x80 | (c & 0x3f);
+    }
+  }
+  return out.subarray(0, o);
+}
+
+function time6(ms: number): Buffer {
+  const b = Buffer.allocUnsafe(TIME_BYTES);
+  b.writeUIntBE(Math.min(Math.max(Math.floor(ms), 0), MAX_TIME), 0, TIME_BYTES);
+  return b;
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+/** Smallest key greater than every key starting with `prefix`. */
+function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i]!++;
+      return end.subarray(0, i + 1);
+    }
+  }
+  throw new RangeError('prefix has no upper bound');
+}
+
+/** Range options for the next PAGE rows under `prefix` after row `after`. */
+function page(prefix: Buffer, after: Buffer | undefined) {
+  return { ...(after ? { gt: after } : { gte: prefix }), lt: prefixEnd(prefix), limit: PAGE };
+}
+
+const metaKey = (k: Buffer) => Buffer.concat([META, k]);
+const chunkKey = (gen: Buffer, index: number) => Buffer.concat([BODY, gen, u32(index)]);
+const chunkPrefix = (gen: Buffer) => Buffer.concat([BODY, gen]);
+/** Covers the chunk's key too, so a chunk found at another position or generation fails. */
+const chunkCrc = (key: Buffer, data: Buffer) => crc32(data, crc32(key));
+const pendingKey = (gen: Buffer) => Buffer.concat([PENDING, gen]);
+const accessKey = (at: number, k: Buffer) => Buffer.concat([ACCESS, time6(at), k]);
+// Rounded up so a row is never due before its entry is.
+const expiryKey = (at: number, k: Buffer) => Buffer.concat([EXPIRY, time6(Math.ceil(at)), k]);
+function tagPrefix(tag: string): Buffer {
+  const t = encodeText(tag);
+  return Buffer.concat([TAG, u32(t.length), t]);
+}
+
+// JSON turns Infinity into null; times are stored as strings when not finite.
+const encodeTime = (t: number): number | string => (Number.isFinite(t) ? t : String(t));
+const decodeTime = (v: unknown): number => (typeof v === 'string' ? Number(v) : (v as number));
+const TIME_FIELDS = ['storedAt', 'staleAt', 'graceUntil', 'deleteAt'] as const;
+
+function encodeRecord(rec: MetaRecord): Buffer {
+  const meta: Record<string, unknown> = { ...rec.meta };
+  for (const f of TIME_FIELDS) meta[f] = encodeTime(rec.meta[f]);
+  const json = Buffer.from(
+    JSON.stringify({
+      key: rec.key,
+      chunks: rec.chunks,
+      chunkBytes: rec.chunkBytes,
+      size: rec.size,
+      bodyCrc: rec.bodyCrc,
+      accessAt: rec.accessAt,
+      meta,
+    }),
+  );
+  const value = Buffer.allocUnsafe(4 + GEN_BYTES + json.length);
+  rec.gen.copy(value, 4);
+  json.copy(value, 4 + GEN_BYTES);
+  value.writeUInt32BE(crc32(value.subarray(4)), 0);
+  return value;
+}
+
+const isCount = (n: unknown): n is number => Number.isSafeInteger(n) && (n as number) >= 0;
+
+/** Undefined when the record fails its checksum, does not parse, or belongs to another key than `k` (`key`). */
+function decodeRecord(value: Buffer, k: Buffer, key?: string): MetaRecord | undefined {
+  if (value.length < 4 + GEN_BYTES || crc32(value.subarray(4)) !== value.readUInt32BE(0)) return undefined;
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(value.toString('utf8', 4 + GEN_BYTES));
+  } catch {
+    return undefined;
+  }
+  const meta = raw.meta as Record<string, unknown> | null;
+  if (
+    typeof raw.key !== 'string' ||
+    (key !== undefined ? raw.key !== key : !encodeText(raw.key).equals(k)) ||
+    !isCount(raw.size) ||
+    !isCount(raw.chunks) ||
+    !isCount(raw.chunkBytes) ||
+    raw.chunkBytes === 0 ||
+    raw.chunks !== Math.ceil(raw.size / raw.chunkBytes) ||
+    !isCount(raw.bodyCrc) ||
+    typeof raw.accessAt !== 'number' ||
+    typeof meta !== 'object' ||
+    meta === null ||
+    !Array.isArray(meta.tags)
+  ) {
+    return undefined;
+  }
+  for (const f of TIME_FIELDS) meta[f] = decodeTime(meta[f]);
+  return {
+    key: raw.key,
+    gen: Buffer.from(value.subarray(4, 4 + GEN_BYTES)),
+    chunks: raw.chunks,
+    chunkBytes: raw.chunkBytes,
+    size: raw.size,
+    bodyCrc: raw.bodyCrc,
+    accessAt: raw.accessAt,
+    meta: { ...(meta as unknown as EntryMeta), size: raw.size },
+  };
+}
+
+/** Rows that make `rec` visible (meta, access, expiry, tags). */
+function indexOps(k: Buffer, rec: MetaRecord): Op[] {
+  const ops: Op[] = [
+    { type: 'put', key: metaKey(k), value: encodeRecord(rec) },
+    { type: 'put', key: accessKey(rec.accessAt, k), value: EMPTY },
+  ];
+  if (Number.isFinite(rec.meta.deleteAt)) ops.push({ type: 'put', key: expiryKey(rec.meta.deleteAt, k), value: EMPTY });
+  for (const tag of new Set(rec.meta.tags)) {
+    ops.push({ type: 'put', key: Buffer.concat([tagPrefix(tag), k]), value: EMPTY });
+  }
+  return ops;
+}
+
+/** Deletes of every row of `rec`; with `withBody` also its chunks. */
+function removalOps(k: Buffer, rec: MetaRecord, withBody: boolean): Op[] {
+  const ops: Op[] = indexOps(k, rec).map((op) => ({ type: 'del', key: op.key }));
+  if (withBody) for (let i = 0; i < rec.chunks; i++) ops.push({ type: 'del', key: chunkKey(rec.gen, i) });
+  return ops;
+}
+
+function writeFailed(what: string, cause: unknown): StoreError {
+  const detail = cause instanceof Error ? `: ${cause.message}` : '';
+  return new StoreError('STORE_WRITE_FAILED', `disk cache ${what} failed${detail}`, { cause });
+}
+
+class LevelEntry implements CachedEntry {
+  readonly body = undefined;
+  constructor(
+    private readonly store: LevelStore,
+    private readonly k: Buffer,
+    private readonly rec: MetaRecord,
+  ) {}
+
+  get key(): string {
+    return this.rec.key;
+  }
+
+  get meta(): EntryMeta {
+    return this.rec.meta;
+  }
+
+  openBody(range?: { start: number; end: number }): Readable {
+    return this.store.streamBody(this.k, this.rec, range);
+  }
+}
+
+export class LevelStore implements CacheStore {
+  /** Counters for metrics and tests. */
+  readonly counters = { corruptDropped: 0, evicted: 0, expired: 0, writeErrors: 0 };
+  readonly chunkBytes: number;
+  private entries = 0;
+  private bytes = 0;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private readonly writers = new Set<LevelWriter>();
+  /** Touches waiting for the next flush: entry key -> [encoded key, time]. */
+  private touches = new Map<string, [Buffer, number]>();
+  /**
+   * Keys touched within TOUCH_INTERVAL_MS, oldest first: the meta read by a hit may predate a
+   * touch still queued, and this keeps that hit from touching again.
+   */
+  private readonly recentTouches = new Map<string, number>();
+  private readonly sweepTimer: NodeJS.Timeout;
+  readonly now: () => number;
+
+  private constructor(
+    /** @internal */
+    readonly db: Db,
+    readonly maxBytes: number,
+    options: LevelStoreOptions,
+  ) {
+    this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    this.now = options.now ?? Date.now;
+    let sweeping = false;
+    this.sweepTimer = setInterval(() => {
+      // A sweep slower than the interval must not pile up more behind it.
+      if (this.closed || sweeping) return;
+      sweeping = true;
+      this.sweepExpired()
+        .catch(() => undefined)
+        .finally(() => (sweeping = false));
+    }, options.sweepIntervalMs ?? DEFAULT_SWEEP_INTERVAL_MS);
+    this.sweepTimer.unref();
+  }
+
+  static async open(options: LevelStoreOptions): Promise<LevelStore> {
+    if (!(options.maxBytes > 0)) throw new StoreError('STORE_CONFIG', 'disk store maxBytes must be > 0');
+    const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0) {
+      throw new StoreError('STORE_CONFIG', 'disk store chunkBytes must be a positive integer');
+    }
+    const db: Db = new Level<Buffer, Buffer>(options.location, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    try {
+      await db.open();
+    } catch (error) {
+      const cause = (error as { cause?: { code?: string } }).cause;
+      if (cause?.code === 'LEVEL_LOCKED') {
+        throw new StoreError('STORE_LOCKED', `disk cache folder ${options.location} is in use by another process`, {
+          cause: error,
+        });
+      }
+      throw new StoreError('STORE_OPEN_FAILED', `cannot open disk cache folder ${options.location}`, { cause: error });
+    }
+    const store = new LevelStore(db, options.maxBytes, options);
+    try {
+      await store.recover();
+    } catch (error) {
+      await store.close().catch(() => undefined);
+      const message = `cannot recover disk cache folder ${options.location}`;
+      throw new StoreError('STORE_OPEN_FAILED', message, { cause: error });
+    }
+    return store;
+  }
+
+  async get(key: string): Promise<CachedEntry | undefined> {
+    if (this.closed) return undefined;
+    const k = encodeText(key);
+    let value: Buffer | undefined;
+    try {
+      value = await this.db.get(metaKey(k));
+    } catch (error) {
+      if (this.closed) return undefined;
+      throw new StoreError('STORE_READ_FAILED', `disk cache read failed`, { cause: error });
+    }
+    if (value === undefined) return undefined;
+    const rec = decodeRecord(value, k, key);
+    if (!rec) {
+      await this.dropCorrupt(k, value);
+      return undefined;
+    }
+    const now = this.now();
+    if (rec.meta.deleteAt <= now) return undefined;
+    if (now - Math.max(rec.accessAt, this.recentTouches.get(key) ?? -Infinity) >= TOUCH_INTERVAL_MS) {
+      this.touch(key, k, now);
+    }
+    return new LevelEntry(this, k, rec);
+  }
+
+  openWriter(key: string, meta: EntryMeta): EntryWriter {
+    const writer = new LevelWriter(this, key, encodeText(key), meta);
+    this.writers.add(writer);
+    return writer;
+  }
+
+  async updateMeta(key: string, meta: EntryMeta): Promise<boolean> {
+    const k = encodeText(key);
+    return this.mutate('update', async () => {
+      const rec = await this.read(k, key);
+      if (!rec) return false;
+      const next: MetaRecord = { ...rec, meta: { ...meta, tags: [...meta.tags], size: rec.size } };
+      await this.db.batch([...removalOps(k, rec, false), ...indexOps(k, next)]);
+      return true;
+    });
+  }
+
+  async delete(key: string): Promise<boolean> {
+    const k = encodeText(key);
+    return this.mutate('delete', async () => {
+      const rec = await this.read(k, key);
+      if (!rec) return false;
+      await this.remove(k, rec);
+      return true;
+    });
+  }
+
+  async purgeUrl(url: string, options?: PurgeOptions): Promise<number> {
+    return this.purgeRange(metaKey(encodeText(urlKeyPrefix(url))), options);
+  }
+
+  async purgePrefix(prefix: string, options?: PurgeOptions): Promise<number> {
+    return this.purgeRange(metaKey(encodeText(primaryKeyPrefix(prefix))), options);
+  }
+
+  async purgeTag(tag: string, options?: PurgeOptions): Promise<number> {
+    const prefix = tagPrefix(tag);
+    return this.mutate('purge', async () => {
+      let count = 0;
+      let after: Buffer | undefined;
+      for (;;) {
+        const rows = await this.db.keys(page(prefix, after)).all();
+        if (rows.length === 0) return count;
+        after = rows[rows.length - 1];
+        const ks = rows.map((row) => row.subarray(prefix.length));
+        const values = await this.db.getMany(ks.map(metaKey));
+        const hits: Array<[Buffer, MetaRecord]> = [];
+        const stale: Op[] = [];
+        for (let i = 0; i < ks.length; i++) {
+          const value = values[i];
+          const rec = value && decodeRecord(value, ks[i]!);
+          if (value && !rec) await this.dropCorruptNow(ks[i]!, value);
+          if (rec && rec.meta.tags.includes(tag)) hits.push([ks[i]!, rec]);
+          else stale.push({ type: 'del', key: rows[i]! });
+        }
+        if (stale.length > 0) await this.db.batch(stale);
+        count += await this.purgeRecords(hits, options);
+      }
+    });
+  }
+
+  stats(): StoreStats {
+    return { entries: this.entries, bytes: this.bytes };
+  }
+
+  /** Drops entries past meta.deleteAt (the timer calls this); returns how many. */
+  async sweepExpired(): Promise<number> {
+    return this.mutate('sweep', async () => {
+      const now = this.now();
+      let count = 0;
+      for (;;) {
+        const due = { gte: EXPIRY, lt: Buffer.concat([EXPIRY, time6(now + 1)]), limit: PAGE };
+        const rows = await this.db.keys(due).all();
+        if (rows.length === 0) break;
+        for (const row of rows) {
+          const k = row.subarray(EXPIRY.length + TIME_BYTES);
+          const rec = await this.read(k, undefined);
+          if (rec && rec.meta.deleteAt <= now) {
+            await this.remove(k, rec);
+            this.counters.expired++;
+            count++;
+          }
+          // Also when stale (entry gone, corrupt or given another deleteAt), so the scan moves on.
+          await this.db.del(row);
+        }
+      }
+      await this.evict();
+      return count;
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closed = true;
+    clearInterval(this.sweepTimer);
+    this.closing = (async () => {
+      for (const writer of this.writers) writer.abort();
+      await Promise.allSettled([...this.writers].map((writer) => writer.settled));
+      await this.queue.catch(() => undefined);
+      await this.db.close();
+    })();
+    return this.closing;
+  }
+
+  // ---- internals used by writers and entries (and tests); not part of the store contract ----
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  writerDone(writer: LevelWriter): void {
+    this.writers.delete(writer);
+  }
+
+  /** Makes a fully written generation the entry's body, replacing any previous one. */
+  commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>): Promise<void> {
+    return this.mutate('commit', async () => {
+      const full: MetaRecord = { ...rec, accessAt: this.now() };
+      const oldValue = await this.db.get(metaKey(k));
+      const old = oldValue && decodeRecord(oldValue, k, rec.key);
+      const ops = old ? removalOps(k, old, true) : [];
+      ops.push(...indexOps(k, full), { type: 'del', key: pendingKey(rec.gen) });
+      await this.db.batch(ops);
+      if (old) this.account(-1, old.size);
+      this.account(1, rec.size);
+      // The entry is committed now; cleanup failures must not fail the commit (the writer would delete its chunks).
+      try {
+        if (oldValue && !old) await this.forgetCorrupt(oldValue, true);
+        await this.evict();
+      } catch {
+        this.counters.writeErrors++;
+      }
+    });
+  }
+
+  /** Body stream reading one chunk at a time, verified before it is pushed. */
+  streamBody(k: Buffer, rec: MetaRecord, range?: { start: number; end: number }): Readable {
+    const start = Math.max(0, range?.start ?? 0);
+    const end = Math.min(rec.size - 1, range?.end ?? rec.size - 1);
+    if (start > end) return Readable.from([], { objectMode: false });
+    const first = Math.floor(start / rec.chunkBytes);
+    const last = Math.floor(end / rec.chunkBytes);
+    const whole = start === 0 && end === rec.size - 1;
+    let iterator: { next(): Promise<[Buffer, Buffer] | undefined>; close(): Promise<void> } | undefined;
+    let index = first;
+    let bodyCrc = 0;
+
+    const next = async (): Promise<Buffer | null> => {
+      if (index > last) return null;
+      // Created on first read: its implicit snapshot keeps the generation whole while streaming.
+      iterator ??= this.db.iterator({ gte: chunkKey(rec.gen, first), lte: chunkKey(rec.gen, last) });
+      const item = await iterator.next();
+      const expectedLength = index < rec.chunks - 1 ? rec.chunkBytes : rec.size - index * rec.chunkBytes;
+      const value = item && item[0].readUInt32BE(BODY.length + GEN_BYTES) === index ? item[1] : undefined;
+      if (value === undefined) throw await this.missingChunk(k, rec, index);
+      const data = value.subarray(4);
+      if (data.length !== expectedLength || chunkCrc(item![0], data) !== value.readUInt32BE(0)) {
+        throw await this.corruptChunk(k, rec, `chunk ${index} fails its checksum`);
+      }
+      if (whole) {
+        bodyCrc = crc32(data, bodyCrc);
+        if (index === last && bodyCrc !== rec.bodyCrc) throw await this.corruptChunk(k, rec, 'body fails its checksum');
+      }
+      const from = index === first ? start - index * rec.chunkBytes : 0;
+      const to = index === last ? end - index * rec.chunkBytes + 1 : data.length;
+      index++;
+      return data.subarray(from, to);
+    };
+
+    return new Readable({
+      read() {
+        next().then(
+          (chunk) => this.push(chunk),
+          (error: unknown) => this.destroy(error as Error),
+        );
+      },
+      destroy(error, callback) {
+        if (!iterator) return callback(error);
+        iterator.close().then(
+          () => callback(error),
+          () => callback(error),
+        );
+      },
+    });
+  }
+
+  // ---- private ----
+
+  /** Runs a mutation on the queue; LevelDB failures become STORE_WRITE_FAILED. */
+  private mutate<T>(what: string, task: () => Promise<T>): Promise<T> {
+    if (this.closed && what !== 'commit') return Promise.reject(new StoreError('STORE_CLOSED', 'disk cache is closed'));
+    const run = this.queue.then(async () => {
+      try {
+        return await task();
+      } catch (error) {
+        if (error instanceof StoreError) throw error;
+        this.counters.writeErrors++;
+        throw writeFailed(what, error);
+      }
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private account(entries: number, size: number): void {
+    this.entries += entries;
+    this.bytes += entries * (size + ENTRY_OVERHEAD_BYTES);
+  }
+
+  /** Meta of `k`, dropping it when corrupt. Only on the queue. */
+  private async read(k: Buffer, key: string | undefined): Promise<MetaRecord | undefined> {
+    const value = await this.db.get(metaKey(k));
+    if (value === undefined) return undefined;
+    const rec = decodeRecord(value, k, key);
+    if (!rec) await this.dropCorruptNow(k, value);
+    return rec;
+  }
+
+  /** Removes an entry with its chunks. Only on the queue. */
+  private async remove(k: Buffer, rec: MetaRecord): Promise<void> {
+    await this.db.batch(removalOps(k, rec, true));
+    this.account(-1, rec.size);
+  }
+
+  private dropCorrupt(k: Buffer, value: Buffer): Promise<void> {
+    return this.mutate('drop', () => this.dropCorruptNow(k, value)).catch(() => undefined);
+  }
+
+  /** Deletes a meta row that failed to decode, if it is still the same bytes. */
+  private async dropCorruptNow(k: Buffer, value: Buffer, counted = true): Promise<void> {
+    const current = await this.db.get(metaKey(k));
+    if (!current || !current.equals(value)) return;
+    await this.db.del(metaKey(k));
+    await this.forgetCorrupt(value, counted);
+  }
+
+  /**
+   * Cleans up after a corrupt meta row that is gone. Its index rows are dropped lazily by their
+   * readers. Its chunks are found through the generation at the row's fixed offset and measured
+   * while deleted, to un-count its bytes (best effort: if the generation bytes are the corrupt
+   * ones, the chunks stay and `bytes` runs high until the next open recounts).
+   */
+  private async forgetCorrupt(value: Buffer, counted: boolean): Promise<void> {
+    this.counters.corruptDropped++;
+    let size = 0;
+    if (value.length >= 4 + GEN_BYTES) {
+      const prefix = chunkPrefix(value.subarray(4, 4 + GEN_BYTES));
+      for await (const chunk of this.db.values({ gte: prefix, lt: prefixEnd(prefix) })) size += chunk.length - 4;
+      await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+    }
+    if (counted) this.account(-1, size);
+  }
+
+  /** A chunk is missing: corruption if the meta still names this generation, else the entry changed under us. */
+  private async missingChunk(k: Buffer, rec: MetaRecord, index: number): Promise<StoreError> {
+    const current = await this.db.get(metaKey(k)).catch(() => undefined);
+    if (current && current.subarray(4, 4 + GEN_BYTES).equals(rec.gen)) {
+      return this.corruptChunk(k, rec, `chunk ${index} is missing`);
+    }
+    return new StoreError('ENTRY_GONE', 'disk cache entry was replaced or removed while its body was read');
+  }
+
+  /** Drops the entry (if still this generation) and returns the error for the stream. */
+  private async corruptChunk(k: Buffer, rec: MetaRecord, why: string): Promise<StoreError> {
+    await this.mutate('drop', async () => {
+      const value = await this.db.get(metaKey(k));
+      const current = value && decodeRecord(value, k, rec.key);
+      if (!current || !current.gen.equals(rec.gen)) return;
+      await this.remove(k, current);
+      this.counters.corruptDropped++;
+    }).catch(() => undefined);
+    return new StoreError('CORRUPT_ENTRY', `disk cache entry dropped: ${why}`);
+  }
+
+  /** Queues an access-order update; touches coalesce into one batch. */
+  private touch(key: string, k: Buffer, at: number): void {
+    for (const [old, time] of this.recentTouches) {
+      if (at - time < TOUCH_INTERVAL_MS) break;
+      this.recentTouches.delete(old);
+    }
+    this.recentTouches.delete(key);
+    this.recentTouches.set(key, at);
+    const first = this.touches.size === 0;
+    this.touches.set(key, [k, at]);
+    if (!first) return;
+    this.mutate('touch', async () => {
+      const touches = [...this.touches.values()];
+      this.touches = new Map();
+      const values = await this.db.getMany(touches.map(([k]) => metaKey(k)));
+      const ops: Op[] = [];
+      touches.forEach(([k, at], i) => {
+        const rec = values[i] && decodeRecord(values[i]!, k);
+        if (!rec || rec.accessAt >= at) return;
+        ops.push(
+          { type: 'del', key: accessKey(rec.accessAt, k) },
+          { type: 'put', key: accessKey(at, k), value: EMPTY },
+          { type: 'put', key: metaKey(k), value: encodeRecord({ ...rec, accessAt: at }) },
+        );
+      });
+      if (ops.length > 0) await this.db.batch(ops);
+    }).catch(() => undefined);
+  }
+
+  /** Evicts least recently used entries until within budget. Only on the queue. */
+  private async evict(): Promise<void> {
+    while (this.bytes > this.maxBytes) {
+      const rows = await this.db.keys({ gte: ACCESS, lt: prefixEnd(ACCESS), limit: 64 }).all();
+      if (rows.length === 0) return;
+      for (const row of rows) {
+        if (this.bytes <= this.maxBytes) return;
+        const k = row.subarray(ACCESS.length + TIME_BYTES);
+        const rec = await this.read(k, undefined);
+        if (rec && accessKey(rec.accessAt, k).equals(row)) {
+          await this.remove(k, rec);
+          this.counters.evicted++;
+        } else {
+          await this.db.del(row);
+        }
+      }
+    }
+  }
+
+  private purgeRange(prefix: Buffer, options?: PurgeOptions): Promise<number> {
+    return this.mutate('purge', async () => {
+      let count = 0;
+      let after: Buffer | undefined;
+      for (;;) {
+        const rows = await this.db.iterator(page(prefix, after)).all();
+        if (rows.length === 0) return count;
+        after = rows[rows.length - 1]![0];
+        const hits: Array<[Buffer, MetaRecord]> = [];
+        for (const [key, value] of rows) {
+          const k = key.subarray(META.length);
+          const rec = decodeRecord(value, k);
+          if (rec) hits.push([k, rec]);
+          else await this.dropCorruptNow(k, value);
+        }
+        count += await this.purgeRecords(hits, options);
+      }
+    });
+  }
+
+  private async purgeRecords(hits: Array<[Buffer, MetaRecord]>, options?: PurgeOptions): Promise<number> {
+    if (hits.length === 0) return 0;
+    const now = this.now();
+    const ops: Op[] = [];
+    for (const [k, rec] of hits) {
+      if (!options?.soft) ops.push(...removalOps(k, rec, true));
+      else if (rec.meta.staleAt > now) {
+        const stale = { ...rec, meta: { ...rec.meta, staleAt: now } };
+        ops.push({ type: 'put', key: metaKey(k), value: encodeRecord(stale) });
+      }
+    }
+    if (ops.length > 0) await this.db.batch(ops);
+    if (!options?.soft) for (const [, rec] of hits) this.account(-1, rec.size);
+    return hits.length;
+  }
+
+  /** On open: delete chunks of writes that never committed, then count entries and bytes. */
+  private async recover(): Promise<void> {
+    for await (const [key] of this.db.iterator({ gte: PENDING, lt: prefixEnd(PENDING), values: false })) {
+      const prefix = chunkPrefix(key.subarray(PENDING.length));
+      await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+      await this.db.del(key);
+    }
+    const corrupt: Array<[Buffer, Buffer]> = [];
+    for await (const [key, value] of this.db.iterator({ gte: META, lt: prefixEnd(META) })) {
+      const k = key.subarray(META.length);
+      const rec = decodeRecord(value, k);
+      if (rec) this.account(1, rec.size);
+      else corrupt.push([k, value]);
+    }
+    for (const [k, value] of corrupt) await this.dropCorruptNow(k, value, false);
+    await this.mutate('evict', () => this.evict());
+  }
+}
+
+class LevelWriter implements EntryWriter {
+  /** Settles when the writer has nothing more to do on the database. */
+  settled: Promise<void>;
+  private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
+  /** Why commit must fail; set as soon as it is known so later writes are skipped. */
+  private error: StoreError | undefined;
+  private readonly gen = randomBytes(GEN_BYTES);
+  private chain: Promise<void>;
+  private buffer: Buffer | undefined;
+  private filled = 0;
+  private chunks = 0;
+  private written = 0;
+  private bodyCrc = 0;
+  private readonly limit: number;
+
+  constructor(
+    private readonly store: LevelStore,
+    private readonly key: string,
+    private readonly k: Buffer,
+    private readonly meta: EntryMeta,
+  ) {
+    this.limit = store.maxBytes - ENTRY_OVERHEAD_BYTES;
+    if (store.isClosed) {
+      this.error = new StoreError('STORE_CLOSED', 'disk cache is closed');
+      this.chain = Promise.resolve();
+    } else if (meta.size > this.limit) {
+      this.error = this.tooLarge();
+      this.chain = Promise.resolve();
+    } else {
+      // The pending row goes first so a crash after any chunk leaves a record of it.
+      this.chain = store.db.put(pendingKey(this.gen), k).catch((error: unknown) => this.fail(error));
+    }
+    this.settled = this.chain;
+  }
+
+  write(chunk: Buffer): void | Promise<void> {
+    if (this.state !== 'open' || this.error || chunk.length === 0) return;
+    this.written += chunk.length;
+    if (this.meta.size !== UNKNOWN_SIZE && this.written > this.meta.size) {
+      this.error = this.sizeMismatch();
+      return;
+    }
+    if (this.written > this.limit) {
+      this.error = this.tooLarge();
+      return;
+    }
+    this.bodyCrc = crc32(chunk, this.bodyCrc);
+    this.chain = this.chain.then(() => this.append(chunk));
+    this.settled = this.chain;
+    return this.chain;
+  }
+
+  async commit(): Promise<void> {
+    if (this.state !== 'open') throw new StoreError('WRITER_CLOSED', 'writer already committed or aborted');
+    this.state = 'committing';
+    const done = this.finish();
+    this.settled = done.then(
+      () => undefined,
+      () => undefined,
+    );
+    return done;
+  }
+
+  abort(): void {
+    if (this.state !== 'open') return;
+    this.state = 'aborted';
+    this.settled = this.chain.then(() => this.cleanup());
+  }
+
+  private async finish(): Promise<void> {
+    try {
+      await this.chain;
+      if (!this.error) await this.flush();
+      if (!this.error && this.meta.size !== UNKNOWN_SIZE && this.written !== this.meta.size) {
+        this.error = this.sizeMismatch();
+      }
+      if (this.error) throw this.error;
+      await this.store.commitEntry(this.k, {
+        key: this.key,
+        gen: this.gen,
+        chunks: this.chunks,
+        chunkBytes: this.store.chunkBytes,
+        size: this.written,
+        bodyCrc: this.bodyCrc,
+        meta: { ...this.meta, tags: [...this.meta.tags], size: this.written },
+      });
+      this.state = 'committed';
+      this.store.writerDone(this);
+    } catch (error) {
+      this.state = 'aborted';
+      await this.cleanup();
+      throw error;
+    }
+  }
+
+  /** Copies bytes into the chunk buffer, writing each chunk as it fills. */
+  private async append(chunk: Buffer): Promise<void> {
+    const size = this.store.chunkBytes;
+    for (let offset = 0; offset < chunk.length; ) {
+      if (this.error || this.state === 'aborted') return;
+      if (!this.buffer) {
+        // A declared size caps the buffer, so a small body does not cost a whole chunk.
+        const left = this.meta.size === UNKNOWN_SIZE ? size : this.meta.size - this.chunks * size;
+        this.buffer = Buffer.allocUnsafe(4 + Math.min(size, left));
+      }
+      const n = Math.min(size - this.filled, chunk.length - offset);
+      chunk.copy(this.buffer, 4 + this.filled, offset, offset + n);
+      this.filled += n;
+      offset += n;
+      if (this.filled === size) await this.flush();
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.filled === 0 || !this.buffer) return;
+    const key = chunkKey(this.gen, this.chunks);
+    const value = this.buffer.subarray(0, 4 + this.filled);
+    value.writeUInt32BE(chunkCrc(key, value.subarray(4)), 0);
+    this.buffer = undefined;
+    this.filled = 0;
+    try {
+      await this.store.db.put(key, value);
+      this.chunks++;
+    } catch (error) {
+      this.fail(error);
+    }
+  }
+
+  private fail(error: unknown): void {
+    if (this.error) return;
+    this.store.counters.writeErrors++;
+    this.error = writeFailed('write', error);
+  }
+
+  /** Deletes this generation's chunks, then its pending row; on failure open() cleans up later. */
+  private async cleanup(): Promise<void> {
+    this.buffer = undefined;
+    const prefix = chunkPrefix(this.gen);
+    try {
+      if (this.error?.code !== 'STORE_CLOSED') {
+        await this.store.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+        await this.store.db.del(pendingKey(this.gen));
+      }
+    } catch {
+      // The pending row stays; the next open deletes the chunks.
+    } finally {
+      this.store.writerDone(this);
+    }
+  }
+
+  private sizeMismatch(): StoreError {
+    return new StoreError('SIZE_MISMATCH', `body has ${this.written} bytes, ${this.meta.size} declared`);
+  }
+
+  private tooLarge(): StoreError {
+    return new StoreError('ENTRY_TOO_LARGE', `entry larger than the disk tier's ${this.limit} byte limit`);
+  }
+}
