@@ -125,3 +125,13 @@ export function delay(ms: number): Promise<void> {
 export function httpDate(offsetSec = 0): string {
   return new Date(Date.now() + offsetSec * 1000).toUTCString();
 }
+
+/** Polls `condition` every 10 ms until it holds or `timeoutMs` passes; returns whether it held. */
+export async function waitFor(condition: () => boolean, timeoutMs = 3_000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) return false;
+    await delay(10);
+  }
+  return true;
+}
