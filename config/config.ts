@@ -37,6 +37,7 @@ export const OPTIONS = {
   memorySize: { kind: 'bytes', default: 256 * 1024 ** 2, min: 1024 * 1024, help: 'memory tier budget (e.g. 256MB)' },
   diskSize: { kind: 'bytes', default: 10 * 1024 ** 3, min: 1024 * 1024, help: 'disk tier budget (e.g. 10GB)' },
   memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
+  maxObjectSize: { kind: 'bytes', default: 1024 ** 3, min: 0, help: 'larger responses are not stored' },
   nodeName: { kind: 'string', default: (r: Role) => `outpost-${r}`, help: 'name in Via and Cache-Status' },
   logLevel: { kind: 'enum', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level' },
   accessLog: { kind: 'bool', default: true, help: 'one JSON line per request' },
@@ -92,6 +93,7 @@ export interface Config {
   memorySize: number;
   diskSize: number;
   memoryMaxObjectSize: number;
+  maxObjectSize: number;
   nodeName: string;
   logLevel: string;
   accessLog: boolean;

@@ -13,7 +13,7 @@ import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMe
 import { entryKey } from '../storage/keys.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
-import { deltaSeconds, has, type Directives } from './cache-control.js';
+import { NO_DIRECTIVES, deltaSeconds, has, type Directives } from './cache-control.js';
 import { notModified, selectRange } from './conditional.js';
 import { appendVia, setForwarded, withoutHopByHop } from './forward-headers.js';
 import type { Metrics } from './metrics.js';
@@ -46,6 +46,8 @@ export interface PipelineSettings {
   lockWaitMs: number;
   hitForMissSec: number;
   maxVariantsPerUrl: number;
+  /** Responses larger than this are not stored. */
+  maxObjectSize: number;
   /** Path prefixes whose Set-Cookie responses may be stored (without the cookie). */
   cacheSetCookiePaths: readonly string[];
   /** Peers whose X-Forwarded-* are kept. */
@@ -92,7 +94,16 @@ interface Lookup {
 
 /** What a fill (the leader's upstream fetch) shares with the requests waiting on it. */
 type FillResult =
-  | { kind: 'stream'; record: ResponseRecord; meta: EntryMeta; broadcast: BodyBroadcast; requestHeaders: IncomingMessage['headers']; stored: Promise<void> }
+  | {
+      kind: 'stream';
+      record: ResponseRecord;
+      meta: EntryMeta;
+      broadcast: BodyBroadcast;
+      requestHeaders: IncomingMessage['headers'];
+      stored: Promise<void>;
+      /** The upstream's Set-Cookie: delivered to the requester that caused the fetch only, never stored or shared. */
+      setCookie: string[] | undefined;
+    }
   | { kind: 'entry'; entry: CachedEntry }
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
   | { kind: 'own'; reason: NotStoredReason | 'status' };
@@ -126,7 +137,8 @@ export class CachePipeline {
   private readonly metrics: Metrics;
   private readonly filters: RequestFilter[];
   private readonly now: () => number;
-  private readonly trusted: BlockList;
+  private readonly trusted: BlockList | undefined;
+  private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
   /** Background revalidations and fills not tied to a client, awaited on shutdown. */
@@ -140,7 +152,11 @@ export class CachePipeline {
     this.metrics = deps.metrics;
     this.filters = deps.filters ?? [];
     this.now = deps.now ?? Date.now;
-    this.trusted = buildBlockList(deps.settings.trustForwardedFrom);
+    this.trusted = deps.settings.trustForwardedFrom.length > 0 ? buildBlockList(deps.settings.trustForwardedFrom) : undefined;
+    const outcomes: CacheOutcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
+    this.requestCounters = Object.fromEntries(
+      outcomes.map((outcome) => [outcome, this.metrics.bound('requests_total', 'requests by cache outcome', { outcome })]),
+    ) as Record<CacheOutcome, { inc(): void }>;
   }
 
   /** node:http request handler. */
@@ -164,7 +180,7 @@ export class CachePipeline {
 
   private identify(req: IncomingMessage, res: ServerResponse): Exchange {
     const peer = req.socket.remoteAddress ?? '';
-    const peerTrusted = this.trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
+    const peerTrusted = this.trusted !== undefined && this.trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
     const forwardedProto = peerTrusted ? headerText(req.headers['x-forwarded-proto']) : undefined;
     const proto = forwardedProto === 'https' || forwardedProto === 'http' ? forwardedProto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
     return {
@@ -178,7 +194,7 @@ export class CachePipeline {
       proto,
       host: (req.headers.host ?? '').toLowerCase(),
       url: '',
-      directives: { values: new Map(), conflicting: new Set() },
+      directives: NO_DIRECTIVES,
       outcome: 'miss',
       detail: undefined,
       bytes: 0,
@@ -286,7 +302,7 @@ export class CachePipeline {
       this.track(fill);
       const result = await fill;
       settleFill(joined.settle, result);
-      return this.deliverFill(x, l, result, missKind);
+      return this.deliverFill(x, l, result, missKind, true);
     }
     const result = await joined.result;
     if (result === undefined) {
@@ -294,10 +310,10 @@ export class CachePipeline {
       return this.fetchAlone(x, l, missKind);
     }
     x.detail = 'collapsed';
-    return this.deliverFill(x, l, result, missKind);
+    return this.deliverFill(x, l, result, missKind, false);
   }
 
-  private deliverFill(x: Exchange, l: Lookup, result: LeaderResult, missKind: string): void | Promise<void> {
+  private deliverFill(x: Exchange, l: Lookup, result: LeaderResult, missKind: string, leader: boolean): void | Promise<void> {
     switch (result.kind) {
       case 'stream': {
         // A waiter whose Vary values differ from the leader's must not get the leader's variant (§4.1).
@@ -308,7 +324,8 @@ export class CachePipeline {
         x.outcome = 'miss';
         const size = result.meta.size;
         const ttlText = `; stored; ttl=${ttl(result.meta, this.now())}`;
-        return this.respond(x, result.record, result.meta, size, (range) => result.broadcast.subscribe(range), undefined, `fwd=${missKind}; fwd-status=${result.record.status}${ttlText}`);
+        const own = leader ? setCookieHeaders(result.setCookie) : undefined;
+        return this.respond(x, result.record, result.meta, size, (range) => result.broadcast.subscribe(range), undefined, `fwd=${missKind}; fwd-status=${result.record.status}${ttlText}`, own);
       }
       case 'entry':
         x.outcome = 'revalidated';
@@ -392,7 +409,7 @@ export class CachePipeline {
     if (storing) {
       const stream = await this.storeResponse(x, l, response, { requestTime, responseTime: this.now() });
       if (typeof stream !== 'string') {
-        return this.respond(x, stream.record, stream.meta, stream.meta.size, (range) => stream.broadcast.subscribe(range), undefined, `fwd=${fwd}; fwd-status=${response.statusCode}; stored`);
+        return this.respond(x, stream.record, stream.meta, stream.meta.size, (range) => stream.broadcast.subscribe(range), undefined, `fwd=${fwd}; fwd-status=${response.statusCode}; stored`, setCookieHeaders(stream.setCookie));
       }
       x.detail = x.detail ? `${x.detail},not-stored:${stream}` : `not-stored:${stream}`;
     }
@@ -450,6 +467,7 @@ export class CachePipeline {
     const via = appendVia(headers['via'], '1.1', this.settings.nodeName);
     const record = makeResponseRecord({ status, headers, freshness, vary, stripSurrogate: this.settings.role === 'edge', via });
     const declared = Number(headerText(headers['content-length']));
+    if (declared > this.settings.maxObjectSize) return 'too-large';
     const meta: EntryMeta = {
       size: Number.isSafeInteger(declared) && declared >= 0 ? declared : UNKNOWN_SIZE,
       tags: surrogateKeys(headers),
@@ -463,7 +481,8 @@ export class CachePipeline {
     const broadcast = new BodyBroadcast();
     const stored = this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url);
     this.track(stored);
-    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, stored };
+    const setCookie = headers['set-cookie'];
+    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, stored, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
   }
 
   /** Streams the upstream body to the broadcast and the store; commits only a complete body. */
@@ -471,10 +490,21 @@ export class CachePipeline {
     const writer = this.store.openWriter(key, meta);
     let received = 0;
     try {
+      let storing = true;
       for await (const chunk of body as AsyncIterable<Buffer>) {
         received += chunk.length;
         broadcast.push(chunk);
-        await writer.write(chunk);
+        if (storing && received > this.settings.maxObjectSize) {
+          // A body of undeclared length outgrew maxObjectSize: keep streaming it, store nothing.
+          storing = false;
+          writer.abort();
+          this.metrics.inc('not_stored_total', 'responses not stored', { reason: 'too-large' });
+        }
+        if (storing) await writer.write(chunk);
+      }
+      if (!storing) {
+        broadcast.end();
+        return;
       }
       if (meta.size !== UNKNOWN_SIZE && received !== meta.size) throw new Error(`upstream body has ${received} bytes, ${meta.size} declared`);
     } catch (error) {
@@ -616,10 +646,12 @@ export class CachePipeline {
     open: (range?: { start: number; end: number }) => Readable,
     body: Buffer | undefined,
     member: string,
+    extraHeaders?: string[],
   ): void {
     const { req, res } = x;
     const now = this.now();
     const headers = record.headers.slice();
+    if (extraHeaders) headers.push(...extraHeaders);
     headers.push('age', String(Math.floor(record.initialAgeSec + Math.max(0, now - meta.storedAt) / 1000)));
     headers.push('cache-status', this.cacheStatus(x, record.upstreamCacheStatus, member));
     const ifNoneMatch = req.headers['if-none-match'];
@@ -771,7 +803,7 @@ export class CachePipeline {
   // ---- log ------------------------------------------------------------------------------
 
   private log(x: Exchange): void {
-    this.metrics.inc('requests_total', 'requests by cache outcome', { outcome: x.outcome });
+    this.requestCounters[x.outcome].inc();
     this.logger.info(
       {
         id: x.id,
@@ -794,6 +826,10 @@ export class CachePipeline {
 function settleFill(settle: (result: FillResult, openUntil?: Promise<unknown>) => void, result: LeaderResult): void {
   if (result.kind === 'response') settle({ kind: 'own', reason: result.reason });
   else settle(result, result.kind === 'stream' ? result.stored : undefined);
+}
+
+function setCookieHeaders(values: string[] | undefined): string[] | undefined {
+  return values?.flatMap((value) => ['set-cookie', value]);
 }
 
 function ttl(meta: EntryMeta, now: number): number {

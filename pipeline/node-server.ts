@@ -47,6 +47,7 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
     lockWaitMs: config.lockWaitMs,
     hitForMissSec: config.hitForMissSec,
     maxVariantsPerUrl: config.maxVariantsPerUrl,
+    maxObjectSize: config.maxObjectSize,
     cacheSetCookiePaths: config.cacheSetCookiePaths,
     trustForwardedFrom: config.trustForwardedFrom,
     cacheStatusKey: config.cacheStatusKey,

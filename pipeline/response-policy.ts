@@ -9,7 +9,7 @@
  * directives, operator defaults and precise §4.2.3 age arithmetic.
  */
 import CachePolicy from 'http-cache-semantics';
-import { deltaSeconds, governingDirectives, has, type Directives } from './cache-control.js';
+import { NO_DIRECTIVES, deltaSeconds, governingDirectives, has, parseCacheControl, type Directives } from './cache-control.js';
 import type { HeaderMap } from './upstream.js';
 
 /** Why a response was not stored; the string appears in Cache-Status `detail`, logs and metrics. */
@@ -196,13 +196,15 @@ function ageValue(headers: HeaderMap): number {
 
 /** Request Cache-Control, with `Pragma: no-cache` honoured when Cache-Control is absent (§5.4). */
 export function governingRequestDirectives(headers: Record<string, string | string[] | undefined>): Directives {
-  if (headers['cache-control'] === undefined && headers['pragma'] !== undefined) {
+  const cacheControl = headers['cache-control'];
+  if (cacheControl !== undefined) return parseCacheControl(cacheControl);
+  if (headers['pragma'] !== undefined) {
     const pragma = headerText(headers['pragma'])?.toLowerCase() ?? '';
     if (pragma.split(',').some((p) => p.trim() === 'no-cache')) {
       return { values: new Map([['no-cache', true]]), conflicting: new Set() };
     }
   }
-  return governingDirectives({ 'cache-control': headers['cache-control'] }).directives;
+  return NO_DIRECTIVES;
 }
 
 /** HTTP-date (RFC 9110 §5.6.7) to ms; undefined when invalid. */
