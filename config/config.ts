@@ -4,10 +4,11 @@
  * (file < environment < flags). Validated once at start-up with the failing field named, then frozen.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 
 export type Role = 'edge' | 'shield';
 
-type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'listen' | 'enum' | 'routes';
+type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'listen' | 'enum' | 'routes';
 
 interface OptionSpec {
   kind: Kind;
@@ -53,7 +54,7 @@ export const OPTIONS = {
   hitForMissSec: { kind: 'int', default: 30, min: 0, help: 'how long an uncacheable key skips request collapsing' },
   maxVariantsPerUrl: { kind: 'int', default: 32, min: 1, help: 'cap on Vary variants stored per URL' },
   cacheSetCookiePaths: { kind: 'string-list', default: [], help: 'path prefixes whose Set-Cookie responses may be stored (the cookie is never served from cache)' },
-  trustForwardedFrom: { kind: 'string-list', default: [], help: 'peer addresses/CIDRs whose X-Forwarded-* headers are trusted' },
+  trustForwardedFrom: { kind: 'address-list', default: [], help: 'peer addresses/CIDRs whose X-Forwarded-* headers are trusted' },
   cacheStatusKey: { kind: 'bool', default: false, help: 'debug: add key= to Cache-Status' },
   upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
   connectTimeoutMs: ms('upstream connect timeout', 5_000),
@@ -213,6 +214,19 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
       if (!list.every((item) => typeof item === 'string')) fail('must be a list of strings');
       return list;
     }
+    case 'address-list': {
+      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of addresses');
+      for (const item of list) {
+        if (typeof item !== 'string') fail('must be a list of addresses or CIDRs');
+        const [address, prefix, ...rest] = (item as string).split('/');
+        const family = isIP(address!);
+        const bits = family === 6 ? 128 : 32;
+        if (family === 0 || rest.length > 0 || (prefix !== undefined && !(/^\d+$/.test(prefix) && Number(prefix) <= bits))) {
+          fail(`not an IP address or CIDR: ${JSON.stringify(item)}`);
+        }
+      }
+      return list;
+    }
     case 'url-list': {
       const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of URLs');
       return list.map((item) => checkUrl(item, name, source));
@@ -296,7 +310,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   for (const [name, raws] of Object.entries(sources.flags ?? {}) as [OptionName, string[]][]) {
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
-    const list = spec.kind === 'url-list' || spec.kind === 'string-list';
+    const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list';
     values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`);
   }
   return Object.freeze(values as unknown as Config);

@@ -1,0 +1,69 @@
+/** One schema: file < environment < flags; a bad value is rejected at start-up naming the field and its source. */
+import test from 'ava';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, loadConfig, parseBytes } from '../../config/config.js';
+
+test('defaults per role, frozen', (t) => {
+  const edge = loadConfig('edge');
+  t.deepEqual(edge.listen, { host: '127.0.0.1', port: 8080 });
+  t.is(loadConfig('shield').listen.port, 9000);
+  t.is(edge.memorySize, 256 * 1024 * 1024);
+  t.true(Object.isFrozen(edge));
+});
+
+test('file < environment < flags', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'outpost.json');
+  writeFileSync(file, JSON.stringify({ memorySize: '64MB', lockWaitMs: 100, upstreams: ['http://127.0.0.1:9001'] }));
+  const fromFile = loadConfig('edge', { file });
+  t.is(fromFile.memorySize, 64 * 1024 * 1024);
+  const fromEnv = loadConfig('edge', { file, env: { OUTPOST_LOCK_WAIT_MS: '250' } });
+  t.is(fromEnv.lockWaitMs, 250);
+  t.is(fromEnv.memorySize, 64 * 1024 * 1024);
+  const fromFlags = loadConfig('edge', { file, env: { OUTPOST_LOCK_WAIT_MS: '250' }, flags: { lockWaitMs: ['300'], upstreams: ['http://127.0.0.1:9002', 'http://127.0.0.1:9003/'] } });
+  t.is(fromFlags.lockWaitMs, 300);
+  t.deepEqual(fromFlags.upstreams, ['http://127.0.0.1:9002', 'http://127.0.0.1:9003']);
+});
+
+test('a bad value names the field and where it came from', (t) => {
+  const cases: Array<[() => unknown, string, RegExp]> = [
+    [() => loadConfig('edge', { flags: { memorySize: ['12XB'] } }), 'memorySize', /flag --memory-size/],
+    [() => loadConfig('edge', { env: { OUTPOST_LOCK_WAIT_MS: 'soon' } }), 'lockWaitMs', /OUTPOST_LOCK_WAIT_MS/],
+    [() => loadConfig('edge', { fileContents: { upstreams: ['ftp://x'] } }), 'upstreams', /http/],
+    [() => loadConfig('edge', { fileContents: { upstreams: ['http://x/path'] } }), 'upstreams', /no path/],
+    [() => loadConfig('edge', { fileContents: { listen: 'nowhere' } }), 'listen', /host:port/],
+    [() => loadConfig('edge', { fileContents: { heuristicFraction: 2 } }), 'heuristicFraction', /at most 1/],
+    [() => loadConfig('edge', { fileContents: { bogus: 1 } }), 'bogus', /unknown field/],
+    [() => loadConfig('edge', { fileContents: { origins: ['http://x'] } }), 'origins', /not an option of the edge/],
+    [() => loadConfig('shield', { fileContents: { balance: 'random' } }), 'balance', /one of/],
+    [() => loadConfig('edge', { fileContents: { trustForwardedFrom: ['10.0.0.0/33'] } }), 'trustForwardedFrom', /CIDR/],
+    [() => loadConfig('shield', { fileContents: { routes: [{ host: 'a', origins: [] }] } }), 'routes[0].origins', /non-empty/],
+    [() => loadConfig('shield', { fileContents: { routes: [{ pathPrefix: 'api', origins: ['http://x'] }] } }), 'routes[0].pathPrefix', /start/],
+    [() => loadConfig('edge', { fileContents: { accessLog: 'maybe' } }), 'accessLog', /true or false/],
+  ];
+  for (const [load, field, message] of cases) {
+    const error = t.throws(load, { instanceOf: ConfigError });
+    t.is(error?.field, field);
+    t.regex(error!.message, message);
+  }
+});
+
+test('a config file that is not JSON is named', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-config-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'broken.json');
+  writeFileSync(file, '{ "listen": ');
+  const error = t.throws(() => loadConfig('edge', { file }), { instanceOf: ConfigError });
+  t.regex(error!.message, /broken\.json.*not valid JSON/);
+  t.throws(() => loadConfig('edge', { file: join(dir, 'missing.json') }), { message: /cannot read/ });
+});
+
+test('sizes take units', (t) => {
+  t.is(parseBytes('10GB'), 10 * 1024 ** 3);
+  t.is(parseBytes('256mb'), 256 * 1024 ** 2);
+  t.is(parseBytes('1.5K'), 1536);
+  t.is(parseBytes('12XB'), undefined);
+});
