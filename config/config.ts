@@ -49,7 +49,7 @@ export const OPTIONS = {
   defaultTtlSec: { kind: 'int', default: 0, min: 0, help: 'freshness for cacheable responses with no freshness information' },
   defaultGraceSec: { kind: 'int', default: 0, min: 0, help: 'stale-while-revalidate window when the origin sends none' },
   defaultStaleIfErrorSec: { kind: 'int', default: 0, min: 0, help: 'stale-if-error window when the origin sends none' },
-  keepSec: { kind: 'int', default: 3600, min: 0, help: 'keep stale entries with validators this long for conditional revalidation' },
+  keepSec: { kind: 'int', default: 3600, min: 0, help: 'keep stale entries this long past their stale windows (conditional revalidation, max-stale)' },
   lockWaitMs: ms('longest a collapsed request waits for the leader before fetching on its own', 10_000),
   hitForMissSec: { kind: 'int', default: 30, min: 0, help: 'how long an uncacheable key skips request collapsing' },
   maxVariantsPerUrl: { kind: 'int', default: 32, min: 1, help: 'cap on Vary variants stored per URL' },

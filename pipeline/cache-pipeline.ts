@@ -77,6 +77,8 @@ export interface Exchange {
   readonly peerTrusted: boolean;
   readonly proto: 'http' | 'https';
   readonly host: string;
+  /** Request target in origin form (path and query), as sent upstream. */
+  readonly path: string;
   url: string;
   directives: Directives;
   outcome: CacheOutcome;
@@ -90,6 +92,8 @@ interface Lookup {
   variant: string;
   /** The Vary record found for the URL, if any. */
   vary: VaryRecord | undefined;
+  /** Set when a usable stored response was refused by the request's directives. */
+  forwardReason?: 'request';
 }
 
 /** What a fill (the leader's upstream fetch) shares with the requests waiting on it. */
@@ -183,6 +187,7 @@ export class CachePipeline {
     const peerTrusted = this.trusted !== undefined && this.trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
     const forwardedProto = peerTrusted ? headerText(req.headers['x-forwarded-proto']) : undefined;
     const proto = forwardedProto === 'https' || forwardedProto === 'http' ? forwardedProto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+    const target = requestTarget(req);
     return {
       req,
       res,
@@ -192,7 +197,8 @@ export class CachePipeline {
       clientAddress: peer,
       peerTrusted,
       proto,
-      host: (req.headers.host ?? '').toLowerCase(),
+      host: target.host,
+      path: target.path,
       url: '',
       directives: NO_DIRECTIVES,
       outcome: 'miss',
@@ -202,10 +208,16 @@ export class CachePipeline {
   }
 
   private process(x: Exchange): void | Promise<void> {
+    // RFC 9112 §3.2: more than one Host field line (or none, for HTTP/1.1) is a 400, never a cache-key guess.
+    if ((x.host === '' && x.req.httpVersion !== '1.0') || hostLines(x.req.rawHeaders) > 1) {
+      x.outcome = 'synthetic';
+      x.detail = 'bad-host';
+      return this.deliverError(x, 400, 'exactly one valid Host header is required', 'detail=bad-request');
+    }
     // requestFilter
     for (const filter of this.filters) if (filter(x)) return;
     // cacheKey
-    x.url = cacheKey(x.proto, x.host, x.req.url ?? '/', this.settings.key);
+    x.url = cacheKey(x.proto, x.host, x.path, this.settings.key);
     if (x.method !== 'GET' && x.method !== 'HEAD') return this.pass(x);
     x.directives = governingRequestDirectives(x.req.headers);
     // lookup
@@ -237,7 +249,8 @@ export class CachePipeline {
     if (entry !== undefined) {
       const now = this.now();
       const record = entry.meta.http as unknown as ResponseRecord;
-      switch (this.evaluate(x, record, entry.meta, now)) {
+      const verdict = this.evaluate(x, record, entry.meta, now);
+      switch (verdict) {
         case 'fresh':
           x.outcome = 'hit';
           return this.deliverEntry(x, entry, `hit; ttl=${ttl(entry.meta, now)}`);
@@ -251,8 +264,10 @@ export class CachePipeline {
           this.revalidateInBackground(x, l);
           return this.deliverEntry(x, entry, 'fwd=stale; detail=background-revalidate');
         case 'revalidate':
+        case 'request':
           break;
       }
+      if (verdict === 'request') l.forwardReason = 'request';
     }
     if (has(x.directives, 'only-if-cached')) {
       // §5.2.1.7: nothing stored fits and the client forbids forwarding.
@@ -263,16 +278,23 @@ export class CachePipeline {
   }
 
   /** Whether a stored response may satisfy this request now (RFC 9111 §4.2, §5.2.1, RFC 5861). */
-  private evaluate(x: Exchange, record: ResponseRecord, meta: EntryMeta, now: number): 'fresh' | 'stale-allowed' | 'stale-while-revalidate' | 'revalidate' {
+  private evaluate(
+    x: Exchange,
+    record: ResponseRecord,
+    meta: EntryMeta,
+    now: number,
+  ): 'fresh' | 'stale-allowed' | 'stale-while-revalidate' | 'revalidate' | 'request' {
     const d = x.directives;
     const fresh = now < meta.staleAt;
     if (d.values.size > 0) {
-      if (has(d, 'no-cache')) return 'revalidate';
+      // A fresh response the request's own directives refuse is forwarded as fwd=request (RFC 9211 §2.2).
+      const refused = fresh ? 'request' : 'revalidate';
+      if (has(d, 'no-cache')) return refused;
       const currentAge = record.initialAgeSec + (now - meta.storedAt) / 1000;
       const maxAge = deltaSeconds(d, 'max-age');
-      if (maxAge !== undefined && !(currentAge <= maxAge)) return 'revalidate';
+      if (maxAge !== undefined && !(currentAge <= maxAge)) return refused;
       const minFresh = deltaSeconds(d, 'min-fresh');
-      if (minFresh !== undefined && !((meta.staleAt - now) / 1000 >= minFresh)) return 'revalidate';
+      if (minFresh !== undefined && !((meta.staleAt - now) / 1000 >= minFresh)) return refused;
       if (!fresh && !record.noStale && has(d, 'max-stale')) {
         const maxStale = deltaSeconds(d, 'max-stale');
         // max-stale with no value accepts any staleness (§5.2.1.2).
@@ -289,7 +311,7 @@ export class CachePipeline {
   /** A miss or a stored response that needs validation: collapse onto one upstream fetch per key. */
   private async fetch(x: Exchange, l: Lookup): Promise<void> {
     const lockKey = entryKey(x.url, l.variant);
-    const missKind = l.entry ? 'stale' : l.vary ? 'vary-miss' : 'uri-miss';
+    const missKind = l.forwardReason ?? (l.entry ? 'stale' : l.vary ? 'vary-miss' : 'uri-miss');
     // Requests that may never share a response do not wait, and do not make others wait (§3.5, §5.2.1.5).
     const shareable = !has(x.directives, 'no-store') && x.req.headers.authorization === undefined;
     if (!shareable || this.flights.isHitForMiss(lockKey)) {
@@ -355,7 +377,7 @@ export class CachePipeline {
     const requestTime = this.now();
     let response: UpstreamResponse;
     try {
-      response = await this.upstream.request({ method: 'GET', path: x.req.url ?? '/', headers, body: null, cacheKey: x.url, idempotent: true });
+      response = await this.upstream.request({ method: 'GET', path: x.path, headers, body: null, cacheKey: x.url, idempotent: true });
     } catch (error) {
       return { kind: 'error', error: asUpstreamError(error), status: undefined };
     }
@@ -390,7 +412,7 @@ export class CachePipeline {
     try {
       response = await this.upstream.request({
         method: storing ? 'GET' : x.method,
-        path: x.req.url ?? '/',
+        path: x.path,
         headers,
         body: null,
         cacheKey: x.url,
@@ -446,7 +468,7 @@ export class CachePipeline {
     const status = response.statusCode;
     if (status === 206 || status === 304) return 'status';
     const headers = response.headers;
-    const path = pathOf(x.req.url);
+    const path = pathOf(x.path);
     const reason = notStorableReason({
       method: 'GET',
       requestHeaders: x.req.headers,
@@ -518,7 +540,10 @@ export class CachePipeline {
     try {
       await writer.commit();
       if (vary) {
-        const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: meta.staleAt, graceUntil: meta.graceUntil, deleteAt: meta.deleteAt, http: vary as unknown as Record<string, unknown> };
+        // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable.
+        const existing = await this.store.get(entryKey(url, ''));
+        const keepUntil = Math.max(meta.deleteAt, (existing?.meta.http as HttpRecord | undefined)?.kind === 'vary' ? existing!.meta.deleteAt : 0);
+        const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: keepUntil, graceUntil: keepUntil, deleteAt: keepUntil, http: vary as unknown as Record<string, unknown> };
         await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
       }
     } catch (error) {
@@ -562,7 +587,9 @@ export class CachePipeline {
   ): Promise<CachedEntry | undefined> {
     const merged = mergeNotModified(record, notModifiedHeaders);
     const freshness = computeFreshness(record.status, merged, times, this.settings.freshness);
-    const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge' });
+    // A 304's own Via replaces the stored one; this node is appended again.
+    const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
+    const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge', via });
     const meta: EntryMeta = {
       ...stored.meta,
       tags: surrogateKeys(merged).length > 0 ? surrogateKeys(merged) : stored.meta.tags,
@@ -588,7 +615,7 @@ export class CachePipeline {
     try {
       response = await this.upstream.request({
         method: x.method,
-        path: x.req.url ?? '/',
+        path: x.path,
         headers,
         body: hasBody ? x.req : null,
         cacheKey: x.url,
@@ -611,7 +638,7 @@ export class CachePipeline {
       if (value === undefined) continue;
       let target: URL;
       try {
-        target = new URL(value, base + (x.req.url ?? '/'));
+        target = new URL(value, base + x.path);
       } catch {
         continue;
       }
@@ -781,6 +808,7 @@ export class CachePipeline {
   private upstreamHeaders(x: Exchange, drop: ReadonlySet<string> | undefined): HeaderMap {
     const headers = withoutHopByHop(x.req.headers, drop);
     delete headers['expect'];
+    if (x.host !== '') headers['host'] = x.host;
     headers['via'] = appendVia(headers['via'], x.req.httpVersion, this.settings.nodeName);
     setForwarded(headers, { clientAddress: x.clientAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
     return headers;
@@ -809,7 +837,7 @@ export class CachePipeline {
         id: x.id,
         method: x.method,
         host: x.host,
-        path: x.req.url,
+        path: x.path,
         status: x.res.statusCode,
         bytes: x.bytes,
         ms: Math.round((performance.now() - x.startedAt) * 100) / 100,
@@ -850,10 +878,34 @@ function isSafe(method: string): boolean {
   return method === 'GET' || method === 'HEAD' || method === 'OPTIONS' || method === 'TRACE';
 }
 
-function pathOf(url: string | undefined): string {
-  const path = url ?? '/';
+function pathOf(path: string): string {
   const q = path.indexOf('?');
   return q === -1 ? path : path.slice(0, q);
+}
+
+/**
+ * Host and origin-form path of a request. An absolute-form target (RFC 9112 §3.2.2) names the
+ * resource itself, so its authority wins over the Host header.
+ */
+function requestTarget(req: IncomingMessage): { host: string; path: string } {
+  const url = req.url ?? '/';
+  if (url.charCodeAt(0) === 0x2f /* / */ || url === '*') return { host: (req.headers.host ?? '').toLowerCase(), path: url };
+  try {
+    const parsed = new URL(url);
+    if (parsed.protocol === 'http:' || parsed.protocol === 'https:') return { host: parsed.host.toLowerCase(), path: parsed.pathname + parsed.search };
+  } catch {
+    // fall through: not a usable absolute URI
+  }
+  return { host: (req.headers.host ?? '').toLowerCase(), path: url };
+}
+
+function hostLines(rawHeaders: string[]): number {
+  let count = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') count++;
+  }
+  return count;
 }
 
 /** Surrogate keys: Surrogate-Key (space-separated, Fastly) and Cache-Tag (comma-separated). */

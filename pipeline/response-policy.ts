@@ -38,7 +38,7 @@ export interface FreshnessConfig {
   defaultGraceSec: number;
   /** stale-if-error window for responses that send none. */
   defaultStaleIfErrorSec: number;
-  /** How long a stale entry with validators is kept for conditional revalidation. */
+  /** How long a stale entry is kept past its windows (conditional revalidation, max-stale). */
   keepSec: number;
 }
 
@@ -121,14 +121,16 @@ export function computeFreshness(
   const lifetimeSec = freshnessLifetime(status, headers, directives, targeted, times, config);
   const initialAgeSec = correctedInitialAge(headers, times);
   const noStale = has(directives, 'must-revalidate') || has(directives, 'proxy-revalidate') || has(directives, 's-maxage');
-  const staleAt = times.responseTime + Math.max(0, lifetimeSec - initialAgeSec) * 1000;
+  // Not clamped: a response that arrives already stale (Age > lifetime) became stale in the past,
+  // and its stale-while-revalidate / stale-if-error windows count from then (RFC 5861).
+  const staleAt = times.responseTime + (lifetimeSec - initialAgeSec) * 1000;
   const swrSec = windowSec(directives, 'stale-while-revalidate', config.defaultGraceSec);
   const sieSec = windowSec(directives, 'stale-if-error', config.defaultStaleIfErrorSec);
   const swrUntil = noStale ? staleAt : staleAt + swrSec * 1000;
   const sieUntil = noStale ? staleAt : staleAt + sieSec * 1000;
   const graceUntil = Math.max(swrUntil, sieUntil);
-  const hasValidators = headers['etag'] !== undefined || headers['last-modified'] !== undefined;
-  const deleteAt = graceUntil + (hasValidators ? config.keepSec * 1000 : 0);
+  // Kept past its windows for conditional revalidation and for clients that accept stale (max-stale).
+  const deleteAt = graceUntil + config.keepSec * 1000;
   return { lifetimeSec, initialAgeSec, staleAt, swrUntil, sieUntil, graceUntil, deleteAt, noStale };
 }
 
