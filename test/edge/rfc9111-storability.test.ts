@@ -1,0 +1,173 @@
+/**
+ * RFC 9111 §3 (storing responses) against a real edge and a real origin on 127.0.0.1.
+ */
+import test, { type ExecutionContext } from 'ava';
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { delay, fetchFrom, header, httpDate, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+
+async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
+  const origin = await startOrigin(handler);
+  const edge = await startTestEdge(origin.url, overrides);
+  t.teardown(async () => {
+    await edge.close();
+    await origin.close();
+  });
+  return { origin, edge };
+}
+
+function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
+  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
+/** Lets a background store commit finish before the next request. */
+const settle = (): Promise<void> => delay(30);
+
+test('§3 a cacheable 200 GET is stored (control)', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60' }));
+  await fetchFrom(edge.url, '/s');
+  await settle();
+  const second = await fetchFrom(edge.url, '/s');
+  t.is(origin.count('/s'), 1);
+  t.regex(cacheStatus(second), /; hit/);
+});
+
+test('§3 a response to POST is not stored (method)', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60' }, 'posted'));
+  const post = await fetchFrom(edge.url, '/p', { method: 'POST', body: 'x' });
+  t.is(post.status, 200);
+  await settle();
+  const get = await fetchFrom(edge.url, '/p');
+  t.is(get.status, 200);
+  t.deepEqual(origin.requests.map((r) => r.method), ['POST', 'GET']);
+  t.notRegex(cacheStatus(get), /; hit/);
+});
+
+test('§3/§4.2.2 a 404 with Last-Modified and no explicit freshness is stored heuristically', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 404, { 'last-modified': httpDate(-10_000), date: httpDate() }, 'nope'));
+  const first = await fetchFrom(edge.url, '/missing');
+  t.is(first.status, 404);
+  await settle();
+  const second = await fetchFrom(edge.url, '/missing');
+  t.is(second.status, 404);
+  t.is(second.text, 'nope');
+  t.is(origin.count('/missing'), 1);
+  t.regex(cacheStatus(second), /; hit/);
+});
+
+test('§3/§4.2.2 a 301 with Last-Modified is stored heuristically', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 301, { location: '/elsewhere', 'last-modified': httpDate(-10_000), date: httpDate() }, 'moved'));
+  const first = await fetchFrom(edge.url, '/moved');
+  t.is(first.status, 301);
+  await settle();
+  const second = await fetchFrom(edge.url, '/moved');
+  t.is(second.status, 301);
+  t.is(header(second, 'location'), '/elsewhere');
+  t.is(origin.count('/moved'), 1);
+});
+
+test('§3 a 500 without explicit freshness is not stored', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 500, { 'last-modified': httpDate(-10_000) }, 'boom'));
+  t.is((await fetchFrom(edge.url, '/err')).status, 500);
+  await settle();
+  t.is((await fetchFrom(edge.url, '/err')).status, 500);
+  t.is(origin.count('/err'), 2);
+});
+
+test('§5.2.2.5 a no-store response is not stored', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'no-store, max-age=60' }));
+  const first = await fetchFrom(edge.url, '/ns');
+  t.is(first.text, 'hello');
+  await settle();
+  await fetchFrom(edge.url, '/ns');
+  t.is(origin.count('/ns'), 2);
+});
+
+test('§5.2.1.5 request no-store: the response is not stored', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60' }));
+  const first = await fetchFrom(edge.url, '/rns', { headers: { 'cache-control': 'no-store' } });
+  t.is(first.text, 'hello');
+  await settle();
+  const second = await fetchFrom(edge.url, '/rns');
+  t.is(origin.count('/rns'), 2);
+  t.notRegex(cacheStatus(second), /; hit/);
+});
+
+test('§5.2.2.7 a private response is not stored by a shared cache', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'private, max-age=60' }));
+  await fetchFrom(edge.url, '/priv');
+  await settle();
+  await fetchFrom(edge.url, '/priv');
+  t.is(origin.count('/priv'), 2);
+});
+
+test('§3.5 a response to a request with Authorization is not stored without public/s-maxage/must-revalidate', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60' }, 'secret'));
+  const first = await fetchFrom(edge.url, '/auth', { headers: { authorization: 'Bearer a' } });
+  t.is(first.text, 'secret');
+  await settle();
+  const anonymous = await fetchFrom(edge.url, '/auth');
+  t.is(anonymous.text, 'secret');
+  t.is(origin.count('/auth'), 2, 'the authorized response must not be served to another client');
+  t.is(origin.requests[1]!.headers.authorization, undefined);
+});
+
+for (const directive of ['public, max-age=60', 's-maxage=60', 'max-age=60, must-revalidate']) {
+  test(`§3.5 a response to a request with Authorization is stored with "${directive}"`, async (t) => {
+    const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': directive }, 'shared'));
+    await fetchFrom(edge.url, '/auth-ok', { headers: { authorization: 'Bearer a' } });
+    await settle();
+    const second = await fetchFrom(edge.url, '/auth-ok');
+    t.is(second.text, 'shared');
+    t.is(origin.count('/auth-ok'), 1);
+    t.regex(cacheStatus(second), /; hit/);
+  });
+}
+
+test('§3 1xx responses are never stored: the final response is what is stored and served', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => {
+    res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+    send(res, 200, { 'cache-control': 'max-age=60' }, 'final');
+  });
+  const first = await fetchFrom(edge.url, '/hints');
+  t.is(first.status, 200);
+  t.is(first.text, 'final');
+  await settle();
+  const second = await fetchFrom(edge.url, '/hints');
+  t.is(second.status, 200);
+  t.is(second.text, 'final');
+  t.is(origin.count('/hints'), 1);
+});
+
+test('§3 (operator policy) a response with Set-Cookie is not stored by default', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res, _b, n) => send(res, 200, { 'cache-control': 'max-age=60', 'set-cookie': `session=${n}` }));
+  const first = await fetchFrom(edge.url, '/c');
+  t.is(header(first, 'set-cookie'), 'session=1');
+  await settle();
+  const second = await fetchFrom(edge.url, '/c');
+  t.is(header(second, 'set-cookie'), 'session=2');
+  t.is(origin.count('/c'), 2);
+});
+
+test('§3 (operator policy) with cacheSetCookiePaths the response is stored, the client that caused the fetch gets its Set-Cookie, other clients never do', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res, _b, n) => send(res, 200, { 'cache-control': 'max-age=60', 'set-cookie': `session=${n}` }, 'page'), {
+    cacheSetCookiePaths: ['/c'],
+  });
+  const first = await fetchFrom(edge.url, '/c/page');
+  t.is(first.text, 'page');
+  await settle();
+  const second = await fetchFrom(edge.url, '/c/page');
+  t.is(second.text, 'page');
+  t.is(origin.count('/c/page'), 1, 'stored under the opt-in path');
+  t.is(header(second, 'set-cookie'), undefined, 'a stored Set-Cookie is never served to another client');
+  t.is(header(first, 'set-cookie'), 'session=1', 'the client whose request was forwarded receives the origin Set-Cookie');
+});
+
+test('§3 (operator policy) cacheSetCookiePaths does not apply outside its prefix', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60', 'set-cookie': 'a=b' }), { cacheSetCookiePaths: ['/c'] });
+  await fetchFrom(edge.url, '/other');
+  await settle();
+  await fetchFrom(edge.url, '/other');
+  t.is(origin.count('/other'), 2);
+});
