@@ -1,0 +1,78 @@
+/**
+ * Benchmark origin: a plain node:http server run as a child process by bench/run.ts.
+ *
+ *   node dist/bench/origin.js [--port N]      prints {"port":N} on stdout once listening
+ *
+ * Paths (every request counted by exact path, except /__stats and /health):
+ *   /1k, /100k        fixed bodies, Cache-Control: max-age=3600
+ *   /cold/…           200 ms delay, Cache-Control: max-age=60, 1 KiB      (stampede)
+ *   /swr/…            100 ms delay, Cache-Control: max-age=1, stale-while-revalidate=30, 1 KiB (SWR)
+ *   /nostore/…        Cache-Control: no-store, 1 KiB, no delay            (shield miss path, ejection)
+ *   /warm/…           Cache-Control: max-age=3600, tiny body              (opening client connections)
+ *   /health           200 ok
+ *   /__stats[?path=P] JSON {"total": n, "path": count of P}
+ */
+import { createServer, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+const KIB = 1024;
+const body1k = Buffer.alloc(KIB, 'a');
+const body100k = Buffer.alloc(100 * KIB, 'b');
+const tiny = Buffer.from('ok\n');
+
+const counts = new Map<string, number>();
+let total = 0;
+
+function send(res: ServerResponse, body: Buffer, cacheControl: string): void {
+  res.writeHead(200, {
+    'Content-Type': 'application/octet-stream',
+    'Content-Length': body.length,
+    'Cache-Control': cacheControl,
+    'Last-Modified': 'Thu, 26 Nov 2026 00:00:00 GMT',
+  });
+  res.end(body);
+}
+
+const server = createServer((req, res) => {
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  const path = q === -1 ? url : url.slice(0, q);
+  if (path === '/__stats') {
+    const wanted = q === -1 ? undefined : new URLSearchParams(url.slice(q + 1)).get('path') ?? undefined;
+    const out: Record<string, number> = { total };
+    if (wanted !== undefined) out.path = counts.get(wanted) ?? 0;
+    const text = JSON.stringify(out);
+    res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
+    res.end(text);
+    return;
+  }
+  if (path === '/health') {
+    send(res, tiny, 'no-store');
+    return;
+  }
+  total++;
+  counts.set(path, (counts.get(path) ?? 0) + 1);
+  if (path === '/1k') return send(res, body1k, 'max-age=3600');
+  if (path === '/100k') return send(res, body100k, 'max-age=3600');
+  if (path.startsWith('/cold/')) {
+    setTimeout(() => send(res, body1k, 'max-age=60'), 200);
+    return;
+  }
+  if (path.startsWith('/swr/')) {
+    setTimeout(() => send(res, body1k, 'max-age=1, stale-while-revalidate=30'), 100);
+    return;
+  }
+  if (path.startsWith('/nostore/')) return send(res, body1k, 'no-store');
+  if (path.startsWith('/warm/')) return send(res, tiny, 'max-age=3600');
+  res.writeHead(404, { 'Content-Length': 0, 'Cache-Control': 'no-store' });
+  res.end();
+});
+server.keepAliveTimeout = 60_000;
+
+let port = 0;
+const i = process.argv.indexOf('--port');
+if (i !== -1) port = Number(process.argv[i + 1]);
+server.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`${JSON.stringify({ port: (server.address() as AddressInfo).port })}\n`);
+});
+process.on('SIGTERM', () => process.exit(0));
