@@ -325,3 +325,16 @@ test('RFC 9112 §3.2.2 an absolute-form request target names the same resource (
   t.regex(response, /cache-status: [^\r\n]*; hit/i);
   t.is(origin.count(), 1);
 });
+
+test('§4.2.1 two conflicting Expires field lines make the response stale', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => {
+    res.setHeader('content-length', 5);
+    res.setHeader('expires', [new Date(Date.now() + 600_000).toUTCString(), new Date(Date.now() + 60_000).toUTCString()]);
+    res.writeHead(200);
+    res.end('hello');
+  });
+  await fetchFrom(edge.url, '/two-exp');
+  await settle();
+  await fetchFrom(edge.url, '/two-exp');
+  t.is(origin.count('/two-exp'), 2);
+});

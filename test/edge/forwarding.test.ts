@@ -288,3 +288,31 @@ test('RFC 9110 §7.6.3 Via on hits still names the edge after a 304 revalidation
   t.is(header(revalidated, 'via'), '1.1 shield-a, 1.1 outpost-edge');
   t.is(header(hit, 'via'), '1.1 shield-a, 1.1 outpost-edge');
 });
+
+test('a client that goes away mid-download does not stop the fill: the complete response is stored', async (t) => {
+  const chunk = 'z'.repeat(1024);
+  const { origin, edge } = await setup(t, async (_q, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': chunk.length * 10 });
+    for (let i = 0; i < 10; i++) {
+      res.write(chunk);
+      await delay(20);
+    }
+    res.end();
+  });
+  const { port } = new URL(edge.url);
+  await new Promise<void>((resolve) => {
+    const req = httpRequest({ host: '127.0.0.1', port: Number(port), path: '/abandoned' }, (res) => {
+      res.once('data', () => {
+        req.destroy();
+        resolve();
+      });
+    });
+    req.on('error', () => resolve());
+    req.end();
+  });
+  await delay(400);
+  const hit = await fetchFrom(edge.url, '/abandoned');
+  t.is(hit.text, chunk.repeat(10));
+  t.regex(cacheStatus(hit), /; hit/);
+  t.is(origin.count('/abandoned'), 1);
+});

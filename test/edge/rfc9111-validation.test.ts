@@ -287,3 +287,36 @@ test('§4.4 an error response (500) to POST does not invalidate', async (t) => {
   t.regex(cacheStatus(after), /; hit/);
   t.is(origin.requests.filter((r) => r.method === 'GET').length, 1);
 });
+
+test('§4.3.4 a 304 whose strong ETag matches no stored response does not update it: the client never gets the old body under the new ETag', async (t) => {
+  const { edge } = await setup(t, (q, res) => {
+    if (q.headers['if-none-match'] !== undefined) return void send(res, 304, { etag: '"b"', 'cache-control': 'max-age=60' }, '');
+    send(res, 200, { etag: q.headers['x-second'] ? '"b"' : '"a"', 'cache-control': 'max-age=60', age: '100' }, q.headers['x-second'] ? 'body-B' : 'body-A');
+  });
+  await fetchFrom(edge.url, '/mismatch');
+  await settle();
+  const reply = await fetchFrom(edge.url, '/mismatch', { headers: { 'x-second': '1' } });
+  t.is(reply.status, 200);
+  const pair = `${header(reply, 'etag')} ${reply.text}`;
+  t.true(pair === '"a" body-A' || pair === '"b" body-B', `ETag and body disagree: ${pair}`);
+  await settle();
+  const next = await fetchFrom(edge.url, '/mismatch', { headers: { 'x-second': '1' } });
+  const nextPair = `${header(next, 'etag')} ${next.text}`;
+  t.true(nextPair === '"a" body-A' || nextPair === '"b" body-B', `ETag and body disagree: ${nextPair}`);
+});
+
+test('§4.4 invalidation removes every Vary variant of the target URI', async (t) => {
+  const { origin, edge } = await setup(t, (q, res) => {
+    if (q.method === 'POST') return void send(res, 204, {}, '');
+    send(res, 200, { 'cache-control': 'max-age=600', vary: 'Accept-Encoding' }, `enc:${q.headers['accept-encoding'] ?? '-'}`);
+  });
+  for (const enc of ['gzip', 'br']) await fetchFrom(edge.url, '/vinv', { headers: { 'accept-encoding': enc } });
+  await settle();
+  await fetchFrom(edge.url, '/vinv', { method: 'POST', body: 'x' });
+  for (const enc of ['gzip', 'br']) {
+    const reply = await fetchFrom(edge.url, '/vinv', { headers: { 'accept-encoding': enc } });
+    t.is(reply.text, `enc:${enc}`);
+    t.notRegex(cacheStatus(reply), /; hit/);
+  }
+  t.is(origin.requests.filter((r) => r.method === 'GET').length, 4);
+});
