@@ -3,7 +3,7 @@
  * subscriber reads from the start at its own pace, none waits for the whole body.
  * Chunks are kept until the broadcast itself is dropped, so late subscribers still get all bytes.
  */
-import { Readable } from 'node:stream';
+import type { Writable } from 'node:stream';
 
 export class BodyBroadcast {
   private readonly chunks: Buffer[] = [];
@@ -34,17 +34,18 @@ export class BodyBroadcast {
     return this.finished;
   }
 
-  /** A reader of the whole body, or of the inclusive byte range `start..end`. */
-  subscribe(range?: { start: number; end: number }): Readable {
+  /**
+   * Writes the body (or an inclusive byte range) straight to a response as it arrives, without a
+   * stream per reader: cheap when a thousand collapsed requests share one fill. Backpressure is
+   * not awaited because every chunk is held here anyway; the socket only queues references.
+   */
+  pipeTo(out: Writable, range: { start: number; end: number } | undefined, onBytes: (n: number) => void): void {
     let index = 0;
-    let position = 0; // byte offset of chunks[index]
+    let position = 0;
     const start = range?.start ?? 0;
     const end = range ? range.end + 1 : Infinity;
-    let waiting = false;
-    const readable = new Readable({
-      read: () => pump(),
-    });
-    const pump = (): void => {
+    const step = (): void => {
+      if (out.destroyed) return;
       while (index < this.chunks.length) {
         const chunk = this.chunks[index]!;
         const chunkStart = position;
@@ -52,30 +53,20 @@ export class BodyBroadcast {
         position += chunk.length;
         if (position <= start) continue;
         const slice = chunk.subarray(Math.max(0, start - chunkStart), Math.min(chunk.length, end - chunkStart));
+        if (slice.length > 0) {
+          onBytes(slice.length);
+          out.write(slice);
+        }
         if (position >= end) {
-          if (slice.length > 0) readable.push(slice);
-          readable.push(null);
+          out.end();
           return;
         }
-        if (slice.length > 0 && !readable.push(slice)) return;
       }
-      if (this.failure) {
-        readable.destroy(this.failure);
-        return;
-      }
-      if (this.finished) {
-        readable.push(null);
-        return;
-      }
-      if (!waiting) {
-        waiting = true;
-        this.listeners.push(() => {
-          waiting = false;
-          if (!readable.destroyed) pump();
-        });
-      }
+      if (this.failure) out.destroy(this.failure);
+      else if (this.finished) out.end();
+      else this.listeners.push(step);
     };
-    return readable;
+    step();
   }
 
   private notify(): void {

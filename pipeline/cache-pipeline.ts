@@ -11,6 +11,7 @@ import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
+import { AccessLog } from './access-log.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, deltaSeconds, has, type Directives } from './cache-control.js';
@@ -138,6 +139,7 @@ export class CachePipeline {
   private readonly store: CacheStore;
   private readonly upstream: Upstream;
   private readonly logger: Logger;
+  private readonly accessLog: AccessLog;
   private readonly metrics: Metrics;
   private readonly filters: RequestFilter[];
   private readonly now: () => number;
@@ -153,6 +155,7 @@ export class CachePipeline {
     this.store = deps.store;
     this.upstream = deps.upstream;
     this.logger = deps.logger;
+    this.accessLog = new AccessLog(deps.logger, deps.settings.nodeName);
     this.metrics = deps.metrics;
     this.filters = deps.filters ?? [];
     this.now = deps.now ?? Date.now;
@@ -347,7 +350,7 @@ export class CachePipeline {
         const size = result.meta.size;
         const ttlText = `; stored; ttl=${ttl(result.meta, this.now())}`;
         const own = leader ? setCookieHeaders(result.setCookie) : undefined;
-        return this.respond(x, result.record, result.meta, size, (range) => result.broadcast.subscribe(range), undefined, `fwd=${missKind}; fwd-status=${result.record.status}${ttlText}`, own);
+        return this.respond(x, result.record, result.meta, size, result.broadcast, `fwd=${missKind}; fwd-status=${result.record.status}${ttlText}`, own);
       }
       case 'entry':
         x.outcome = 'revalidated';
@@ -384,6 +387,9 @@ export class CachePipeline {
     const times = { requestTime, responseTime: this.now() };
     if (response.statusCode === 304 && stored && record) {
       response.body.resume();
+      // §4.3.4: a strong validator in the 304 selects what it updates; if it is not ours, nothing stored is updated.
+      const tag = headerText(response.headers['etag']);
+      if (tag !== undefined && !tag.startsWith('W/') && tag !== record.etag) return { kind: 'own', reason: 'status' };
       const refreshed = await this.refresh(x, stored, record, response.headers, times);
       return refreshed ? { kind: 'entry', entry: refreshed } : { kind: 'own', reason: 'status' };
     }
@@ -431,7 +437,7 @@ export class CachePipeline {
     if (storing) {
       const stream = await this.storeResponse(x, l, response, { requestTime, responseTime: this.now() });
       if (typeof stream !== 'string') {
-        return this.respond(x, stream.record, stream.meta, stream.meta.size, (range) => stream.broadcast.subscribe(range), undefined, `fwd=${fwd}; fwd-status=${response.statusCode}; stored`, setCookieHeaders(stream.setCookie));
+        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, `fwd=${fwd}; fwd-status=${response.statusCode}; stored`, setCookieHeaders(stream.setCookie));
       }
       x.detail = x.detail ? `${x.detail},not-stored:${stream}` : `not-stored:${stream}`;
     }
@@ -658,7 +664,7 @@ export class CachePipeline {
 
   private deliverEntry(x: Exchange, entry: CachedEntry, member: string): void {
     const record = entry.meta.http as unknown as ResponseRecord;
-    this.respond(x, record, entry.meta, entry.meta.size, (range) => entry.openBody(range), entry.body, member);
+    this.respond(x, record, entry.meta, entry.meta.size, entry, member);
   }
 
   /**
@@ -670,8 +676,8 @@ export class CachePipeline {
     record: ResponseRecord,
     meta: EntryMeta,
     size: number,
-    open: (range?: { start: number; end: number }) => Readable,
-    body: Buffer | undefined,
+    /** A stored entry (whole body in memory, or streamed from disk) or a fill still streaming in. */
+    source: CachedEntry | BodyBroadcast,
     member: string,
     extraHeaders?: string[],
   ): void {
@@ -710,13 +716,18 @@ export class CachePipeline {
       res.end();
       return;
     }
+    if (source instanceof BodyBroadcast) {
+      source.pipeTo(res, range, (n) => (x.bytes += n));
+      return;
+    }
+    const body = source.body;
     if (body !== undefined) {
       const bytes = range ? body.subarray(range.start, range.end + 1) : body;
       x.bytes = bytes.length;
       res.end(bytes);
       return;
     }
-    this.pipeBody(x, open(range));
+    this.pipeBody(x, source.openBody(range));
   }
 
   /** Sends an upstream response that is not (or not yet) stored. */
@@ -832,21 +843,19 @@ export class CachePipeline {
 
   private log(x: Exchange): void {
     this.requestCounters[x.outcome].inc();
-    this.logger.info(
-      {
-        id: x.id,
-        method: x.method,
-        host: x.host,
-        path: x.path,
-        status: x.res.statusCode,
-        bytes: x.bytes,
-        ms: Math.round((performance.now() - x.startedAt) * 100) / 100,
-        cache: x.outcome,
-        detail: x.detail,
-        complete: x.res.writableFinished,
-      },
-      'request',
-    );
+    if (!this.accessLog.enabled) return;
+    this.accessLog.write({
+      id: x.id,
+      method: x.method,
+      host: x.host,
+      path: x.path,
+      status: x.res.statusCode,
+      bytes: x.bytes,
+      ms: Math.round((performance.now() - x.startedAt) * 100) / 100,
+      cache: x.outcome,
+      detail: x.detail,
+      complete: x.res.writableFinished,
+    });
   }
 }
 

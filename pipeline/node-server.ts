@@ -3,7 +3,7 @@
  * and the shield share. Malformed requests get a 4xx and the node keeps serving; SIGTERM-style
  * shutdown stops accepting, finishes requests in flight, then closes the upstream and the store.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
@@ -59,6 +59,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { config, upstream, store, logger } = options;
   const metrics = new Metrics();
   const pipeline = new CachePipeline({ settings: pipelineSettings(config), store, upstream, logger, metrics, filters: options.filters ?? [] });
+  // Responses not yet finished, so shutdown can mark them Connection: close.
+  const inFlight = new Set<ServerResponse>();
+  let shuttingDown = false;
   const server = createServer(
     {
       keepAliveTimeout: 5_000,
@@ -66,7 +69,12 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       requestTimeout: 120_000,
       maxHeaderSize: 16 * 1024,
     },
-    pipeline.handle,
+    (req, res) => {
+      if (shuttingDown) res.shouldKeepAlive = false;
+      inFlight.add(res);
+      res.once('close', () => inFlight.delete(res));
+      pipeline.handle(req, res);
+    },
   );
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     metrics.inc('client_errors_total', 'malformed requests answered with a 4xx', { code: error.code ?? 'unknown' });
@@ -95,7 +103,16 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     store,
     metrics,
     url: `http://${host}:${address.port}`,
-    close: () => (closing ??= shutdown(server, pipeline, upstream, store, config.shutdownTimeoutMs)),
+    close: () => {
+      if (!shuttingDown) {
+        shuttingDown = true;
+        // Requests in flight finish, but their connections are not kept alive for more.
+        for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+        // Connections whose response already went out close as soon as they turn idle.
+        server.keepAliveTimeout = 1;
+      }
+      return (closing ??= shutdown(server, pipeline, upstream, store, config.shutdownTimeoutMs));
+    },
   };
 }
 
