@@ -169,18 +169,22 @@ export class CachePipeline {
   /** node:http request handler. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
     const x = this.identify(req, res);
-    if (this.settings.accessLog) res.once('close', () => this.log(x));
+    let pending: void | Promise<void> = undefined;
     try {
-      const pending = this.process(x);
-      if (pending) pending.catch((error) => this.internalError(x, error));
+      pending = this.process(x);
     } catch (error) {
       this.internalError(x, error);
     }
+    if (pending) pending.catch((error) => this.internalError(x, error));
+    // A memory hit has ended its response by now: log it at once, with no listener per request.
+    if (!pending && res.writableEnded) this.log(x, true);
+    else res.once('close', () => this.log(x, res.writableFinished));
   };
 
   /** Waits for background fills and revalidations (graceful shutdown). */
   async drain(): Promise<void> {
     while (this.background.size > 0) await Promise.allSettled([...this.background]);
+    if (this.accessLog.enabled) this.accessLog.flush();
   }
 
   // ---- identify -------------------------------------------------------------------------
@@ -841,9 +845,9 @@ export class CachePipeline {
 
   // ---- log ------------------------------------------------------------------------------
 
-  private log(x: Exchange): void {
+  private log(x: Exchange, complete: boolean): void {
     this.requestCounters[x.outcome].inc();
-    if (!this.accessLog.enabled) return;
+    if (!this.accessLog.enabled || !this.settings.accessLog) return;
     this.accessLog.write({
       id: x.id,
       method: x.method,
@@ -854,7 +858,7 @@ export class CachePipeline {
       ms: Math.round((performance.now() - x.startedAt) * 100) / 100,
       cache: x.outcome,
       detail: x.detail,
-      complete: x.res.writableFinished,
+      complete,
     });
   }
 }

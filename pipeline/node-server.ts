@@ -59,8 +59,9 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { config, upstream, store, logger } = options;
   const metrics = new Metrics();
   const pipeline = new CachePipeline({ settings: pipelineSettings(config), store, upstream, logger, metrics, filters: options.filters ?? [] });
-  // Responses not yet finished, so shutdown can mark them Connection: close.
-  const inFlight = new Set<ServerResponse>();
+  // Open connections (tracked per connection, not per request), so shutdown can reach the
+  // response each one is writing and mark it Connection: close.
+  const connections = new Set<Socket>();
   let shuttingDown = false;
   const server = createServer(
     {
@@ -71,11 +72,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     },
     (req, res) => {
       if (shuttingDown) res.shouldKeepAlive = false;
-      inFlight.add(res);
-      res.once('close', () => inFlight.delete(res));
       pipeline.handle(req, res);
     },
   );
+  server.on('connection', (socket: Socket) => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+  });
   server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
     metrics.inc('client_errors_total', 'malformed requests answered with a 4xx', { code: error.code ?? 'unknown' });
     if (!socket.writable || (error as { bytesParsed?: number }).bytesParsed === undefined) {
@@ -107,7 +110,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       if (!shuttingDown) {
         shuttingDown = true;
         // Requests in flight finish, but their connections are not kept alive for more.
-        for (const res of inFlight) if (!res.headersSent) res.shouldKeepAlive = false;
+        for (const socket of connections) {
+          const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+          if (res && !res.headersSent) res.shouldKeepAlive = false;
+        }
         // Connections whose response already went out close as soon as they turn idle.
         server.keepAliveTimeout = 1;
       }
