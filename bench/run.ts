@@ -19,6 +19,7 @@
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { Agent, request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
 import { cpus, availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -305,44 +306,47 @@ interface StampedeResult {
   hotP99: number;
 }
 
-/** Opens n keep-alive sockets first, then fires n requests for one cold key at once. */
+/**
+ * Opens n sockets first, then writes n requests for one cold key at once. The client is raw
+ * sockets with a minimal response reader, so the burst measures the server rather than the
+ * client's own HTTP stack (node:http's client cost rivalled the server's on this 2-core box).
+ */
 async function stampedeClient(port: number, path: string, warmPath: string, originPort: number, n: number): Promise<StampedeResult> {
-  const agent = new Agent({ keepAlive: true, maxSockets: n, maxFreeSockets: n, keepAliveMsecs: 1000, timeout: 60_000 });
+  const sockets: Socket[] = [];
   try {
-    // 1. open n connections (the warm path is cached after its first request; latency not measured)
-    await Promise.all(Array.from({ length: n }, () => get(port, warmPath, agent).catch(() => undefined)));
+    // A warm request first, so the server holds a pooled connection to the origin, as a busy PoP does.
+    await get(port, warmPath).catch(() => undefined);
+    await Promise.all(
+      Array.from({ length: n }, () => new Promise<void>((resolve, reject) => {
+        const socket = connect({ host: HOST, port }, () => resolve());
+        socket.setNoDelay(true);
+        socket.once('error', reject);
+        sockets.push(socket);
+      })),
+    );
     await sleep(200);
-    const sockets = Object.values(agent.freeSockets).reduce((sum, list) => sum + (list?.length ?? 0), 0);
-    // 2. n requests for the cold key, all issued in one synchronous loop
+    const request = Buffer.from(`GET ${path} HTTP/1.1\r\nHost: bench.test\r\n\r\n`);
     const burst = async (): Promise<{ latencies: number[]; ok: number; failed: number }> => {
       const latencies: number[] = [];
       let ok = 0;
       let failed = 0;
       await new Promise<void>((resolve) => {
         let pending = n;
-        const done = () => {
-          if (--pending === 0) resolve();
-        };
-        for (let i = 0; i < n; i++) {
+        for (const socket of sockets) {
           const t0 = performance.now();
-          const req = httpRequest({ host: HOST, port, path, agent, method: 'GET' }, (res) => {
-            res.resume();
-            res.on('end', () => {
-              latencies.push(performance.now() - t0);
-              if (res.statusCode === 200) ok++;
-              else failed++;
-              done();
-            });
-            res.on('error', () => {
-              failed++;
-              done();
-            });
-          });
-          req.on('error', () => {
-            failed++;
-            done();
-          });
-          req.end();
+          let received: Buffer = Buffer.alloc(0);
+          const onData = (chunk: Buffer): void => {
+            received = received.length === 0 ? chunk : Buffer.concat([received, chunk]);
+            const complete = responseComplete(received);
+            if (complete === undefined) return;
+            socket.off('data', onData);
+            latencies.push(performance.now() - t0);
+            if (complete === 200) ok++;
+            else failed++;
+            if (--pending === 0) resolve();
+          };
+          socket.on('data', onData);
+          socket.write(request);
         }
       });
       latencies.sort((x, y) => x - y);
@@ -350,22 +354,34 @@ async function stampedeClient(port: number, path: string, warmPath: string, orig
     };
     const cold = await burst();
     const stats = await originStats(originPort, path);
-    // 3. the same burst again, now all hits: what n concurrent requests cost this client and server without any origin wait
+    // The same burst again, now all hits: what n concurrent requests cost this box without any origin wait.
     await sleep(200);
     const hot = await burst();
     const l = cold.latencies;
     return {
       originRequests: stats.path, ok: cold.ok, failed: cold.failed, p50: percentile(l, 50), p99: percentile(l, 99), max: l[l.length - 1] ?? Number.NaN,
-      min: l[0] ?? Number.NaN, sockets, hotP99: percentile(hot.latencies, 99),
+      min: l[0] ?? Number.NaN, sockets: sockets.filter((s) => !s.destroyed).length, hotP99: percentile(hot.latencies, 99),
     };
   } finally {
-    agent.destroy();
+    for (const socket of sockets) socket.destroy();
   }
+}
+
+/** The status of a complete HTTP/1.1 response in `bytes` (Content-Length or chunked), else undefined. */
+function responseComplete(bytes: Buffer): number | undefined {
+  const end = bytes.indexOf('\r\n\r\n');
+  if (end === -1) return undefined;
+  const head = bytes.subarray(0, end).toString('latin1');
+  const status = Number(head.slice(9, 12));
+  const length = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+  if (length) return bytes.length - (end + 4) >= Number(length[1]) ? status : undefined;
+  if (/\r\ntransfer-encoding:\s*chunked/i.test(head)) return bytes.subarray(bytes.length - 5).toString('latin1') === '0\r\n\r\n' ? status : undefined;
+  return status;
 }
 
 async function stampede(): Promise<void> {
   out(`## stampede — ${fmtInt(STAMPEDE_N)} concurrent requests for one cold key, origin delay 200 ms (Cache-Control: max-age=60)`);
-  out('Client: node:http in the bench process, one Agent whose keep-alive sockets are opened beforehand, all requests issued in one loop; fresh cold');
+  out('Client: raw sockets in the bench process, all opened beforehand, one request written on each in one loop; fresh cold');
   out('key per server. The last column repeats the burst on the now-cached key: the cost of 1,000 concurrent requests on this box without any origin wait.');
   const dir = tempDir('stampede');
   const origin = await startOrigin();

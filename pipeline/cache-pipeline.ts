@@ -147,6 +147,8 @@ export class CachePipeline {
   private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
+  /** Disk lookups in progress, by entry key. */
+  private readonly pendingLookups = new Map<string, Promise<CachedEntry | undefined>>();
   /** Background revalidations and fills not tied to a client, awaited on shutdown. */
   private readonly background = new Set<Promise<unknown>>();
 
@@ -227,6 +229,9 @@ export class CachePipeline {
     x.url = cacheKey(x.proto, x.host, x.path, this.settings.key);
     if (x.method !== 'GET' && x.method !== 'HEAD') return this.pass(x);
     x.directives = governingRequestDirectives(x.req.headers);
+    // A fill for a key that had nothing stored is already running: join it without a store
+    // lookup (in a stampede, a thousand disk misses would otherwise queue before the fill).
+    if (this.flights.isMissFill(entryKey(x.url, ''))) return this.afterLookup(x, { entry: undefined, variant: '', vary: undefined });
     // lookup
     const found = this.lookup(x);
     if (found instanceof Promise) return found.then((l) => this.afterLookup(x, l));
@@ -236,8 +241,18 @@ export class CachePipeline {
   // ---- lookup ---------------------------------------------------------------------------
 
   private lookup(x: Exchange): Lookup | Promise<Lookup> {
-    const first = this.store.get(entryKey(x.url, ''));
-    if (first instanceof Promise) return first.then((entry) => this.selectVariant(x, entry));
+    const key = entryKey(x.url, '');
+    // Concurrent lookups of one key share one disk read: in a stampede the fill starts after one
+    // read, not after a thousand queued ones.
+    const pending = this.pendingLookups.get(key);
+    if (pending !== undefined) return pending.then((entry) => this.selectVariant(x, entry));
+    const first = this.store.get(key);
+    if (first instanceof Promise) {
+      this.pendingLookups.set(key, first);
+      const done = () => this.pendingLookups.delete(key);
+      first.then(done, done);
+      return first.then((entry) => this.selectVariant(x, entry));
+    }
     return this.selectVariant(x, first);
   }
 
@@ -325,7 +340,7 @@ export class CachePipeline {
       x.detail = shareable ? 'hit-for-miss' : 'uncollapsible';
       return this.fetchAlone(x, l, shareable ? 'bypass' : missKind);
     }
-    const joined = this.flights.join(lockKey, this.settings.lockWaitMs);
+    const joined = this.flights.join(lockKey, this.settings.lockWaitMs, l.entry === undefined && l.vary === undefined);
     if (joined.leader) {
       const fill = this.fill(x, l, lockKey);
       this.track(fill);

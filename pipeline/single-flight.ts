@@ -20,6 +20,8 @@ export type Joined<R> =
 interface Flight<R> {
   waiters: Array<(result: R | undefined) => void>;
   settled?: { result: R };
+  /** Started because nothing was stored: a request for this key may skip its store lookup. */
+  missFill: boolean;
 }
 
 export class SingleFlight<R> {
@@ -29,11 +31,11 @@ export class SingleFlight<R> {
   constructor(private readonly now: () => number = Date.now) {}
 
   /** Becomes the leader for `key`, or a waiter that gets the leader's result (undefined after `waitMs`). */
-  join(key: string, waitMs: number): Joined<R> {
+  join(key: string, waitMs: number, missFill = false): Joined<R> {
     const flight = this.flights.get(key);
     if (flight?.settled) return { leader: false, result: Promise.resolve(flight.settled.result) };
     if (flight === undefined) {
-      const created: Flight<R> = { waiters: [] };
+      const created: Flight<R> = { waiters: [], missFill };
       this.flights.set(key, created);
       const close = () => {
         if (this.flights.get(key) === created) this.flights.delete(key);
@@ -65,6 +67,11 @@ export class SingleFlight<R> {
       timer.unref();
     });
     return { leader: false, result };
+  }
+
+  /** True while a fill started by a miss runs for `key` (nothing was stored when it began). */
+  isMissFill(key: string): boolean {
+    return this.flights.get(key)?.missFill === true;
   }
 
   /** Number of keys with a fetch in flight. */

@@ -34,6 +34,7 @@ import {
   type PurgeOptions,
   type StoreStats,
 } from './cache-store.js';
+import { BloomFilter } from './bloom-filter.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
 
 /** Bytes an entry costs beyond its body (meta record, index rows) in the byte budget. */
@@ -68,6 +69,8 @@ export interface LevelStoreOptions {
   now?: () => number;
   /** Background expiry/eviction sweep, default 30 s. */
   sweepIntervalMs?: number;
+  /** Keys the presence filter is first sized for; it grows (rebuilt in the background) past that. Default 65536. */
+  expectedEntries?: number;
 }
 
 type Db = Level<Buffer, Buffer>;
@@ -272,6 +275,10 @@ export class LevelStore implements CacheStore {
   readonly chunkBytes: number;
   private entries = 0;
   private bytes = 0;
+  /** Every key ever written here (until the next rebuild): lets a cold miss skip LevelDB. */
+  private presence: BloomFilter;
+  /** Keys added while the filter is being rebuilt, replayed into the new one. */
+  private rebuildAdds: Buffer[] | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -292,6 +299,7 @@ export class LevelStore implements CacheStore {
     readonly maxBytes: number,
     options: LevelStoreOptions,
   ) {
+    this.presence = new BloomFilter(options.expectedEntries ?? 64 * 1024);
     this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.now = options.now ?? Date.now;
     let sweeping = false;
@@ -335,9 +343,15 @@ export class LevelStore implements CacheStore {
     return store;
   }
 
-  async get(key: string): Promise<CachedEntry | undefined> {
+  get(key: string): Promise<CachedEntry | undefined> | undefined {
     if (this.closed) return undefined;
     const k = encodeText(key);
+    // A key never written is answered at once, without a read on LevelDB's thread pool.
+    if (!this.presence.mightContain(k)) return undefined;
+    return this.lookup(key, k);
+  }
+
+  private async lookup(key: string, k: Buffer): Promise<CachedEntry | undefined> {
     let value: Buffer | undefined;
     try {
       value = await this.db.get(metaKey(k));
@@ -475,6 +489,7 @@ export class LevelStore implements CacheStore {
 
   /** Makes a fully written generation the entry's body, replacing any previous one. */
   commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>): Promise<void> {
+    this.remember(k);
     return this.mutate('commit', async () => {
       const full: MetaRecord = { ...rec, accessAt: this.now() };
       const oldValue = await this.db.get(metaKey(k));
@@ -717,6 +732,27 @@ export class LevelStore implements CacheStore {
     return hits.length;
   }
 
+  /** Adds a key to the presence filter; a filter past its capacity is rebuilt larger in the background. */
+  private remember(k: Buffer): void {
+    this.presence.add(k);
+    this.rebuildAdds?.push(Buffer.from(k));
+    if (this.presence.full && this.rebuildAdds === undefined && !this.closed) void this.rebuildPresence();
+  }
+
+  private async rebuildPresence(): Promise<void> {
+    this.rebuildAdds = [];
+    try {
+      const next = new BloomFilter(Math.max(this.presence.capacity * 4, this.entries * 2));
+      for await (const [key] of this.db.iterator({ gte: META, lt: prefixEnd(META), values: false })) next.add(key.subarray(META.length));
+      for (const k of this.rebuildAdds) next.add(k);
+      this.presence = next;
+    } catch {
+      // Closed or unreadable: keep the old filter (more false positives, never a false miss).
+    } finally {
+      this.rebuildAdds = undefined;
+    }
+  }
+
   /** On open: delete chunks of writes that never committed, then count entries and bytes. */
   private async recover(): Promise<void> {
     for await (const [key] of this.db.iterator({ gte: PENDING, lt: prefixEnd(PENDING), values: false })) {
@@ -727,6 +763,7 @@ export class LevelStore implements CacheStore {
     const corrupt: Array<[Buffer, Buffer]> = [];
     for await (const [key, value] of this.db.iterator({ gte: META, lt: prefixEnd(META) })) {
       const k = key.subarray(META.length);
+      this.remember(k);
       const rec = decodeRecord(value, k);
       if (rec) this.account(1, rec.size);
       else corrupt.push([k, value]);

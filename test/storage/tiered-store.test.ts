@@ -58,7 +58,7 @@ class CountingStore implements CacheStore {
   }
   get(key: string) {
     this.count('get');
-    return this.inner.get(key).then((entry): CachedEntry | undefined => {
+    return Promise.resolve(this.inner.get(key)).then((entry): CachedEntry | undefined => {
       if (!entry) return entry;
       const held = () => this.bodyGate;
       return {

@@ -1,0 +1,42 @@
+/** The disk tier's presence filter: never a false "absent", few false "present", cold misses answered synchronously. */
+import test from 'ava';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BloomFilter } from '../../storage/bloom-filter.js';
+import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
+import { LevelStore } from '../../storage/level-store.js';
+
+const key = (i: number) => Buffer.from(`https://example.test/object/${i}`);
+
+test('no false negatives, and about 1% false positives at capacity', (t) => {
+  const filter = new BloomFilter(10_000);
+  for (let i = 0; i < 10_000; i++) filter.add(key(i));
+  for (let i = 0; i < 10_000; i++) t.true(filter.mightContain(key(i)));
+  let falsePositives = 0;
+  for (let i = 10_000; i < 30_000; i++) if (filter.mightContain(key(i))) falsePositives++;
+  t.true(falsePositives / 20_000 < 0.03, `${falsePositives} false positives in 20,000`);
+  t.false(filter.full);
+  filter.add(key(-1));
+  t.true(filter.full);
+});
+
+function meta(): EntryMeta {
+  const now = Date.now();
+  return { size: 3, tags: [], storedAt: now, staleAt: now + 60_000, graceUntil: now + 60_000, deleteAt: now + 120_000, http: {} };
+}
+
+test('the disk tier answers a never-written key synchronously, finds written keys after reopen and after the filter grows', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  let store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
+  t.is(store.get('https://example.test/never'), undefined, 'a cold miss is not a promise');
+  for (let i = 0; i < 2500; i++) await putEntry(store, `k${i}`, meta(), Buffer.from('abc'));
+  // Past its capacity the filter was rebuilt larger; every key is still found.
+  for (let i = 0; i < 2500; i += 97) t.truthy(await store.get(`k${i}`), `k${i}`);
+  await store.close();
+  store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
+  t.teardown(() => store.close());
+  for (let i = 0; i < 2500; i += 89) t.truthy(await store.get(`k${i}`), `k${i} after reopen`);
+  t.is(store.get('https://example.test/never'), undefined);
+});
