@@ -248,12 +248,19 @@ export class CachePipeline {
     if (pending !== undefined) return pending.then((entry) => this.selectVariant(x, entry));
     const first = this.store.get(key);
     if (first instanceof Promise) {
-      this.pendingLookups.set(key, first);
-      const done = () => this.pendingLookups.delete(key);
-      first.then(done, done);
-      return first.then((entry) => this.selectVariant(x, entry));
+      const read = first.catch((error) => this.storeReadFailed(error));
+      this.pendingLookups.set(key, read);
+      read.then(() => this.pendingLookups.delete(key));
+      return read.then((entry) => this.selectVariant(x, entry));
     }
     return this.selectVariant(x, first);
+  }
+
+  /** A failing disk read is a miss (counted and logged), never a failed request. */
+  private storeReadFailed(error: unknown): undefined {
+    this.metrics.inc('store_read_errors_total', 'store lookups that failed and were treated as misses');
+    this.logger.warn({ err: (error as Error)?.message }, 'store lookup failed; treated as a miss');
+    return undefined;
   }
 
   private selectVariant(x: Exchange, entry: CachedEntry | undefined): Lookup | Promise<Lookup> {
@@ -262,7 +269,9 @@ export class CachePipeline {
     if (record.kind === 'response') return { entry, variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
     const second = this.store.get(entryKey(x.url, variant));
-    if (second instanceof Promise) return second.then((e) => ({ entry: e, variant, vary: record }));
+    if (second instanceof Promise) {
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e, variant, vary: record }));
+    }
     return { entry: second, variant, vary: record };
   }
 
