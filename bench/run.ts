@@ -18,7 +18,7 @@
  * process group on 127.0.0.1, killed at the end even on error; temp folders are removed.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { Agent, request as httpRequest } from 'node:http';
+import { Agent } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { cpus, availableParallelism, release } from 'node:os';
 import { join } from 'node:path';

@@ -49,7 +49,6 @@ const GEN_BYTES = 16;
 const TIME_BYTES = 6;
 const MAX_TIME = 2 ** 48 - 1;
 
-const NS = Buffer.from('o1/');
 const META = Buffer.from('o1/m/');
 const BODY = Buffer.from('o1/b/');
 const TAG = Buffer.from('o1/t/');

@@ -4,27 +4,9 @@
  * keep serving, and never store anything wrong.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
-import { delay, fetchFrom, header, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import { cacheStatus, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 
 /** Sends raw bytes and returns what came back before the server closed (or the timeout). */
 function raw(base: string, data: string | Buffer, timeoutMs = 3000): Promise<string> {

@@ -2,29 +2,12 @@
  * Forwarding at the edge (RFC 9110 §7.6): methods and bodies, hop-by-hop fields, Via,
  * X-Forwarded-*, upstream failures (502/504) and what is (not) stored from them.
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, request as httpRequest, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
-import { delay, fetchFrom, header, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import { cacheStatus, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /** Sends raw bytes to `base` and returns everything received until the server closes (or timeout). */

@@ -2,21 +2,9 @@
  * RFC 9111 §2 (the cache key: target URI — scheme, host, path and query) and the operator's
  * key options sortQuery and dropQueryParams.
  */
-import test, { type ExecutionContext } from 'ava';
-import { delay, fetchFrom, header, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import test from 'ava';
+import { cacheStatus, fetchFrom, settle, setup, type OriginHandler, type Reply } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 
 /** Echoes host and URL so a wrongly shared entry shows in the body. */
 const echo: OriginHandler = (q, res) => {

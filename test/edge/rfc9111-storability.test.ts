@@ -1,28 +1,9 @@
 /**
  * RFC 9111 §3 (storing responses) against a real edge and a real origin on 127.0.0.1.
  */
-import test, { type ExecutionContext } from 'ava';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { delay, fetchFrom, header, httpDate, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import test from 'ava';
+import { cacheStatus, fetchFrom, header, httpDate, send, settle, setup } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-/** Lets a background store commit finish before the next request. */
-const settle = (): Promise<void> => delay(30);
 
 test('§3 a cacheable 200 GET is stored (control)', async (t) => {
   const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=60' }));

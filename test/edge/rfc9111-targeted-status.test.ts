@@ -3,26 +3,9 @@
  * Cache-Status response field (RFC 9211) at the edge.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { delay, fetchFrom, header, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import type { OutgoingHttpHeaders } from 'node:http';
+import { cacheStatus, fetchFrom, header, send, settle, setup } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 
 async function twice(t: ExecutionContext, headers: OutgoingHttpHeaders, overrides: Record<string, unknown> = {}) {
   const ctx = await setup(t, (_q, res) => send(res, 200, headers), overrides);

@@ -4,25 +4,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { delay, fetchFrom, header, httpDate, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import { cacheStatus, fetchFrom, header, httpDate, send, settle, setup, type OriginHandler } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 const LAST_MODIFIED = httpDate(-3600);
 const BODY = '0123456789';
 

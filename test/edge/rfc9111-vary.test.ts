@@ -1,27 +1,9 @@
 /**
  * RFC 9111 §4.1 (Vary: selecting a stored variant) against a real edge and origin.
  */
-import test, { type ExecutionContext } from 'ava';
-import type { OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import { delay, fetchFrom, header, startOrigin, startTestEdge, type OriginHandler, type Reply } from '../helpers/harness.js';
+import test from 'ava';
+import { cacheStatus, delay, fetchFrom, send, settle, setup, type OriginHandler, type Reply } from '../helpers/harness.js';
 
-async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}) {
-  const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
-  t.teardown(async () => {
-    await edge.close();
-    await origin.close();
-  });
-  return { origin, edge };
-}
-
-function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
-  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
-  res.end(body);
-}
-
-const cacheStatus = (r: Reply): string => header(r, 'cache-status') ?? '';
-const settle = (): Promise<void> => delay(30);
 
 /** An origin that echoes the request's Accept-Encoding in the body and varies on it. */
 const echoEncoding: OriginHandler = (q, res) =>

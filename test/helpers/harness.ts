@@ -2,7 +2,8 @@
  * Real parts for pipeline tests: a test origin on 127.0.0.1 that records and counts requests,
  * an edge (or shield) in front of it with a real store, and a small HTTP client.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
+import type { ExecutionContext } from 'ava';
 import type { AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -81,14 +82,17 @@ export async function startTestEdge(upstream: string | string[], overrides: Reco
     fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...overrides },
   });
   const node = await startEdge(config, { logger: silentLogger(), store: store ?? new MemoryStore({ maxBytes: 64 * 1024 * 1024 }) });
-  return {
+  const edge: TestEdge = {
     ...node,
     dataDir,
     close: async () => {
+      liveEdges.delete(edge);
       await node.close();
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+  liveEdges.add(edge);
+  return edge;
 }
 
 export interface Reply {
@@ -134,4 +138,31 @@ export async function waitFor(condition: () => boolean, timeoutMs = 3_000): Prom
     await delay(10);
   }
   return true;
+}
+
+/** Edges started by startTestEdge and not yet closed (for settle()). */
+const liveEdges = new Set<TestEdge>();
+
+/** An origin and an edge in front of it, both closed when the test ends. */
+export async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}): Promise<{ origin: TestOrigin; edge: TestEdge }> {
+  const origin = await startOrigin(handler);
+  const edge = await startTestEdge(origin.url, overrides);
+  t.teardown(async () => {
+    await edge.close();
+    await origin.close();
+  });
+  return { origin, edge };
+}
+
+/** Writes a complete response with Content-Type and Content-Length. */
+export function send(res: ServerResponse, status: number, headers: OutgoingHttpHeaders, body = 'hello'): void {
+  res.writeHead(status, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), ...headers });
+  res.end(body);
+}
+
+export const cacheStatus = (reply: Reply): string => header(reply, 'cache-status') ?? '';
+
+/** Waits until every running test edge has finished its background stores and revalidations. */
+export async function settle(): Promise<void> {
+  await Promise.all([...liveEdges].map((edge) => edge.pipeline.drain()));
 }

@@ -2,7 +2,7 @@ import test from 'ava';
 import { UpstreamError } from '../../pipeline/upstream.js';
 import { OriginPool, type OriginPoolEjectedEvent } from '../../origin-shield/origin-pool.js';
 import { HashRing } from '../../origin-shield/hash-ring.js';
-import { closeAll, getRequest, postRequest, readText, startTestOrigins, type TestOrigin } from './fixtures/test-origin.js';
+import { closeAll, getRequest, postRequest, readText, startTestOrigins } from './fixtures/test-origin.js';
 
 async function setup(t: { teardown(fn: () => Promise<void> | void): void }, count: number, options: Omit<ConstructorParameters<typeof OriginPool>[0], 'members'> = {}) {
   const origins = await startTestOrigins(count);

@@ -2,7 +2,6 @@
  * The CacheStore contract as one ava suite, run against every store (memory, LevelDB, tiered),
  * so the tiers cannot drift apart. Each test gets a fresh store from `makeStore`.
  */
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import test, { type ExecutionContext } from 'ava';
 import {
