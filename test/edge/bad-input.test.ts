@@ -4,29 +4,10 @@
  * keep serving, and never store anything wrong.
  */
 import test, { type ExecutionContext } from 'ava';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
-import { cacheStatus, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { cacheStatus, raw, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
 
 
-/** Sends raw bytes and returns what came back before the server closed (or the timeout). */
-function raw(base: string, data: string | Buffer, timeoutMs = 3000): Promise<string> {
-  const { hostname, port } = new URL(base);
-  return new Promise((resolve) => {
-    const socket = connect(Number(port), hostname);
-    const chunks: Buffer[] = [];
-    const done = () => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    };
-    const timer = setTimeout(done, timeoutMs);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('end', done);
-    socket.on('close', done);
-    socket.on('error', done);
-    socket.write(data);
-  });
-}
 
 /** A raw TCP origin: `respond` gets each request's head (n counts requests) and the socket. */
 async function startRawOrigin(t: ExecutionContext, respond: (socket: Socket, n: number, head: string) => void) {

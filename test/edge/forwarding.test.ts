@@ -5,30 +5,11 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, request as httpRequest } from 'node:http';
-import { connect, type AddressInfo } from 'node:net';
-import { cacheStatus, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
+import { type AddressInfo } from 'node:net';
+import { cacheStatus, raw, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-/** Sends raw bytes to `base` and returns everything received until the server closes (or timeout). */
-function raw(base: string, text: string, timeoutMs = 3000): Promise<string> {
-  const { hostname, port } = new URL(base);
-  return new Promise((resolve) => {
-    const socket = connect(Number(port), hostname);
-    const chunks: Buffer[] = [];
-    const done = () => {
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    };
-    const timer = setTimeout(done, timeoutMs);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.on('end', done);
-    socket.on('close', done);
-    socket.on('error', done);
-    socket.write(text);
-  });
-}
 
 // ---- methods and bodies -----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
  */
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { ExecutionContext } from 'ava';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -165,4 +165,24 @@ export const cacheStatus = (reply: Reply): string => header(reply, 'cache-status
 /** Waits until every running test edge has finished its background stores and revalidations. */
 export async function settle(): Promise<void> {
   await Promise.all([...liveEdges].map((edge) => edge.pipeline.drain()));
+}
+
+/** Sends raw bytes to `base` and returns everything received until the server closes (or the timeout). */
+export function raw(base: string, data: string | Buffer, timeoutMs = 3000): Promise<string> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve) => {
+    const socket = connect(Number(port), hostname);
+    const chunks: Buffer[] = [];
+    const done = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    };
+    const timer = setTimeout(done, timeoutMs);
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', done);
+    socket.on('close', done);
+    socket.on('error', done);
+    socket.write(data);
+  });
 }
