@@ -374,11 +374,16 @@ export class CachePipeline {
           x.detail = 'vary-mismatch';
           return this.fetchAlone(x, l, 'vary-miss');
         }
-        x.outcome = 'miss';
         const size = result.meta.size;
-        const ttlText = `; stored; ttl=${ttl(result.meta, this.now())}`;
-        const own = leader ? setCookieHeaders(result.setCookie) : undefined;
-        return this.respond(x, result.record, result.meta, size, result.broadcast, `fwd=${missKind}; fwd-status=${result.record.status}${ttlText}`, own);
+        const now = this.now();
+        if (!leader && result.broadcast.done) {
+          // The whole body was already here (its store commit still running): a hit in all but name.
+          x.outcome = 'hit';
+          return this.respond(x, result.record, result.meta, size, result.broadcast, `hit; ttl=${ttl(result.meta, now)}`);
+        }
+        x.outcome = 'miss';
+        const member = `fwd=${missKind}; fwd-status=${result.record.status}; stored; ttl=${ttl(result.meta, now)}${leader ? '' : '; detail=collapsed'}`;
+        return this.respond(x, result.record, result.meta, size, result.broadcast, member, leader ? setCookieHeaders(result.setCookie) : undefined);
       }
       case 'entry':
         x.outcome = 'revalidated';

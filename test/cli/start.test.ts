@@ -1,0 +1,55 @@
+/**
+ * `outpost start` (what `npm start` runs): edge → shield → demo origin on one machine, with the
+ * URLs printed; the second request is a hit at the edge; SIGTERM stops everything cleanly.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cacheStatus, fetchFrom, header } from '../helpers/harness.js';
+
+const bin = fileURLToPath(new URL('../../../bin/outpost', import.meta.url));
+
+test('start runs the whole chain on the demo origin and prints the edge URL and a curl to try', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-start-'));
+  const child = spawn(process.execPath, [bin, 'start', '--listen', '127.0.0.1:0', '--data-dir', dir, '--access-log', 'false'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  let stderr = '';
+  const edgeUrl = await new Promise<string>((resolve, reject) => {
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      const match = /edge\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
+      if (match && stderr.includes('curl')) resolve(match[1]!);
+    });
+    child.once('exit', (code) => reject(new Error(`exited ${code}: ${stderr}`)));
+  });
+  t.regex(stderr, /shield\s+http:\/\/127\.0\.0\.1:\d+/);
+  t.regex(stderr, /origin\s+http:\/\/127\.0\.0\.1:\d+ \(demo origin\)/);
+  t.regex(stderr, new RegExp(`curl -si ${edgeUrl}/hello`));
+  const first = await fetchFrom(edgeUrl, '/hello');
+  t.is(first.status, 200);
+  t.regex(first.text, /Hello from the Outpost demo origin/);
+  t.regex(cacheStatus(first), /^outpost-shield; fwd=uri-miss.*, outpost-edge; fwd=uri-miss/);
+  const second = await fetchFrom(edgeUrl, '/hello');
+  t.regex(cacheStatus(second), /outpost-edge; hit/);
+  t.is(header(second, 'via'), '1.1 outpost-shield, 1.1 outpost-edge');
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill('SIGTERM');
+  t.is(await exit, 0);
+});
+
+test('the CLI rejects an unknown command or flag, naming it, with a non-zero exit', async (t) => {
+  for (const args of [['bogus'], ['start', '--bogus'], ['edge', '--upstream', 'http://127.0.0.1:1', '--lock-wait-ms', 'soon']]) {
+    const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    t.is(code, 2, args.join(' '));
+    t.regex(stderr, /bogus|lockWaitMs/, args.join(' '));
+  }
+});
