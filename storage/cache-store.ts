@@ -90,6 +90,8 @@ export interface CacheStore {
   /** Every entry carrying `tag`. */
   purgeTag(tag: string, options?: PurgeOptions): Promise<number>;
   stats(): StoreStats;
+  /** Optional: a hit for `key` was served by a tier above this one (keeps LRU order true below it). */
+  noteAccess?(key: string): void;
   close(): Promise<void>;
 }
 

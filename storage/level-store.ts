@@ -648,6 +648,15 @@ export class LevelStore implements CacheStore {
   }
 
   /** Queues an access-order update; touches coalesce into one batch. */
+  /** A hit served by a faster tier: LRU eviction here must see the object as used (throttled per key). */
+  noteAccess(key: string): void {
+    const now = this.now();
+    const last = this.recentTouches.get(key);
+    if (this.closed || (last !== undefined && now - last < TOUCH_INTERVAL_MS)) return;
+    const k = encodeText(key);
+    if (this.presence.mightContain(k)) this.touch(key, k, now);
+  }
+
   private touch(key: string, k: Buffer, at: number): void {
     for (const [old, time] of this.recentTouches) {
       if (at - time < TOUCH_INTERVAL_MS) break;

@@ -81,6 +81,7 @@ export class TieredStore implements CacheStore {
     const hit = this.memory.get(key);
     if (hit !== undefined) {
       this.counters.memoryHits++;
+      this.disk.noteAccess?.(key);
       return hit;
     }
     const fromDisk = this.disk.get(key);

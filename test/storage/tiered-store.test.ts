@@ -337,3 +337,16 @@ test('tiered: entries survive a reopen', async (t) => {
   t.is(store.memoryStats().entries, 1, 'promoted after the reopen');
   t.is(await store.purgeTag('keep'), 1);
 });
+
+test('tiered: memory hits keep the disk copy warm in the disk tier LRU order', async (t) => {
+  const size = 16 * 1024;
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 3 * (size + 1024) });
+  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024 }), disk: level });
+  t.teardown(() => store.close());
+  for (const [i, name] of ['a', 'b', 'c'].entries()) await putEntry(store, key(name), meta(size), bodyOf(size, i + 1));
+  // 'a' is the oldest on disk but hot in memory; the next write must evict 'b' instead.
+  t.false((store.get(key('a')) as unknown) instanceof Promise);
+  await putEntry(store, key('d'), meta(size), bodyOf(size, 4));
+  t.truthy(await level.get(key('a')), 'the memory-hot entry stays on disk');
+  t.is(await level.get(key('b')), undefined, 'the least recently used entry went');
+});
