@@ -37,7 +37,9 @@ export class AccessLog {
   readonly enabled: boolean;
   private readonly destination: Destination | undefined;
   private readonly head: string;
-  private pending = '';
+  /** Lines waiting for the next batch; joined once (a flat string) rather than grown as a rope. */
+  private pending: string[] = [];
+  private pendingChars = 0;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(logger: Logger, name: string) {
@@ -50,8 +52,10 @@ export class AccessLog {
   }
 
   write(line: AccessLine): void {
-    this.pending += `{"level":30,"time":${Date.now()}${this.head}"${line.id}","method":${quote(line.method)},"host":${quote(line.host)},"path":${quote(line.path)},"status":${line.status},"bytes":${line.bytes},"ms":${line.ms},"cache":"${line.cache}"${line.detail === undefined ? '' : `,"detail":${quote(line.detail)}`},"complete":${line.complete},"msg":"request"}\n`;
-    if (this.pending.length >= BATCH_CHARS) this.flush();
+    const text = `{"level":30,"time":${Date.now()}${this.head}"${line.id}","method":${quote(line.method)},"host":${quote(line.host)},"path":${quote(line.path)},"status":${line.status},"bytes":${line.bytes},"ms":${line.ms},"cache":"${line.cache}"${line.detail === undefined ? '' : `,"detail":${quote(line.detail)}`},"complete":${line.complete},"msg":"request"}\n`;
+    this.pending.push(text);
+    this.pendingChars += text.length;
+    if (this.pendingChars >= BATCH_CHARS) this.flush();
     else if (this.timer === undefined) {
       this.timer = setTimeout(() => this.flush(), FLUSH_MS);
       this.timer.unref();
@@ -65,8 +69,9 @@ export class AccessLog {
       this.timer = undefined;
     }
     if (this.pending.length === 0) return;
-    const batch = this.pending;
-    this.pending = '';
+    const batch = this.pending.join('');
+    this.pending = [];
+    this.pendingChars = 0;
     this.destination!.write(batch);
   }
 }
