@@ -9,13 +9,13 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv6 } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
+import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta, type EntryWriter } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
 import { AccessLog } from './access-log.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, deltaSeconds, has, type Directives } from './cache-control.js';
-import { notModified, selectRange } from './conditional.js';
+import { notModified, selectRange, weakTag } from './conditional.js';
 import { appendVia, setForwarded, withoutHopByHop } from './forward-headers.js';
 import type { Metrics } from './metrics.js';
 import {
@@ -105,7 +105,8 @@ type FillResult =
       meta: EntryMeta;
       broadcast: BodyBroadcast;
       requestHeaders: IncomingMessage['headers'];
-      stored: Promise<void>;
+      /** Settles when late requests may no longer join this stream (stored, failed, or not being stored). */
+      joinable: Promise<void>;
       /** The upstream's Set-Cookie: delivered to the requester that caused the fetch only, never stored or shared. */
       setCookie: string[] | undefined;
     }
@@ -147,6 +148,8 @@ export class CachePipeline {
   private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
+  /** When each URL was last invalidated by an unsafe method (§4.4), so a fill begun earlier is not stored. */
+  private readonly invalidatedAt = new Map<string, number>();
   /** Disk lookups in progress, by entry key. */
   private readonly pendingLookups = new Map<string, Promise<CachedEntry | undefined>>();
   /** Background revalidations and fills not tied to a client, awaited on shutdown. */
@@ -254,6 +257,11 @@ export class CachePipeline {
       return read.then((entry) => this.selectVariant(x, entry));
     }
     return this.selectVariant(x, first);
+  }
+
+  private allowsSetCookie(x: Exchange): boolean {
+    const path = pathOf(x.path);
+    return this.settings.cacheSetCookiePaths.some((prefix) => path.startsWith(prefix));
   }
 
   /** A failing disk read is a miss (counted and logged), never a failed request. */
@@ -369,6 +377,7 @@ export class CachePipeline {
   private deliverFill(x: Exchange, l: Lookup, result: LeaderResult, missKind: string, leader: boolean): void | Promise<void> {
     switch (result.kind) {
       case 'stream': {
+        if (!leader && (result.broadcast.failed || !result.broadcast.acceptsReaders)) return this.fetchAlone(x, l, missKind);
         // A waiter whose Vary values differ from the leader's must not get the leader's variant (§4.1).
         if (result.record.vary.length > 0 && variantKey(result.record.vary, x.req.headers) !== variantKey(result.record.vary, result.requestHeaders)) {
           x.detail = 'vary-mismatch';
@@ -418,11 +427,31 @@ export class CachePipeline {
       return { kind: 'error', error: asUpstreamError(error), status: undefined };
     }
     const times = { requestTime, responseTime: this.now() };
+    try {
+      return await this.afterFillResponse(x, l, lockKey, response, times);
+    } catch (error) {
+      // Never leave a flight unsettled: whatever failed after the upstream answered (a store
+      // error, say) becomes an error outcome every waiter handles on its own.
+      discard(response.body);
+      this.logger.warn({ key: x.url, err: (error as Error)?.message }, 'fill failed after the upstream answered');
+      return { kind: 'error', error: asUpstreamError(error), status: undefined };
+    }
+  }
+
+  private async afterFillResponse(
+    x: Exchange,
+    l: Lookup,
+    lockKey: string,
+    response: UpstreamResponse,
+    times: { requestTime: number; responseTime: number },
+  ): Promise<LeaderResult> {
+    const stored = l.entry;
+    const record = stored?.meta.http as ResponseRecord | undefined;
     if (response.statusCode === 304 && stored && record) {
       response.body.resume();
-      // §4.3.4: a strong validator in the 304 selects what it updates; if it is not ours, nothing stored is updated.
+      // §4.3.4: the 304's validator selects the stored response it updates; if it is not ours, nothing is updated.
       const tag = headerText(response.headers['etag']);
-      if (tag !== undefined && !tag.startsWith('W/') && tag !== record.etag) return { kind: 'own', reason: 'status' };
+      if (tag !== undefined && (record.etag === undefined || weakTag(tag) !== weakTag(record.etag))) return { kind: 'own', reason: 'status' };
       const refreshed = await this.refresh(x, stored, record, response.headers, times);
       return refreshed ? { kind: 'entry', entry: refreshed } : { kind: 'own', reason: 'status' };
     }
@@ -507,14 +536,7 @@ export class CachePipeline {
     const status = response.statusCode;
     if (status === 206 || status === 304) return 'status';
     const headers = response.headers;
-    const path = pathOf(x.path);
-    const reason = notStorableReason({
-      method: 'GET',
-      requestHeaders: x.req.headers,
-      status,
-      responseHeaders: headers,
-      allowSetCookie: this.settings.cacheSetCookiePaths.some((prefix) => path.startsWith(prefix)),
-    });
+    const reason = notStorableReason({ method: 'GET', requestHeaders: x.req.headers, status, responseHeaders: headers, allowSetCookie: this.allowsSetCookie(x) });
     if (reason) return reason;
     const freshness = computeFreshness(status, headers, times, this.settings.freshness);
     if (freshness.deleteAt <= this.now()) return 'stale-on-arrival';
@@ -540,43 +562,63 @@ export class CachePipeline {
     };
     const key = entryKey(x.url, variant);
     const broadcast = new BodyBroadcast();
-    const stored = this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url);
-    this.track(stored);
+    let endJoin!: () => void;
+    const joinable = new Promise<void>((resolve) => (endJoin = resolve));
+    this.track(this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url, endJoin));
     const setCookie = headers['set-cookie'];
-    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, stored, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
+    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, joinable, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
   }
 
-  /** Streams the upstream body to the broadcast and the store; commits only a complete body. */
-  private async pumpIntoStore(key: string, meta: EntryMeta, body: Readable, broadcast: BodyBroadcast, vary: VaryRecord | undefined, url: string): Promise<void> {
-    const writer = this.store.openWriter(key, meta);
+  /**
+   * Streams the upstream body to the broadcast and the store; commits only a complete body.
+   * `endJoin` closes the flight to new joiners: at the end, or as soon as nothing will be stored
+   * (then the broadcast also stops keeping chunks every reader has passed).
+   */
+  private async pumpIntoStore(key: string, meta: EntryMeta, body: Readable, broadcast: BodyBroadcast, vary: VaryRecord | undefined, url: string, endJoin: () => void): Promise<void> {
+    const startedAt = this.now();
+    let writer: EntryWriter | undefined;
+    const stopStoring = (reason: string, error?: unknown): void => {
+      if (writer === undefined) return;
+      writer.abort();
+      writer = undefined;
+      void broadcast.stopRetaining();
+      endJoin();
+      this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
+      if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
+    };
+    try {
+      writer = this.store.openWriter(key, meta);
+    } catch (error) {
+      stopStoring('store-error', error);
+    }
     let received = 0;
     try {
-      let storing = true;
       for await (const chunk of body as AsyncIterable<Buffer>) {
         received += chunk.length;
         broadcast.push(chunk);
-        if (storing && received > this.settings.maxObjectSize) {
-          // A body of undeclared length outgrew maxObjectSize: keep streaming it, store nothing.
-          storing = false;
-          writer.abort();
-          this.metrics.inc('not_stored_total', 'responses not stored', { reason: 'too-large' });
+        // A body of undeclared length that outgrows maxObjectSize keeps streaming; nothing is stored.
+        if (received > this.settings.maxObjectSize) stopStoring('too-large');
+        if (writer === undefined) continue;
+        try {
+          await writer.write(chunk);
+        } catch (error) {
+          stopStoring('store-error', error);
         }
-        if (storing) await writer.write(chunk);
-      }
-      if (!storing) {
-        broadcast.end();
-        return;
       }
       if (meta.size !== UNKNOWN_SIZE && received !== meta.size) throw new Error(`upstream body has ${received} bytes, ${meta.size} declared`);
     } catch (error) {
-      writer.abort();
+      writer?.abort();
       broadcast.fail(error as Error);
+      endJoin();
       this.metrics.inc('upstream_body_errors_total', 'upstream bodies cut short or malformed (never stored)');
       this.logger.warn({ key: url, err: (error as Error).message }, 'upstream body failed; not stored');
       return;
     }
     broadcast.end();
     try {
+      // §4.4: an unsafe request that invalidated this URL after the fill began wins over the fill.
+      if ((this.invalidatedAt.get(url) ?? -Infinity) >= startedAt) stopStoring('invalidated');
+      if (writer === undefined) return;
       await writer.commit();
       if (vary) {
         // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable.
@@ -588,6 +630,8 @@ export class CachePipeline {
     } catch (error) {
       this.metrics.inc('store_errors_total', 'entries the store could not commit');
       this.logger.warn({ key: url, err: (error as Error).message }, 'store commit failed');
+    } finally {
+      endJoin();
     }
   }
 
@@ -596,7 +640,7 @@ export class CachePipeline {
    * maxVariantsPerUrl. Null when the cap is reached.
    */
   private async varyRecordFor(url: string, l: Lookup, fields: string[], variant: string): Promise<VaryRecord | null> {
-    const current = l.vary ?? (await this.currentVaryRecord(url));
+    const current = l.vary ?? (await this.currentVaryRecord(url).catch((error) => this.storeReadFailed(error)));
     const sameFields = current !== undefined && current.fields.join(',') === fields.join(',');
     const variants = sameFields ? current.variants : [];
     if (variants.includes(variant)) return { kind: 'vary', fields, variants };
@@ -604,7 +648,10 @@ export class CachePipeline {
     if (variants.length >= this.settings.maxVariantsPerUrl) {
       // Drop variants the store has since evicted before refusing a new one.
       live = [];
-      for (const v of variants) if ((await this.store.get(entryKey(url, v))) !== undefined) live.push(v);
+      for (const v of variants) {
+        const entry = await Promise.resolve(this.store.get(entryKey(url, v))).catch((error) => this.storeReadFailed(error));
+        if (entry !== undefined) live.push(v);
+      }
       if (live.length >= this.settings.maxVariantsPerUrl) return null;
     }
     return { kind: 'vary', fields, variants: [...live, variant] };
@@ -625,6 +672,13 @@ export class CachePipeline {
     times: { requestTime: number; responseTime: number },
   ): Promise<CachedEntry | undefined> {
     const merged = mergeNotModified(record, notModifiedHeaders);
+    // A 304 may make the response private, no-store or cookie-bearing: then the stored copy must go,
+    // and the requester fetches its own (§3, §4.3.4).
+    const reason = notStorableReason({ method: 'GET', requestHeaders: x.req.headers, status: record.status, responseHeaders: merged, allowSetCookie: this.allowsSetCookie(x) });
+    if (reason !== undefined) {
+      await this.store.delete(stored.key).catch((error) => this.storeReadFailed(error));
+      return undefined;
+    }
     const freshness = computeFreshness(record.status, merged, times, this.settings.freshness);
     // A 304's own Via replaces the stored one; this node is appended again.
     const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
@@ -638,9 +692,13 @@ export class CachePipeline {
       deleteAt: freshness.deleteAt,
       http: updated as unknown as Record<string, unknown>,
     };
-    await this.store.updateMeta(stored.key, meta);
-    const refreshed = await this.store.get(stored.key);
-    return refreshed ?? undefined;
+    try {
+      await this.store.updateMeta(stored.key, meta);
+      return (await this.store.get(stored.key)) ?? undefined;
+    } catch (error) {
+      this.storeReadFailed(error);
+      return undefined;
+    }
   }
 
   // ---- pass (unsafe and other methods) ----------------------------------------------------
@@ -684,7 +742,13 @@ export class CachePipeline {
       if (target.origin !== new URL(base).origin) continue;
       urls.push(cacheKey(x.proto, x.host, target.pathname + target.search, this.settings.key));
     }
+    const now = this.now();
+    if (this.invalidatedAt.size > 10_000) {
+      // Only fills begun before an invalidation need it; fills last far less than ten minutes.
+      for (const [url, at] of this.invalidatedAt) if (now - at > 600_000) this.invalidatedAt.delete(url);
+    }
     for (const url of urls) {
+      this.invalidatedAt.set(url, now);
       try {
         await this.store.purgeUrl(url);
       } catch (error) {
@@ -771,7 +835,9 @@ export class CachePipeline {
     headers['cache-status'] = this.cacheStatus(x, headerText(response.headers['cache-status']), member);
     res.writeHead(response.statusCode, headers);
     if (x.method === 'HEAD' || response.statusCode === 204 || response.statusCode === 304) {
-      response.body.resume();
+      // A HEAD client may have been answered from a GET: drop its body rather than download it.
+      if (x.method === 'HEAD') discard(response.body);
+      else response.body.resume();
       res.end();
       return;
     }
@@ -781,6 +847,11 @@ export class CachePipeline {
   /** Streams a body to the client; a body that fails mid-way destroys the response so the client sees truncation. */
   private pipeBody(x: Exchange, body: Readable): void {
     const { res } = x;
+    if (res.destroyed) {
+      // The client is gone: release the source (an upstream socket, a disk stream) at once.
+      discard(body);
+      return;
+    }
     body.on('data', (chunk: Buffer) => {
       x.bytes += chunk.length;
       if (!res.write(chunk)) {
@@ -895,7 +966,13 @@ export class CachePipeline {
 /** Settles a flight; a streaming body keeps it open until stored, so late arrivals share the same stream. */
 function settleFill(settle: (result: FillResult, openUntil?: Promise<unknown>) => void, result: LeaderResult): void {
   if (result.kind === 'response') settle({ kind: 'own', reason: result.reason });
-  else settle(result, result.kind === 'stream' ? result.stored : undefined);
+  else settle(result, result.kind === 'stream' ? result.joinable : undefined);
+}
+
+/** Releases a body nobody will read; its abort error is expected and ignored. */
+function discard(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
 }
 
 function setCookieHeaders(values: string[] | undefined): string[] | undefined {

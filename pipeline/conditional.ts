@@ -6,7 +6,7 @@
 import { parseHttpDate } from './response-policy.js';
 
 /** Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, W/ prefix ignored. */
-function weakTag(tag: string): string {
+export function weakTag(tag: string): string {
   const t = tag.trim();
   return t.startsWith('W/') ? t.slice(2) : t;
 }

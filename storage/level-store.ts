@@ -743,16 +743,24 @@ export class LevelStore implements CacheStore {
   /** Adds a key to the presence filter; a filter past its capacity is rebuilt larger in the background. */
   private remember(k: Buffer): void {
     this.presence.add(k);
-    this.rebuildAdds?.push(Buffer.from(k));
-    if (this.presence.full && this.rebuildAdds === undefined && !this.closed) void this.rebuildPresence();
+    if (this.rebuildAdds !== undefined) this.rebuildAdds.push(Buffer.from(k));
+    else if (this.presence.full && !this.closed) {
+      this.rebuildAdds = [Buffer.from(k)];
+      void this.rebuildPresence();
+    }
   }
 
+  /**
+   * Builds a larger filter from the keys on disk. It runs on the mutation queue, so every commit
+   * queued before it is in the snapshot; keys remembered after it began are replayed.
+   */
   private async rebuildPresence(): Promise<void> {
-    this.rebuildAdds = [];
     try {
       const next = new BloomFilter(Math.max(this.presence.capacity * 4, this.entries * 2));
-      for await (const [key] of this.db.iterator({ gte: META, lt: prefixEnd(META), values: false })) next.add(key.subarray(META.length));
-      for (const k of this.rebuildAdds) next.add(k);
+      await this.mutate('rebuild-presence', async () => {
+        for await (const [key] of this.db.iterator({ gte: META, lt: prefixEnd(META), values: false })) next.add(key.subarray(META.length));
+      });
+      for (const k of this.rebuildAdds ?? []) next.add(k);
       this.presence = next;
     } catch {
       // Closed or unreadable: keep the old filter (more false positives, never a false miss).

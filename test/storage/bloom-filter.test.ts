@@ -40,3 +40,15 @@ test('the disk tier answers a never-written key synchronously, finds written key
   for (let i = 0; i < 2500; i += 89) t.truthy(await store.get(`k${i}`), `k${i} after reopen`);
   t.is(store.get('https://example.test/never'), undefined);
 });
+
+test('keys committed while the filter is being rebuilt are never reported absent', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
+  t.teardown(() => store.close());
+  // All at once: commits queue behind each other while the rebuild starts among them.
+  await Promise.all(Array.from({ length: 1400 }, (_, i) => putEntry(store, `c${i}`, meta(), Buffer.from('abc'))));
+  let missing = 0;
+  for (let i = 0; i < 1400; i++) if ((await store.get(`c${i}`)) === undefined) missing++;
+  t.is(missing, 0);
+});
