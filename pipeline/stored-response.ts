@@ -2,7 +2,6 @@
  * What the pipeline keeps in `EntryMeta.http`: a response record (status, the headers as they
  * will be delivered, the time model) or a Vary record that names the fields selecting variants.
  */
-import type { EntryMeta } from '../storage/cache-store.js';
 import type { Freshness } from './response-policy.js';
 import { headerText } from './response-policy.js';
 import { withoutHopByHop } from './forward-headers.js';
@@ -109,8 +108,4 @@ export function mergeNotModified(stored: ResponseRecord, notModified: HeaderMap)
     merged[name] = value;
   }
   return merged;
-}
-
-export function isResponseRecord(meta: EntryMeta): boolean {
-  return (meta.http as unknown as HttpRecord).kind === 'response';
 }

@@ -12,11 +12,6 @@ function escapeUrl(url: string): string {
   return url.replace(/[\u0000\u0001]/g, (c) => (c === ESCAPE ? '\u0001\u0002' : '\u0001\u0001'));
 }
 
-function unescapeUrl(escaped: string): string {
-  if (escaped.indexOf(ESCAPE) === -1) return escaped;
-  return escaped.replace(/\u0001([\u0001\u0002])/g, (_m, c: string) => (c === '\u0002' ? ESCAPE : SEPARATOR));
-}
-
 /** The store key for one variant of one URL. `variant` is '' when the response has no Vary. */
 export function entryKey(url: string, variant: string): string {
   return escapeUrl(url) + SEPARATOR + variant;
@@ -30,11 +25,4 @@ export function urlKeyPrefix(url: string): string {
 /** Every entry key whose URL starts with `prefix` starts with this. */
 export function primaryKeyPrefix(prefix: string): string {
   return escapeUrl(prefix);
-}
-
-/** Splits an entry key back into URL and variant. */
-export function splitEntryKey(key: string): { url: string; variant: string } {
-  const at = key.indexOf(SEPARATOR);
-  if (at === -1) return { url: unescapeUrl(key), variant: '' };
-  return { url: unescapeUrl(key.slice(0, at)), variant: key.slice(at + 1) };
 }
