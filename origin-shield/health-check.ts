@@ -204,15 +204,22 @@ export class HealthChecker extends EventEmitter {
         clearTimeout(timer);
         resolve(failure);
       };
-      const target = new URL(path, url);
-      const client = target.protocol === 'https:' ? https : http;
-      // agent: false + Connection: close: probes hold no pooled sockets that could keep a process alive
-      // or hide a server that stopped accepting new connections.
-      const req = client.request(target, {
-        method: 'GET',
-        agent: false,
-        headers: { connection: 'close', 'user-agent': 'outpost-health-check', ...(host ? { host } : {}) },
-      });
+      let req: http.ClientRequest;
+      try {
+        const target = new URL(path, url);
+        const client = target.protocol === 'https:' ? https : http;
+        // agent: false + Connection: close: probes hold no pooled sockets that could keep a process alive
+        // or hide a server that stopped accepting new connections.
+        req = client.request(target, {
+          method: 'GET',
+          agent: false,
+          headers: { connection: 'close', 'user-agent': 'outpost-health-check', ...(host ? { host } : {}) },
+        });
+      } catch (error) {
+        // An unsendable probe (bad URL or header) is a failed probe, never a stopped checker.
+        resolve(String((error as NodeJS.ErrnoException).code ?? (error as Error).message));
+        return;
+      }
       const timer = setTimeout(() => {
         finish(`timeout after ${timeoutMs} ms`);
         req.destroy();

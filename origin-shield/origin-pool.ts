@@ -181,8 +181,8 @@ export class OriginPool extends EventEmitter implements Upstream {
         } catch (error) {
           member.pending--;
           const failure = toUpstreamError(error, member.url, request.idempotent);
-          // The client went away: not the member's fault, and nobody is waiting for a retry.
-          if (request.signal?.aborted) throw failure;
+          // The client went away, or the request was refused before leaving this process: not the member's fault.
+          if (request.signal?.aborted || failure.local) throw failure;
           this.outliers?.recordFailure(member.id, failure.code === 'UPSTREAM_PROTOCOL' ? '5xx' : 'connect');
           if (attempt >= this.maxAttempts || !failure.retryable || request.body !== null) throw failure;
           endRetry?.();
@@ -220,7 +220,8 @@ export class OriginPool extends EventEmitter implements Upstream {
     const exclude = new Set<PoolMember>(tried);
     let available = 0;
     for (const member of this.list) {
-      if (this.isAvailable(member)) available++;
+      // A weight-0 (drained) member takes no traffic, so it must not hold off panic mode either.
+      if (member.weight > 0 && this.isAvailable(member)) available++;
       else exclude.add(member);
     }
     if (available === 0) {

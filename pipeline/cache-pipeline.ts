@@ -148,8 +148,6 @@ export class CachePipeline {
   private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
-  /** When each URL was last invalidated by an unsafe method (§4.4), so a fill begun earlier is not stored. */
-  private readonly invalidatedAt = new Map<string, number>();
   /** Disk lookups in progress, by entry key. */
   private readonly pendingLookups = new Map<string, Promise<CachedEntry | undefined>>();
   /** Background revalidations and fills not tied to a client, awaited on shutdown. */
@@ -225,6 +223,14 @@ export class CachePipeline {
       x.outcome = 'synthetic';
       x.detail = 'bad-host';
       return this.deliverError(x, 400, 'exactly one valid Host header is required', 'detail=bad-request');
+    }
+    // The asterisk form (RFC 9112 §3.2.4) asks about this server, not a resource: answered here.
+    if (x.path === '*') {
+      x.outcome = 'synthetic';
+      if (x.method !== 'OPTIONS') return this.deliverError(x, 400, 'the * request target is only for OPTIONS', 'detail=bad-request');
+      x.res.writeHead(200, { allow: 'GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS', 'content-length': 0 });
+      x.res.end();
+      return;
     }
     // requestFilter
     for (const filter of this.filters) if (filter(x)) return;
@@ -575,7 +581,6 @@ export class CachePipeline {
    * (then the broadcast also stops keeping chunks every reader has passed).
    */
   private async pumpIntoStore(key: string, meta: EntryMeta, body: Readable, broadcast: BodyBroadcast, vary: VaryRecord | undefined, url: string, endJoin: () => void): Promise<void> {
-    const startedAt = this.now();
     let writer: EntryWriter | undefined;
     const stopStoring = (reason: string, error?: unknown): void => {
       if (writer === undefined) return;
@@ -616,8 +621,7 @@ export class CachePipeline {
     }
     broadcast.end();
     try {
-      // §4.4: an unsafe request that invalidated this URL after the fill began wins over the fill.
-      if ((this.invalidatedAt.get(url) ?? -Infinity) >= startedAt) stopStoring('invalidated');
+      // §4.4: a purge or invalidation that ran after this fill began makes the store refuse the commit.
       if (writer === undefined) return;
       await writer.commit();
       if (vary) {
@@ -628,8 +632,12 @@ export class CachePipeline {
         await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
       }
     } catch (error) {
-      this.metrics.inc('store_errors_total', 'entries the store could not commit');
-      this.logger.warn({ key: url, err: (error as Error).message }, 'store commit failed');
+      if ((error as { code?: string }).code === 'REMOVED_DURING_WRITE') {
+        this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason: 'purged' });
+      } else {
+        this.metrics.inc('store_errors_total', 'entries the store could not commit');
+        this.logger.warn({ key: url, err: (error as Error).message }, 'store commit failed');
+      }
     } finally {
       endJoin();
     }
@@ -693,7 +701,8 @@ export class CachePipeline {
       http: updated as unknown as Record<string, unknown>,
     };
     try {
-      await this.store.updateMeta(stored.key, meta);
+      // Only the version this revalidation started from; a newer body stored meanwhile keeps its own headers.
+      if (!(await this.store.updateMeta(stored.key, meta, stored.meta.storedAt))) return undefined;
       return (await this.store.get(stored.key)) ?? undefined;
     } catch (error) {
       this.storeReadFailed(error);
@@ -742,13 +751,7 @@ export class CachePipeline {
       if (target.origin !== new URL(base).origin) continue;
       urls.push(cacheKey(x.proto, x.host, target.pathname + target.search, this.settings.key));
     }
-    const now = this.now();
-    if (this.invalidatedAt.size > 10_000) {
-      // Only fills begun before an invalidation need it; fills last far less than ten minutes.
-      for (const [url, at] of this.invalidatedAt) if (now - at > 600_000) this.invalidatedAt.delete(url);
-    }
     for (const url of urls) {
-      this.invalidatedAt.set(url, now);
       try {
         await this.store.purgeUrl(url);
       } catch (error) {
@@ -1051,7 +1054,7 @@ function buildBlockList(entries: readonly string[]): BlockList {
   return list;
 }
 
-const STATUS_TEXT: Record<number, string> = { 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 function statusText(status: number): string {
   return STATUS_TEXT[status] ?? 'Error';
 }

@@ -36,6 +36,9 @@ export function toUpstreamError(error: unknown, member: string, idempotent: bool
   if (error instanceof UpstreamError) return error;
   const code = (error as { code?: string } | undefined)?.code ?? '';
   const message = (error as Error | undefined)?.message ?? String(error);
+  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
+    return new UpstreamError('UPSTREAM_PROTOCOL', `request not sendable to ${member}: ${message}`, { cause: error, member, retryable: false, local: true });
+  }
   if (CONNECT_FAILURES.has(code)) {
     return new UpstreamError('UPSTREAM_CONNECT', `cannot connect to ${member}: ${code}`, { cause: error, member, retryable: true });
   }

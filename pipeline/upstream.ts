@@ -52,13 +52,16 @@ export class UpstreamError extends Error {
   readonly status: number;
   readonly retryable: boolean;
   readonly member: string | undefined;
-  constructor(code: UpstreamErrorCode, message: string, options?: { cause?: unknown; member?: string; retryable?: boolean }) {
+  /** Refused before any byte left this process (an invalid request): says nothing about the member's health. */
+  readonly local: boolean;
+  constructor(code: UpstreamErrorCode, message: string, options?: { cause?: unknown; member?: string; retryable?: boolean; local?: boolean }) {
     super(message, { cause: options?.cause });
     this.name = 'UpstreamError';
     this.code = code;
     this.status = code === 'UPSTREAM_TIMEOUT' ? 504 : code === 'UPSTREAM_OVERLOADED' ? 503 : 502;
     this.retryable = options?.retryable ?? code === 'UPSTREAM_CONNECT';
     this.member = options?.member;
+    this.local = options?.local ?? false;
   }
 }
 

@@ -80,8 +80,12 @@ export interface CacheStore {
    * upstream sent none (chunked); the entry replaces any earlier one only on commit.
    */
   openWriter(key: string, meta: EntryMeta): EntryWriter;
-  /** Replaces an entry's metadata in place (304 revalidation, soft purge). False when absent. */
-  updateMeta(key: string, meta: EntryMeta): Promise<boolean>;
+  /**
+   * Replaces an entry's metadata in place (304 revalidation, soft purge). False when absent, or
+   * when `ifStoredAt` is given and the entry is another version (storedAt differs): a 304 for
+   * the version a revalidation started from must not relabel a newer body.
+   */
+  updateMeta(key: string, meta: EntryMeta, ifStoredAt?: number): Promise<boolean>;
   delete(key: string): Promise<boolean>;
   /** Every variant of one primary key. Returns the number of entries affected. */
   purgeUrl(url: string, options?: PurgeOptions): Promise<number>;

@@ -378,11 +378,11 @@ export class LevelStore implements CacheStore {
     return writer;
   }
 
-  async updateMeta(key: string, meta: EntryMeta): Promise<boolean> {
+  async updateMeta(key: string, meta: EntryMeta, ifStoredAt?: number): Promise<boolean> {
     const k = encodeText(key);
     return this.mutate('update', async () => {
       const rec = await this.read(k, key);
-      if (!rec) return false;
+      if (!rec || (ifStoredAt !== undefined && rec.meta.storedAt !== ifStoredAt)) return false;
       const next: MetaRecord = { ...rec, meta: { ...meta, tags: [...meta.tags], size: rec.size } };
       await this.db.batch([...removalOps(k, rec, false), ...indexOps(k, next)]);
       return true;

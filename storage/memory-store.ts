@@ -15,6 +15,7 @@ import {
   type StoreStats,
 } from './cache-store.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
+import { RemovalLog } from './removal-log.js';
 
 /** Rough bytes an entry costs beyond its body (objects, header strings). */
 const ENTRY_OVERHEAD_BYTES = 1024;
@@ -50,6 +51,8 @@ export class MemoryStore implements CacheStore {
   /** urlKeyPrefix(url) -> entry keys, for purge by URL and by prefix. */
   private readonly byUrl = new Map<string, Set<string>>();
   private readonly byTag = new Map<string, Set<string>>();
+  /** Hard purges and deletes: a write begun before one of them is not committed after it. */
+  private readonly removals = new RemovalLog();
   private readonly now: () => number;
   private readonly sweepTimer: NodeJS.Timeout;
 
@@ -94,6 +97,7 @@ export class MemoryStore implements CacheStore {
   }
 
   openWriter(key: string, meta: EntryMeta): EntryWriter {
+    const mark = this.removals.mark();
     const chunks: Buffer[] = [];
     let length = 0;
     let state: 'open' | 'committed' | 'aborted' | 'too-large' = 'open';
@@ -120,6 +124,10 @@ export class MemoryStore implements CacheStore {
           throw new StoreError('SIZE_MISMATCH', `body has ${length} bytes, ${meta.size} declared`);
         }
         state = 'committed';
+        // A hard purge or delete that ran after this write began wins over it.
+        if (this.removals.removedSince(mark, key, meta.tags)) {
+          throw new StoreError('REMOVED_DURING_WRITE', 'a purge or delete ran while this entry was being written; not stored');
+        }
         this.insert(key, meta, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length));
       },
       abort: () => {
@@ -129,9 +137,9 @@ export class MemoryStore implements CacheStore {
     };
   }
 
-  async updateMeta(key: string, meta: EntryMeta): Promise<boolean> {
+  async updateMeta(key: string, meta: EntryMeta, ifStoredAt?: number): Promise<boolean> {
     const entry = this.lru.peek(key);
-    if (!entry) return false;
+    if (!entry || (ifStoredAt !== undefined && entry.meta.storedAt !== ifStoredAt)) return false;
     this.unindex(key, entry.meta);
     this.lru.set(key, new MemoryEntry(key, { ...meta, size: entry.body.length }, entry.body), { noUpdateTTL: true });
     this.index(key, meta);
@@ -139,14 +147,17 @@ export class MemoryStore implements CacheStore {
   }
 
   async delete(key: string): Promise<boolean> {
+    this.removals.deleted(key);
     return this.lru.delete(key);
   }
 
   async purgeUrl(url: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedUrl(url);
     return this.purgeKeys([...(this.byUrl.get(urlKeyPrefix(url)) ?? [])], options);
   }
 
   async purgePrefix(prefix: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedPrefix(prefix);
     const start = primaryKeyPrefix(prefix);
     const keys: string[] = [];
     for (const [urlPrefix, set] of this.byUrl) if (urlPrefix.startsWith(start)) keys.push(...set);
@@ -154,6 +165,7 @@ export class MemoryStore implements CacheStore {
   }
 
   async purgeTag(tag: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedTag(tag);
     return this.purgeKeys([...(this.byTag.get(tag) ?? [])], options);
   }
 

@@ -21,6 +21,7 @@ import {
 } from './cache-store.js';
 import { LevelStore } from './level-store.js';
 import { MemoryStore } from './memory-store.js';
+import { RemovalLog } from './removal-log.js';
 
 export interface TieredStoreOptions {
   memory: MemoryStore;
@@ -66,6 +67,10 @@ export class TieredStore implements CacheStore {
   private readonly promotions = new Map<string, Promotion>();
   /** Keys with a mutation in flight: a promotion must not start (it could resurrect old data). */
   private readonly busyKeys = new Map<string, number>();
+  /** Hard purges and deletes: a write that began before one of them is not committed after it. */
+  private readonly removals = new RemovalLog();
+  /** Disk reads in flight per key; a mutation or purge meanwhile marks them stale (not to be promoted). */
+  private readonly diskLookups = new Map<string, Set<{ stale: boolean }>>();
   private purgesRunning = 0;
   private closed = false;
 
@@ -85,8 +90,28 @@ export class TieredStore implements CacheStore {
       return hit;
     }
     const fromDisk = this.disk.get(key);
-    if (fromDisk instanceof Promise) return fromDisk.then((entry) => this.afterDiskLookup(key, entry));
-    return this.afterDiskLookup(key, fromDisk);
+    if (fromDisk instanceof Promise) {
+      // A mutation or purge that lands while the read is in flight makes what it read unfit to promote.
+      const lookup = { stale: false };
+      let lookups = this.diskLookups.get(key);
+      if (!lookups) this.diskLookups.set(key, (lookups = new Set()));
+      lookups.add(lookup);
+      const done = () => {
+        lookups!.delete(lookup);
+        if (lookups!.size === 0 && this.diskLookups.get(key) === lookups) this.diskLookups.delete(key);
+      };
+      return fromDisk.then(
+        (entry) => {
+          done();
+          return this.afterDiskLookup(key, entry, lookup.stale);
+        },
+        (error) => {
+          done();
+          throw error;
+        },
+      );
+    }
+    return this.afterDiskLookup(key, fromDisk, false);
   }
 
   /**
@@ -102,6 +127,8 @@ export class TieredStore implements CacheStore {
   openWriter(key: string, meta: EntryMeta): EntryWriter {
     const limit = this.memoryMaxEntryBytes;
     const diskWriter = this.disk.openWriter(key, meta);
+    // A hard purge or delete after this write began wins: its content is not brought back by the commit.
+    const mark = this.removals.mark();
     let memWriter: EntryWriter | undefined =
       meta.size === UNKNOWN_SIZE || meta.size <= limit ? this.memory.openWriter(key, meta) : undefined;
     let diskError: unknown = undefined;
@@ -153,6 +180,12 @@ export class TieredStore implements CacheStore {
           state = 'done';
           throw new StoreError('SIZE_MISMATCH', `body has ${length} bytes, ${meta.size} declared`);
         }
+        if (this.removals.removedSince(mark, key, meta.tags)) {
+          diskWriter.abort();
+          dropMemory();
+          state = 'done';
+          throw new StoreError('REMOVED_DURING_WRITE', 'a purge or delete ran while this entry was being written; not stored');
+        }
         await this.mutating(key, async () => {
           // Disk first, memory second: an entry appears in memory only once it is complete.
           if (diskError === undefined) {
@@ -178,7 +211,10 @@ export class TieredStore implements CacheStore {
               inMemory = true;
             } catch (error) {
               // ENTRY_TOO_LARGE: the body does not fit memory; disk has it. Not the caller's problem.
-              if (!(error instanceof StoreError && error.code === 'ENTRY_TOO_LARGE')) throw error;
+              if (!(error instanceof StoreError && error.code === 'ENTRY_TOO_LARGE')) {
+                await this.memory.delete(key);
+                throw error;
+              }
               if (diskError !== undefined) throw diskError;
             }
           }
@@ -197,14 +233,15 @@ export class TieredStore implements CacheStore {
     };
   }
 
-  async updateMeta(key: string, meta: EntryMeta): Promise<boolean> {
+  async updateMeta(key: string, meta: EntryMeta, ifStoredAt?: number): Promise<boolean> {
     return this.mutating(key, async () => {
-      const [onDisk, inMemory] = await Promise.all([this.disk.updateMeta(key, meta), this.memory.updateMeta(key, meta)]);
+      const [onDisk, inMemory] = await Promise.all([this.disk.updateMeta(key, meta, ifStoredAt), this.memory.updateMeta(key, meta, ifStoredAt)]);
       return onDisk || inMemory;
     });
   }
 
   async delete(key: string): Promise<boolean> {
+    this.removals.deleted(key);
     return this.mutating(key, async () => {
       const [onDisk, inMemory] = await Promise.all([this.disk.delete(key), this.memory.delete(key)]);
       return onDisk || inMemory;
@@ -218,14 +255,17 @@ export class TieredStore implements CacheStore {
    * key listing the disk contract does not offer.)
    */
   purgeUrl(url: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedUrl(url);
     return this.purging((store) => store.purgeUrl(url, options));
   }
 
   purgePrefix(prefix: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedPrefix(prefix);
     return this.purging((store) => store.purgePrefix(prefix, options));
   }
 
   purgeTag(tag: string, options?: PurgeOptions): Promise<number> {
+    if (!options?.soft) this.removals.purgedTag(tag);
     return this.purging((store) => store.purgeTag(tag, options));
   }
 
@@ -254,13 +294,14 @@ export class TieredStore implements CacheStore {
     await Promise.all([this.memory.close(), this.disk.close()]);
   }
 
-  private afterDiskLookup(key: string, entry: CachedEntry | undefined): CachedEntry | undefined {
+  private afterDiskLookup(key: string, entry: CachedEntry | undefined, stale: boolean): CachedEntry | undefined {
     if (entry === undefined) {
       this.counters.misses++;
       return undefined;
     }
     this.counters.diskHits++;
-    if (entry.meta.size <= this.memoryMaxEntryBytes) this.promote(key, entry);
+    if (stale) this.counters.promotionsDropped++;
+    else if (entry.meta.size <= this.memoryMaxEntryBytes) this.promote(key, entry);
     return entry;
   }
 
@@ -311,6 +352,7 @@ export class TieredStore implements CacheStore {
   private async mutating<T>(key: string, run: () => Promise<T>): Promise<T> {
     const promotion = this.promotions.get(key);
     if (promotion) promotion.valid = false;
+    for (const lookup of this.diskLookups.get(key) ?? []) lookup.stale = true;
     this.busyKeys.set(key, (this.busyKeys.get(key) ?? 0) + 1);
     try {
       return await run();
@@ -324,6 +366,7 @@ export class TieredStore implements CacheStore {
   /** Runs a purge on both tiers; promotions are cancelled and blocked meanwhile (any key may match). */
   private async purging(run: (store: CacheStore) => Promise<number>): Promise<number> {
     for (const promotion of this.promotions.values()) promotion.valid = false;
+    for (const lookups of this.diskLookups.values()) for (const lookup of lookups) lookup.stale = true;
     this.purgesRunning++;
     try {
       const [onDisk, inMemory] = await Promise.all([run(this.disk), run(this.memory)]);

@@ -269,6 +269,20 @@ export function runStoreContract(name: string, makeStore: MakeStore): void {
     t.is(await getEntry(store, entryKey('https://example.test/never', '')), undefined);
   });
 
+  storeTest('updateMeta with ifStoredAt only updates that version (a 304 must not relabel a newer body)', async (t, store) => {
+    const key = entryKey('https://example.test/versioned', '');
+    const first = meta(3, { storedAt: Date.now() - 5_000, http: { version: 1 } });
+    await putEntry(store, key, first, Buffer.from('one'));
+    const second = meta(3, { storedAt: Date.now(), http: { version: 2 } });
+    await putEntry(store, key, second, Buffer.from('two'));
+    t.false(await store.updateMeta(key, { ...first, http: { version: 1, refreshed: true } }, first.storedAt));
+    const entry = await getEntry(store, key);
+    if (!entry) return t.fail('missing');
+    t.deepEqual(entry.meta.http, { version: 2 });
+    t.true(await store.updateMeta(key, { ...second, http: { version: 2, refreshed: true } }, second.storedAt));
+    t.deepEqual((await getEntry(store, key))?.meta.http, { version: 2, refreshed: true });
+  });
+
   storeTest('delete removes one entry; false when absent', async (t, store) => {
     const a = entryKey('https://example.test/a', '');
     const b = entryKey('https://example.test/b', '');
