@@ -439,29 +439,35 @@ export class LevelStore implements CacheStore {
 
   /** Drops entries past meta.deleteAt (the timer calls this); returns how many. */
   async sweepExpired(): Promise<number> {
-    return this.mutate('sweep', async () => {
-      const now = this.now();
-      let count = 0;
-      for (;;) {
+    const now = this.now();
+    let count = 0;
+    // One page per queued mutation, so commits and purges interleave with a long backlog.
+    for (;;) {
+      const removed = await this.mutate('sweep', async () => {
         const due = { gte: EXPIRY, lt: Buffer.concat([EXPIRY, time6(now + 1)]), limit: PAGE };
         const rows = await this.db.keys(due).all();
-        if (rows.length === 0) break;
+        if (rows.length === 0) return -1;
+        let page = 0;
         for (const row of rows) {
           const k = row.subarray(EXPIRY.length + TIME_BYTES);
           const rec = await this.read(k, undefined);
           if (rec && rec.meta.deleteAt <= now) {
             await this.remove(k, rec);
             this.counters.expired++;
-            count++;
+            page++;
           }
           // Also when stale (entry gone, corrupt or given another deleteAt), so the scan moves on.
           await this.db.del(row);
         }
-      }
-      await this.evict();
-      return count;
-    });
+        return page;
+      });
+      if (removed < 0) break;
+      count += removed;
+    }
+    await this.mutate('evict', () => this.evict());
+    return count;
   }
+
 
   async close(): Promise<void> {
     if (this.closing) return this.closing;
