@@ -240,17 +240,17 @@ export class CachePipeline {
     x.directives = governingRequestDirectives(x.req.headers);
     // A fill for a key that had nothing stored is already running: join it without a store
     // lookup (in a stampede, a thousand disk misses would otherwise queue before the fill).
-    if (this.flights.isMissFill(entryKey(x.url, ''))) return this.afterLookup(x, { entry: undefined, variant: '', vary: undefined });
+    const primaryKey = entryKey(x.url, '');
+    if (this.flights.isMissFill(primaryKey)) return this.afterLookup(x, { entry: undefined, variant: '', vary: undefined });
     // lookup
-    const found = this.lookup(x);
+    const found = this.lookup(x, primaryKey);
     if (found instanceof Promise) return found.then((l) => this.afterLookup(x, l));
     return this.afterLookup(x, found);
   }
 
   // ---- lookup ---------------------------------------------------------------------------
 
-  private lookup(x: Exchange): Lookup | Promise<Lookup> {
-    const key = entryKey(x.url, '');
+  private lookup(x: Exchange, key: string): Lookup | Promise<Lookup> {
     // Concurrent lookups of one key share one disk read: in a stampede the fill starts after one
     // read, not after a thousand queued ones.
     const pending = this.pendingLookups.get(key);
@@ -461,7 +461,7 @@ export class CachePipeline {
       const refreshed = await this.refresh(x, stored, record, response.headers, times);
       return refreshed ? { kind: 'entry', entry: refreshed } : { kind: 'own', reason: 'status' };
     }
-    if (stored && ERROR_STATUSES.has(response.statusCode) && this.now() < record!.sieUntil && !record!.noStale) {
+    if (ERROR_STATUSES.has(response.statusCode) && this.staleIfErrorAllowed(record)) {
       response.body.resume();
       return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
     }
@@ -496,8 +496,7 @@ export class CachePipeline {
     } catch (error) {
       return this.upstreamFailed(x, l, asUpstreamError(error), undefined);
     }
-    const stale = l.entry?.meta.http as ResponseRecord | undefined;
-    if (stale && ERROR_STATUSES.has(response.statusCode) && this.now() < stale.sieUntil && !stale.noStale) {
+    if (ERROR_STATUSES.has(response.statusCode) && this.staleIfErrorAllowed(l.entry?.meta.http as ResponseRecord | undefined)) {
       response.body.resume();
       return this.upstreamFailed(x, l, new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), response.statusCode);
     }
@@ -544,6 +543,8 @@ export class CachePipeline {
     const headers = response.headers;
     const reason = notStorableReason({ method: 'GET', requestHeaders: x.req.headers, status, responseHeaders: headers, allowSetCookie: this.allowsSetCookie(x) });
     if (reason) return reason;
+    const declared = Number(headerText(headers['content-length']));
+    if (declared > this.settings.maxObjectSize) return 'too-large';
     const freshness = computeFreshness(status, headers, times, this.settings.freshness);
     if (freshness.deleteAt <= this.now()) return 'stale-on-arrival';
     const vary = parseVary(headers['vary']);
@@ -551,12 +552,10 @@ export class CachePipeline {
     const varyRecord = vary.length > 0 ? await this.varyRecordFor(x.url, l, vary, variant) : undefined;
     if (varyRecord === null) {
       this.metrics.inc('vary_cap_hits_total', 'responses not stored because their URL reached maxVariantsPerUrl');
-      return 'too-large';
+      return 'vary-cap';
     }
     const via = appendVia(headers['via'], '1.1', this.settings.nodeName);
     const record = makeResponseRecord({ status, headers, freshness, vary, stripSurrogate: this.settings.role === 'edge', via });
-    const declared = Number(headerText(headers['content-length']));
-    if (declared > this.settings.maxObjectSize) return 'too-large';
     const meta: EntryMeta = {
       size: Number.isSafeInteger(declared) && declared >= 0 ? declared : UNKNOWN_SIZE,
       tags: surrogateKeys(headers),
@@ -691,9 +690,10 @@ export class CachePipeline {
     // A 304's own Via replaces the stored one; this node is appended again.
     const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
     const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge', via });
+    const tags = surrogateKeys(merged);
     const meta: EntryMeta = {
       ...stored.meta,
-      tags: surrogateKeys(merged).length > 0 ? surrogateKeys(merged) : stored.meta.tags,
+      tags: tags.length > 0 ? tags : stored.meta.tags,
       storedAt: times.responseTime,
       staleAt: freshness.staleAt,
       graceUntil: freshness.graceUntil,
@@ -874,11 +874,8 @@ export class CachePipeline {
 
   private upstreamFailed(x: Exchange, l: Lookup, error: UpstreamError, status: number | undefined): void {
     const entry = l.entry;
-    const record = entry?.meta.http as ResponseRecord | undefined;
-    const now = this.now();
     this.metrics.inc('upstream_errors_total', 'upstream requests that failed', { code: error.code });
-    // RFC 5861 §4: serve stale on error within the window, unless must-revalidate & co forbid it.
-    if (entry && record && !record.noStale && now < record.sieUntil && !has(x.directives, 'no-cache')) {
+    if (entry && this.staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord) && !has(x.directives, 'no-cache')) {
       x.outcome = 'stale';
       x.detail = 'stale-if-error';
       const fwdStatus = status === undefined ? '' : `; fwd-status=${status}`;
@@ -887,6 +884,11 @@ export class CachePipeline {
     x.outcome = 'error';
     x.detail = error.code;
     this.deliverError(x, status ?? error.status, error.message, undefined);
+  }
+
+  /** RFC 5861 §4: a stale copy may stand in for an error within its window, unless must-revalidate & co forbid it. */
+  private staleIfErrorAllowed(record: ResponseRecord | undefined): boolean {
+    return record !== undefined && !record.noStale && this.now() < record.sieUntil;
   }
 
   private deliverError(x: Exchange, status: number, message: string, member: string | undefined): void {

@@ -24,6 +24,7 @@ export type NotStoredReason =
   | 'vary-star'
   | 'no-freshness'
   | 'too-large'
+  | 'vary-cap'
   | 'incomplete'
   | 'stale-on-arrival';
 

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { MemoryStore } from '../../storage/memory-store.js';
 import type { EntryMeta } from '../../storage/cache-store.js';
-import { cacheStatus, delay, fetchFrom, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
+import { cacheStatus, delay, fetchFrom, raw, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
 import { request } from 'undici';
 
 /** A real memory store whose updateMeta can be made to fail, as a broken disk would. */
@@ -150,4 +150,42 @@ test('§4.4 a fill that began before an invalidating POST is not stored', async 
   await edge.pipeline.drain();
   const after = await fetchFrom(edge.url, '/doc');
   t.notRegex(cacheStatus(after), /hit/, 'the pre-POST representation was not stored');
+});
+
+test('a failing store read is treated as a miss (counted), never as a failed request', async (t) => {
+  const origin = await startOrigin((_req, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=60' });
+    res.end('from origin');
+  });
+  const store = new MemoryStore({ maxBytes: 1 << 24 });
+  // Every lookup rejects, as a disk read error does.
+  store.get = () => Promise.reject(new Error('read error')) as never;
+  const edge = await startTestEdge(origin.url, {}, store);
+  t.teardown(async () => {
+    await edge.close();
+    await origin.close();
+  });
+  for (let i = 0; i < 2; i++) {
+    const reply = await fetchFrom(edge.url, '/broken-disk');
+    t.is(reply.status, 200);
+    t.is(reply.text, 'from origin');
+  }
+  t.is(edge.metrics.get('store_read_errors_total'), 2);
+});
+
+test('RFC 9112 §3.2.4 OPTIONS * is answered by the node itself; another method with * is a 400', async (t) => {
+  const origin = await startOrigin((_req, res) => {
+    res.end('origin');
+  });
+  const edge = await startTestEdge(origin.url);
+  t.teardown(async () => {
+    await edge.close();
+    await origin.close();
+  });
+  const options = await raw(edge.url, 'OPTIONS * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  t.regex(options, /^HTTP\/1\.1 200 /);
+  t.regex(options, /allow: GET, HEAD/i);
+  const get = await raw(edge.url, 'GET * HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  t.regex(get, /^HTTP\/1\.1 400 /);
+  t.is(origin.count(), 0, 'nothing reached the origin');
 });
