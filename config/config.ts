@@ -8,7 +8,7 @@ import { isIP } from 'node:net';
 
 export type Role = 'edge' | 'shield';
 
-type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'listen' | 'enum' | 'routes';
+type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
 
 interface OptionSpec {
   kind: Kind;
@@ -52,6 +52,11 @@ export const OPTIONS = {
   keepSec: { kind: 'int', default: 3600, min: 0, help: 'keep stale entries this long past their stale windows (conditional revalidation, max-stale)' },
   lockWaitMs: ms('longest a collapsed request waits for the leader before fetching on its own', 10_000),
   hitForMissSec: { kind: 'int', default: 30, min: 0, help: 'how long an uncacheable key skips request collapsing' },
+  storeStatuses: {
+    kind: 'status-list',
+    default: [],
+    help: 'statuses that may be stored, e.g. 200,301,404 (empty: every final status RFC 9111 allows, 4xx and 5xx with explicit freshness included)',
+  },
   maxVariantsPerUrl: { kind: 'int', default: 32, min: 1, help: 'cap on Vary variants stored per URL' },
   cacheSetCookiePaths: { kind: 'string-list', default: [], help: 'path prefixes whose Set-Cookie responses may be stored (the cookie is never served from cache)' },
   trustForwardedFrom: { kind: 'address-list', default: [], help: 'peer addresses/CIDRs whose X-Forwarded-* headers are trusted' },
@@ -108,6 +113,7 @@ export interface Config {
   keepSec: number;
   lockWaitMs: number;
   hitForMissSec: number;
+  storeStatuses: number[];
   maxVariantsPerUrl: number;
   cacheSetCookiePaths: string[];
   trustForwardedFrom: string[];
@@ -227,6 +233,14 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
       }
       return list;
     }
+    case 'status-list': {
+      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of status codes');
+      return list.map((item) => {
+        const code = typeof item === 'number' ? item : typeof item === 'string' && /^\d{3}$/.test(item) ? Number(item) : Number.NaN;
+        if (!Number.isInteger(code) || code < 200 || code > 599) fail(`not a final status code (200-599): ${JSON.stringify(item)}`);
+        return code;
+      });
+    }
     case 'url-list': {
       const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of URLs');
       return list.map((item) => checkUrl(item, name, source));
@@ -310,7 +324,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   for (const [name, raws] of Object.entries(sources.flags ?? {}) as [OptionName, string[]][]) {
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
-    const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list';
+    const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list';
     values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`);
   }
   return Object.freeze(values as unknown as Config);

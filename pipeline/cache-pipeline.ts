@@ -9,34 +9,35 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { BlockList, isIPv6 } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
-import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta, type EntryWriter } from '../storage/cache-store.js';
+import { UNKNOWN_SIZE, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
 import { AccessLog } from './access-log.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
-import { NO_DIRECTIVES, deltaSeconds, has, type Directives } from './cache-control.js';
-import { notModified, selectRange, weakTag } from './conditional.js';
-import { appendVia, setForwarded, withoutHopByHop } from './forward-headers.js';
+import { NO_DIRECTIVES, has } from './cache-control.js';
+import { notModified, selectRange } from './conditional.js';
+import {
+  NOTHING_FOUND,
+  abortOnClientClose,
+  asUpstreamError,
+  discard,
+  upstreamHeaders,
+  type CacheOutcome,
+  type Exchange,
+  type Lookup,
+  type RequestFilter,
+} from './exchange.js';
+import { Fills, type Forward } from './fill.js';
+import { appendVia, withoutHopByHop } from './forward-headers.js';
 import type { Metrics } from './metrics.js';
-import {
-  computeFreshness,
-  governingRequestDirectives,
-  headerText,
-  notStorableReason,
-  type FreshnessConfig,
-  type NotStoredReason,
-} from './response-policy.js';
-import { SingleFlight } from './single-flight.js';
-import {
-  SURROGATE_FIELDS,
-  makeResponseRecord,
-  mergeNotModified,
-  type HttpRecord,
-  type ResponseRecord,
-  type VaryRecord,
-} from './stored-response.js';
+import { governingRequestDirectives, headerText, type FreshnessConfig, type StatusPolicy } from './response-policy.js';
+import { staleIfErrorAllowed, verdict } from './serve-policy.js';
+import { FillEntry, StoreWriter } from './store-writer.js';
+import { SURROGATE_FIELDS, type HttpRecord, type ResponseRecord } from './stored-response.js';
 import { UpstreamError, isIdempotent, type HeaderMap, type Upstream, type UpstreamResponse } from './upstream.js';
-import { parseVary, variantKey } from './vary.js';
+import { variantKey } from './vary.js';
+
+export type { CacheOutcome, Exchange, RequestFilter } from './exchange.js';
 
 export interface PipelineSettings {
   role: 'edge' | 'shield';
@@ -44,6 +45,8 @@ export interface PipelineSettings {
   nodeName: string;
   key: CacheKeyOptions;
   freshness: FreshnessConfig;
+  /** Statuses that may be stored; undefined: every final status RFC 9111 §3 allows. */
+  storeStatuses: StatusPolicy;
   lockWaitMs: number;
   hitForMissSec: number;
   maxVariantsPerUrl: number;
@@ -58,69 +61,6 @@ export interface PipelineSettings {
   accessLog: boolean;
 }
 
-/**
- * A request filter (WAF, rate limit, IP policy) runs before the cache key is computed. Returning
- * true means it answered the request itself and the pipeline stops.
- */
-export type RequestFilter = (exchange: Exchange) => boolean;
-
-/** How the cache handled a request; the same words appear in logs and metrics. */
-export type CacheOutcome = 'hit' | 'stale' | 'miss' | 'revalidated' | 'bypass' | 'pass' | 'error' | 'synthetic';
-
-/** Per-request state carried through the phases. */
-export interface Exchange {
-  readonly req: IncomingMessage;
-  readonly res: ServerResponse;
-  readonly id: string;
-  readonly startedAt: number;
-  readonly method: string;
-  readonly clientAddress: string;
-  readonly peerTrusted: boolean;
-  readonly proto: 'http' | 'https';
-  readonly host: string;
-  /** Request target in origin form (path and query), as sent upstream. */
-  readonly path: string;
-  url: string;
-  directives: Directives;
-  outcome: CacheOutcome;
-  detail: string | undefined;
-  bytes: number;
-}
-
-interface Lookup {
-  entry: CachedEntry | undefined;
-  /** Variant key of this request ('' when the URL has no Vary record). */
-  variant: string;
-  /** The Vary record found for the URL, if any. */
-  vary: VaryRecord | undefined;
-  /** Set when a usable stored response was refused by the request's directives. */
-  forwardReason?: 'request';
-}
-
-/** What a fill (the leader's upstream fetch) shares with the requests waiting on it. */
-type FillResult =
-  | {
-      kind: 'stream';
-      record: ResponseRecord;
-      meta: EntryMeta;
-      broadcast: BodyBroadcast;
-      requestHeaders: IncomingMessage['headers'];
-      /** Settles when late requests may no longer join this stream (stored, failed, or not being stored). */
-      joinable: Promise<void>;
-      /** The upstream's Set-Cookie: delivered to the requester that caused the fetch only, never stored or shared. */
-      setCookie: string[] | undefined;
-    }
-  | { kind: 'entry'; entry: CachedEntry }
-  | { kind: 'error'; error: UpstreamError; status: number | undefined }
-  | { kind: 'own'; reason: NotStoredReason | 'status' };
-
-/** The leader also receives the response itself when it is not shareable. */
-type LeaderResult = FillResult | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | 'status' };
-
-/** Fields stripped from a shared fetch: it is for the full representation, validated with our own validators. */
-const CLIENT_CONDITIONALS = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
-/** Statuses that count as an upstream error for stale-if-error (RFC 5861 §4). */
-const ERROR_STATUSES = new Set([500, 502, 503, 504]);
 /** Fields left out of a 304 from the cache (RFC 9110 §15.4.5: representation metadata). */
 const NOT_IN_304 = new Set(['content-type', 'content-encoding', 'content-language', 'content-range', 'content-length']);
 
@@ -135,7 +75,8 @@ export interface PipelineDeps {
 }
 
 export class CachePipeline {
-  readonly flights = new SingleFlight<FillResult>();
+  /** The fetch phase: single-flight fills, the commit window, hit-for-miss. */
+  readonly fills: Fills;
   private readonly settings: PipelineSettings;
   private readonly store: CacheStore;
   private readonly upstream: Upstream;
@@ -152,6 +93,8 @@ export class CachePipeline {
   private readonly pendingLookups = new Map<string, Promise<CachedEntry | undefined>>();
   /** Background revalidations and fills not tied to a client, awaited on shutdown. */
   private readonly background = new Set<Promise<unknown>>();
+  /** Bodies streaming into the store and their commits, awaited on shutdown. */
+  private readonly commits = new Set<Promise<unknown>>();
 
   constructor(deps: PipelineDeps) {
     this.settings = deps.settings;
@@ -163,6 +106,17 @@ export class CachePipeline {
     this.filters = deps.filters ?? [];
     this.now = deps.now ?? Date.now;
     this.trusted = deps.settings.trustForwardedFrom.length > 0 ? buildBlockList(deps.settings.trustForwardedFrom) : undefined;
+    const track = (task: Promise<unknown>): void => this.track(this.background, task);
+    const writer = new StoreWriter({
+      settings: { ...deps.settings, statuses: deps.settings.storeStatuses },
+      store: this.store,
+      logger: this.logger,
+      metrics: this.metrics,
+      now: this.now,
+      track: (task) => this.track(this.commits, task),
+      readFailed: (error) => this.storeReadFailed(error),
+    });
+    this.fills = new Fills({ settings: deps.settings, upstream: this.upstream, writer, logger: this.logger, now: this.now, track });
     const outcomes: CacheOutcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
     this.requestCounters = Object.fromEntries(
       outcomes.map((outcome) => [outcome, this.metrics.bound('requests_total', 'requests by cache outcome', { outcome })]),
@@ -184,9 +138,13 @@ export class CachePipeline {
     else res.once('close', () => this.log(x, res.writableFinished));
   };
 
-  /** Waits for background fills and revalidations (graceful shutdown). */
-  async drain(): Promise<void> {
-    while (this.background.size > 0) await Promise.allSettled([...this.background]);
+  /**
+   * Waits for fills, revalidations and store commits (graceful shutdown). With `commits: false`
+   * it waits for upstream fetches only, and commits may still be running when it returns.
+   */
+  async drain(options: { commits?: boolean } = {}): Promise<void> {
+    const sets = options.commits === false ? [this.background] : [this.background, this.commits];
+    while (sets.some((set) => set.size > 0)) await Promise.allSettled(sets.flatMap((set) => [...set]));
     if (this.accessLog.enabled) this.accessLog.flush();
   }
 
@@ -238,10 +196,10 @@ export class CachePipeline {
     x.url = cacheKey(x.proto, x.host, x.path, this.settings.key);
     if (x.method !== 'GET' && x.method !== 'HEAD') return this.pass(x);
     x.directives = governingRequestDirectives(x.req.headers);
-    // A fill for a key that had nothing stored is already running: join it without a store
-    // lookup (in a stampede, a thousand disk misses would otherwise queue before the fill).
     const primaryKey = entryKey(x.url, '');
-    if (this.flights.isMissFill(primaryKey)) return this.afterLookup(x, { entry: undefined, variant: '', vary: undefined });
+    // A fill for a URL that had nothing stored is fetching: join it without a store lookup (in a
+    // stampede, a thousand disk misses would otherwise queue before the fill).
+    if (this.fills.awaitingMissFill(primaryKey)) return this.afterLookup(x, NOTHING_FOUND);
     // lookup
     const found = this.lookup(x, primaryKey);
     if (found instanceof Promise) return found.then((l) => this.afterLookup(x, l));
@@ -265,11 +223,6 @@ export class CachePipeline {
     return this.selectVariant(x, first);
   }
 
-  private allowsSetCookie(x: Exchange): boolean {
-    const path = pathOf(x.path);
-    return this.settings.cacheSetCookiePaths.some((prefix) => path.startsWith(prefix));
-  }
-
   /** A failing disk read is a miss (counted and logged), never a failed request. */
   private storeReadFailed(error: unknown): undefined {
     this.metrics.inc('store_read_errors_total', 'store lookups that failed and were treated as misses');
@@ -277,25 +230,29 @@ export class CachePipeline {
     return undefined;
   }
 
+  /**
+   * The entry for this request's variant. Where the store has none, a response in its commit
+   * window counts as stored (fill.ts): the store will have it in a moment.
+   */
   private selectVariant(x: Exchange, entry: CachedEntry | undefined): Lookup | Promise<Lookup> {
-    if (entry === undefined) return { entry: undefined, variant: '', vary: undefined };
+    if (entry === undefined) return { entry: this.fills.committing(x, entryKey(x.url, '')), variant: '', vary: undefined };
     const record = entry.meta.http as unknown as HttpRecord;
     if (record.kind === 'response') return { entry, variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
-    const second = this.store.get(entryKey(x.url, variant));
+    const key = entryKey(x.url, variant);
+    const second = this.store.get(key);
     if (second instanceof Promise) {
-      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e, variant, vary: record }));
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.fills.committing(x, key), variant, vary: record }));
     }
-    return { entry: second, variant, vary: record };
+    return { entry: second ?? this.fills.committing(x, key), variant, vary: record };
   }
 
   private afterLookup(x: Exchange, l: Lookup): void | Promise<void> {
     const entry = l.entry;
+    let fwd: Forward = entry ? 'stale' : l.vary ? 'vary-miss' : 'uri-miss';
     if (entry !== undefined) {
       const now = this.now();
-      const record = entry.meta.http as unknown as ResponseRecord;
-      const verdict = this.evaluate(x, record, entry.meta, now);
-      switch (verdict) {
+      switch (verdict(x.directives, entry.meta.http as unknown as ResponseRecord, entry.meta, now)) {
         case 'fresh':
           x.outcome = 'hit';
           return this.deliverEntry(x, entry, `hit; ttl=${ttl(entry.meta, now)}`);
@@ -306,407 +263,59 @@ export class CachePipeline {
         case 'stale-while-revalidate':
           x.outcome = 'stale';
           x.detail = 'background-revalidate';
-          this.revalidateInBackground(x, l);
+          this.fills.revalidateInBackground(x, l);
           return this.deliverEntry(x, entry, 'fwd=stale; detail=background-revalidate');
-        case 'revalidate':
         case 'request':
+          // A fresh response the request's own directives refuse (RFC 9211 §2.2).
+          fwd = 'request';
+          break;
+        case 'revalidate':
           break;
       }
-      if (verdict === 'request') l.forwardReason = 'request';
     }
     if (has(x.directives, 'only-if-cached')) {
       // §5.2.1.7: nothing stored fits and the client forbids forwarding.
       x.outcome = 'synthetic';
       return this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
     }
-    return this.fetch(x, l);
-  }
-
-  /** Whether a stored response may satisfy this request now (RFC 9111 §4.2, §5.2.1, RFC 5861). */
-  private evaluate(
-    x: Exchange,
-    record: ResponseRecord,
-    meta: EntryMeta,
-    now: number,
-  ): 'fresh' | 'stale-allowed' | 'stale-while-revalidate' | 'revalidate' | 'request' {
-    const d = x.directives;
-    const fresh = now < meta.staleAt;
-    if (d.values.size > 0) {
-      // A fresh response the request's own directives refuse is forwarded as fwd=request (RFC 9211 §2.2).
-      const refused = fresh ? 'request' : 'revalidate';
-      if (has(d, 'no-cache')) return refused;
-      const currentAge = record.initialAgeSec + (now - meta.storedAt) / 1000;
-      const maxAge = deltaSeconds(d, 'max-age');
-      if (maxAge !== undefined && !(currentAge <= maxAge)) return refused;
-      const minFresh = deltaSeconds(d, 'min-fresh');
-      if (minFresh !== undefined && !((meta.staleAt - now) / 1000 >= minFresh)) return refused;
-      if (!fresh && !record.noStale && has(d, 'max-stale')) {
-        const maxStale = deltaSeconds(d, 'max-stale');
-        // max-stale with no value accepts any staleness (§5.2.1.2).
-        if (d.values.get('max-stale') === true || (maxStale !== undefined && (now - meta.staleAt) / 1000 <= maxStale)) return 'stale-allowed';
-      }
-    }
-    if (fresh) return 'fresh';
-    if (!record.noStale && now < record.swrUntil) return 'stale-while-revalidate';
-    return 'revalidate';
+    return this.fetch(x, l, fwd);
   }
 
   // ---- fetch ----------------------------------------------------------------------------
 
-  /** A miss or a stored response that needs validation: collapse onto one upstream fetch per key. */
-  private async fetch(x: Exchange, l: Lookup): Promise<void> {
-    const lockKey = entryKey(x.url, l.variant);
-    const missKind = l.forwardReason ?? (l.entry ? 'stale' : l.vary ? 'vary-miss' : 'uri-miss');
-    // Requests that may never share a response do not wait, and do not make others wait (§3.5, §5.2.1.5).
-    const shareable = !has(x.directives, 'no-store') && x.req.headers.authorization === undefined;
-    if (!shareable || this.flights.isHitForMiss(lockKey)) {
-      x.detail = shareable ? 'hit-for-miss' : 'uncollapsible';
-      return this.fetchAlone(x, l, shareable ? 'bypass' : missKind);
-    }
-    const joined = this.flights.join(lockKey, this.settings.lockWaitMs, l.entry === undefined && l.vary === undefined);
-    if (joined.leader) {
-      const fill = this.fill(x, l, lockKey);
-      this.track(fill);
-      const result = await fill;
-      settleFill(joined.settle, result);
-      return this.deliverFill(x, l, result, missKind, true);
-    }
-    const result = await joined.result;
-    if (result === undefined) {
-      x.detail = 'lock-timeout';
-      return this.fetchAlone(x, l, missKind);
-    }
-    x.detail = 'collapsed';
-    return this.deliverFill(x, l, result, missKind, false);
-  }
-
-  private deliverFill(x: Exchange, l: Lookup, result: LeaderResult, missKind: string, leader: boolean): void | Promise<void> {
-    switch (result.kind) {
+  /** A miss, or a stored response that needs validation: the fill module decides who fetches and who shares. */
+  private async fetch(x: Exchange, l: Lookup, fwd: Forward): Promise<void> {
+    const obtained = await this.fills.obtain(x, l, fwd);
+    switch (obtained.kind) {
       case 'stream': {
-        if (!leader && (result.broadcast.failed || !result.broadcast.acceptsReaders)) return this.fetchAlone(x, l, missKind);
-        // A waiter whose Vary values differ from the leader's must not get the leader's variant (§4.1).
-        if (result.record.vary.length > 0 && variantKey(result.record.vary, x.req.headers) !== variantKey(result.record.vary, result.requestHeaders)) {
-          x.detail = 'vary-mismatch';
-          return this.fetchAlone(x, l, 'vary-miss');
-        }
-        const size = result.meta.size;
+        const { stream, source } = obtained;
         const now = this.now();
-        if (!leader && result.broadcast.done) {
-          // The whole body was already here (its store commit still running): a hit in all but name.
+        if (source === 'joined' && stream.broadcast.done) {
+          // The whole body is here and its store commit is still running: a hit in all but name.
           x.outcome = 'hit';
-          return this.respond(x, result.record, result.meta, size, result.broadcast, `hit; ttl=${ttl(result.meta, now)}`);
+          return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, `hit; ttl=${ttl(stream.meta, now)}`);
         }
-        x.outcome = 'miss';
-        const member = `fwd=${missKind}; fwd-status=${result.record.status}; stored; ttl=${ttl(result.meta, now)}${leader ? '' : '; detail=collapsed'}`;
-        return this.respond(x, result.record, result.meta, size, result.broadcast, member, leader ? setCookieHeaders(result.setCookie) : undefined);
+        x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
+        const detail = source === 'joined' ? '; detail=collapsed' : '';
+        const member = `fwd=${obtained.fwd}; fwd-status=${stream.record.status}; stored; ttl=${ttl(stream.meta, now)}${detail}`;
+        // The upstream's Set-Cookie goes to the request that caused the fetch, never to one that joined it.
+        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'joined' ? undefined : setCookieHeaders(stream.setCookie));
       }
-      case 'entry':
+      case 'entry': {
         x.outcome = 'revalidated';
-        return this.deliverEntry(x, result.entry, `fwd=stale; fwd-status=304; ttl=${ttl(result.entry.meta, this.now())}`);
+        const detail = obtained.source === 'joined' ? '; detail=collapsed' : '';
+        return this.deliverEntry(x, obtained.entry, `fwd=stale; fwd-status=304; ttl=${ttl(obtained.entry.meta, this.now())}${detail}`);
+      }
       case 'error':
-        return this.upstreamFailed(x, l, result.error, result.status);
-      case 'own':
-        x.detail = `not-stored:${result.reason}`;
-        return this.fetchAlone(x, l, missKind);
-      case 'response':
-        x.outcome = 'miss';
-        x.detail = `not-stored:${result.reason}`;
-        return this.deliverUpstream(x, result.response, `fwd=${missKind}; fwd-status=${result.response.statusCode}; detail=${result.reason}`);
-    }
-  }
-
-  /**
-   * The leader's upstream fetch. It is not tied to the leader's client: if that client goes
-   * away, the fill still completes and every waiter still gets the whole body.
-   */
-  private async fill(x: Exchange, l: Lookup, lockKey: string): Promise<LeaderResult> {
-    const stored = l.entry;
-    const record = stored?.meta.http as ResponseRecord | undefined;
-    const headers = this.upstreamHeaders(x, CLIENT_CONDITIONALS);
-    if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
-    if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
-    const requestTime = this.now();
-    let response: UpstreamResponse;
-    try {
-      response = await this.upstream.request({ method: 'GET', path: x.path, headers, body: null, cacheKey: x.url, idempotent: true });
-    } catch (error) {
-      return { kind: 'error', error: asUpstreamError(error), status: undefined };
-    }
-    const times = { requestTime, responseTime: this.now() };
-    try {
-      return await this.afterFillResponse(x, l, lockKey, response, times);
-    } catch (error) {
-      // Never leave a flight unsettled: whatever failed after the upstream answered (a store
-      // error, say) becomes an error outcome every waiter handles on its own.
-      discard(response.body);
-      this.logger.warn({ key: x.url, err: (error as Error)?.message }, 'fill failed after the upstream answered');
-      return { kind: 'error', error: asUpstreamError(error), status: undefined };
-    }
-  }
-
-  private async afterFillResponse(
-    x: Exchange,
-    l: Lookup,
-    lockKey: string,
-    response: UpstreamResponse,
-    times: { requestTime: number; responseTime: number },
-  ): Promise<LeaderResult> {
-    const stored = l.entry;
-    const record = stored?.meta.http as ResponseRecord | undefined;
-    if (response.statusCode === 304 && stored && record) {
-      response.body.resume();
-      // §4.3.4: the 304's validator selects the stored response it updates; if it is not ours, nothing is updated.
-      const tag = headerText(response.headers['etag']);
-      if (tag !== undefined && (record.etag === undefined || weakTag(tag) !== weakTag(record.etag))) return { kind: 'own', reason: 'status' };
-      const refreshed = await this.refresh(x, stored, record, response.headers, times);
-      return refreshed ? { kind: 'entry', entry: refreshed } : { kind: 'own', reason: 'status' };
-    }
-    if (ERROR_STATUSES.has(response.statusCode) && this.staleIfErrorAllowed(record)) {
-      response.body.resume();
-      return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
-    }
-    const stream = await this.storeResponse(x, l, response, times);
-    if (typeof stream === 'string') {
-      this.flights.markHitForMiss(lockKey, this.settings.hitForMissSec * 1000);
-      return { kind: 'response', response, reason: stream };
-    }
-    this.flights.clearHitForMiss(lockKey);
-    return stream;
-  }
-
-  /** Fetch for this client only (uncollapsible, hit-for-miss, lock timeout, not shareable); stores what it may. */
-  private async fetchAlone(x: Exchange, l: Lookup, fwd: string): Promise<void> {
-    const canStore = !has(x.directives, 'no-store');
-    // Keep the client's own conditionals unless we could store the answer (then fetch in full).
-    const storing = canStore && !hasConditional(x.req.headers);
-    const headers = this.upstreamHeaders(x, storing ? CLIENT_CONDITIONALS : undefined);
-    const controller = this.abortOnClientClose(x);
-    const requestTime = this.now();
-    let response: UpstreamResponse;
-    try {
-      response = await this.upstream.request({
-        method: storing ? 'GET' : x.method,
-        path: x.path,
-        headers,
-        body: null,
-        cacheKey: x.url,
-        idempotent: true,
-        signal: controller.signal,
-      });
-    } catch (error) {
-      return this.upstreamFailed(x, l, asUpstreamError(error), undefined);
-    }
-    if (ERROR_STATUSES.has(response.statusCode) && this.staleIfErrorAllowed(l.entry?.meta.http as ResponseRecord | undefined)) {
-      response.body.resume();
-      return this.upstreamFailed(x, l, new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), response.statusCode);
-    }
-    x.outcome = fwd === 'bypass' ? 'bypass' : 'miss';
-    if (storing) {
-      const stream = await this.storeResponse(x, l, response, { requestTime, responseTime: this.now() });
-      if (typeof stream !== 'string') {
-        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, `fwd=${fwd}; fwd-status=${response.statusCode}; stored`, setCookieHeaders(stream.setCookie));
+        return this.upstreamFailed(x, l, obtained.error, obtained.status);
+      case 'response': {
+        x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
+        const status = obtained.response.statusCode;
+        if (obtained.reason === undefined) return this.deliverUpstream(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}`);
+        const notStored = `not-stored:${obtained.reason}`;
+        x.detail = x.detail === undefined ? notStored : `${x.detail},${notStored}`;
+        return this.deliverUpstream(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}; detail=${obtained.reason}`);
       }
-      x.detail = x.detail ? `${x.detail},not-stored:${stream}` : `not-stored:${stream}`;
-    }
-    return this.deliverUpstream(x, response, `fwd=${fwd}; fwd-status=${response.statusCode}`);
-  }
-
-  /** SWR: exactly one background revalidation per key; the client is already answered. */
-  private revalidateInBackground(x: Exchange, l: Lookup): void {
-    const lockKey = entryKey(x.url, l.variant);
-    const joined = this.flights.join(lockKey, 0);
-    if (!joined.leader) {
-      joined.result.catch(() => undefined);
-      return;
-    }
-    const task = this.fill(x, l, lockKey).then((result) => {
-      if (result.kind === 'response') result.response.body.resume();
-      settleFill(joined.settle, result);
-    });
-    this.track(task);
-  }
-
-  // ---- store ----------------------------------------------------------------------------
-
-  /**
-   * Decides storability and, when storable, starts streaming the body into the store and into a
-   * broadcast every reader can follow. Returns why not when the response may not be stored.
-   */
-  private async storeResponse(
-    x: Exchange,
-    l: Lookup,
-    response: UpstreamResponse,
-    times: { requestTime: number; responseTime: number },
-  ): Promise<Extract<FillResult, { kind: 'stream' }> | NotStoredReason | 'status'> {
-    const status = response.statusCode;
-    if (status === 206 || status === 304) return 'status';
-    const headers = response.headers;
-    const reason = notStorableReason({ method: 'GET', requestHeaders: x.req.headers, status, responseHeaders: headers, allowSetCookie: this.allowsSetCookie(x) });
-    if (reason) return reason;
-    const declared = Number(headerText(headers['content-length']));
-    if (declared > this.settings.maxObjectSize) return 'too-large';
-    const freshness = computeFreshness(status, headers, times, this.settings.freshness);
-    if (freshness.deleteAt <= this.now()) return 'stale-on-arrival';
-    const vary = parseVary(headers['vary']);
-    const variant = vary.length > 0 ? variantKey(vary, x.req.headers) : '';
-    const varyRecord = vary.length > 0 ? await this.varyRecordFor(x.url, l, vary, variant) : undefined;
-    if (varyRecord === null) {
-      this.metrics.inc('vary_cap_hits_total', 'responses not stored because their URL reached maxVariantsPerUrl');
-      return 'vary-cap';
-    }
-    const via = appendVia(headers['via'], '1.1', this.settings.nodeName);
-    const record = makeResponseRecord({ status, headers, freshness, vary, stripSurrogate: this.settings.role === 'edge', via });
-    const meta: EntryMeta = {
-      size: Number.isSafeInteger(declared) && declared >= 0 ? declared : UNKNOWN_SIZE,
-      tags: surrogateKeys(headers),
-      storedAt: times.responseTime,
-      staleAt: freshness.staleAt,
-      graceUntil: freshness.graceUntil,
-      deleteAt: freshness.deleteAt,
-      http: record as unknown as Record<string, unknown>,
-    };
-    const key = entryKey(x.url, variant);
-    const broadcast = new BodyBroadcast();
-    let endJoin!: () => void;
-    const joinable = new Promise<void>((resolve) => (endJoin = resolve));
-    this.track(this.pumpIntoStore(key, meta, response.body, broadcast, varyRecord, x.url, endJoin));
-    const setCookie = headers['set-cookie'];
-    return { kind: 'stream', record, meta, broadcast, requestHeaders: x.req.headers, joinable, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
-  }
-
-  /**
-   * Streams the upstream body to the broadcast and the store; commits only a complete body.
-   * `endJoin` closes the flight to new joiners: at the end, or as soon as nothing will be stored
-   * (then the broadcast also stops keeping chunks every reader has passed).
-   */
-  private async pumpIntoStore(key: string, meta: EntryMeta, body: Readable, broadcast: BodyBroadcast, vary: VaryRecord | undefined, url: string, endJoin: () => void): Promise<void> {
-    let writer: EntryWriter | undefined;
-    const stopStoring = (reason: string, error?: unknown): void => {
-      if (writer === undefined) return;
-      writer.abort();
-      writer = undefined;
-      void broadcast.stopRetaining();
-      endJoin();
-      this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
-      if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
-    };
-    try {
-      writer = this.store.openWriter(key, meta);
-    } catch (error) {
-      stopStoring('store-error', error);
-    }
-    let received = 0;
-    try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        received += chunk.length;
-        broadcast.push(chunk);
-        // A body of undeclared length that outgrows maxObjectSize keeps streaming; nothing is stored.
-        if (received > this.settings.maxObjectSize) stopStoring('too-large');
-        if (writer === undefined) continue;
-        try {
-          await writer.write(chunk);
-        } catch (error) {
-          stopStoring('store-error', error);
-        }
-      }
-      if (meta.size !== UNKNOWN_SIZE && received !== meta.size) throw new Error(`upstream body has ${received} bytes, ${meta.size} declared`);
-    } catch (error) {
-      writer?.abort();
-      broadcast.fail(error as Error);
-      endJoin();
-      this.metrics.inc('upstream_body_errors_total', 'upstream bodies cut short or malformed (never stored)');
-      this.logger.warn({ key: url, err: (error as Error).message }, 'upstream body failed; not stored');
-      return;
-    }
-    broadcast.end();
-    try {
-      // §4.4: a purge or invalidation that ran after this fill began makes the store refuse the commit.
-      if (writer === undefined) return;
-      await writer.commit();
-      if (vary) {
-        // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable.
-        const existing = await this.store.get(entryKey(url, ''));
-        const keepUntil = Math.max(meta.deleteAt, (existing?.meta.http as HttpRecord | undefined)?.kind === 'vary' ? existing!.meta.deleteAt : 0);
-        const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: keepUntil, graceUntil: keepUntil, deleteAt: keepUntil, http: vary as unknown as Record<string, unknown> };
-        await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
-      }
-    } catch (error) {
-      if ((error as { code?: string }).code === 'REMOVED_DURING_WRITE') {
-        this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason: 'purged' });
-      } else {
-        this.metrics.inc('store_errors_total', 'entries the store could not commit');
-        this.logger.warn({ key: url, err: (error as Error).message }, 'store commit failed');
-      }
-    } finally {
-      endJoin();
-    }
-  }
-
-  /**
-   * The Vary record to write for a new variant: the fields plus the variant list, capped at
-   * maxVariantsPerUrl. Null when the cap is reached.
-   */
-  private async varyRecordFor(url: string, l: Lookup, fields: string[], variant: string): Promise<VaryRecord | null> {
-    const current = l.vary ?? (await this.currentVaryRecord(url).catch((error) => this.storeReadFailed(error)));
-    const sameFields = current !== undefined && current.fields.join(',') === fields.join(',');
-    const variants = sameFields ? current.variants : [];
-    if (variants.includes(variant)) return { kind: 'vary', fields, variants };
-    let live = variants;
-    if (variants.length >= this.settings.maxVariantsPerUrl) {
-      // Drop variants the store has since evicted before refusing a new one.
-      live = [];
-      for (const v of variants) {
-        const entry = await Promise.resolve(this.store.get(entryKey(url, v))).catch((error) => this.storeReadFailed(error));
-        if (entry !== undefined) live.push(v);
-      }
-      if (live.length >= this.settings.maxVariantsPerUrl) return null;
-    }
-    return { kind: 'vary', fields, variants: [...live, variant] };
-  }
-
-  private async currentVaryRecord(url: string): Promise<VaryRecord | undefined> {
-    const entry = await this.store.get(entryKey(url, ''));
-    const record = entry?.meta.http as HttpRecord | undefined;
-    return record?.kind === 'vary' ? record : undefined;
-  }
-
-  /** §4.3.4: a 304 refreshes the stored headers and time model; the body stays. */
-  private async refresh(
-    x: Exchange,
-    stored: CachedEntry,
-    record: ResponseRecord,
-    notModifiedHeaders: HeaderMap,
-    times: { requestTime: number; responseTime: number },
-  ): Promise<CachedEntry | undefined> {
-    const merged = mergeNotModified(record, notModifiedHeaders);
-    // A 304 may make the response private, no-store or cookie-bearing: then the stored copy must go,
-    // and the requester fetches its own (§3, §4.3.4).
-    const reason = notStorableReason({ method: 'GET', requestHeaders: x.req.headers, status: record.status, responseHeaders: merged, allowSetCookie: this.allowsSetCookie(x) });
-    if (reason !== undefined) {
-      await this.store.delete(stored.key).catch((error) => this.storeReadFailed(error));
-      return undefined;
-    }
-    const freshness = computeFreshness(record.status, merged, times, this.settings.freshness);
-    // A 304's own Via replaces the stored one; this node is appended again.
-    const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
-    const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge', via });
-    const tags = surrogateKeys(merged);
-    const meta: EntryMeta = {
-      ...stored.meta,
-      tags: tags.length > 0 ? tags : stored.meta.tags,
-      storedAt: times.responseTime,
-      staleAt: freshness.staleAt,
-      graceUntil: freshness.graceUntil,
-      deleteAt: freshness.deleteAt,
-      http: updated as unknown as Record<string, unknown>,
-    };
-    try {
-      // Only the version this revalidation started from; a newer body stored meanwhile keeps its own headers.
-      if (!(await this.store.updateMeta(stored.key, meta, stored.meta.storedAt))) return undefined;
-      return (await this.store.get(stored.key)) ?? undefined;
-    } catch (error) {
-      this.storeReadFailed(error);
-      return undefined;
     }
   }
 
@@ -714,8 +323,8 @@ export class CachePipeline {
 
   private async pass(x: Exchange): Promise<void> {
     x.outcome = 'pass';
-    const headers = this.upstreamHeaders(x, undefined);
-    const controller = this.abortOnClientClose(x);
+    const headers = upstreamHeaders(x, this.settings.nodeName, undefined);
+    const signal = abortOnClientClose(x);
     const hasBody = x.req.headers['content-length'] !== undefined ? x.req.headers['content-length'] !== '0' : x.req.headers['transfer-encoding'] !== undefined;
     let response: UpstreamResponse;
     try {
@@ -726,10 +335,10 @@ export class CachePipeline {
         body: hasBody ? x.req : null,
         cacheKey: x.url,
         idempotent: isIdempotent(x.method),
-        signal: controller.signal,
+        signal,
       });
     } catch (error) {
-      return this.upstreamFailed(x, { entry: undefined, variant: '', vary: undefined }, asUpstreamError(error), undefined);
+      return this.upstreamFailed(x, NOTHING_FOUND, asUpstreamError(error), undefined);
     }
     if (!isSafe(x.method) && response.statusCode >= 200 && response.statusCode < 400) await this.invalidate(x, response.headers);
     return this.deliverUpstream(x, response, `fwd=method; fwd-status=${response.statusCode}`);
@@ -752,6 +361,7 @@ export class CachePipeline {
       urls.push(cacheKey(x.proto, x.host, target.pathname + target.search, this.settings.key));
     }
     for (const url of urls) {
+      this.fills.forget(url);
       try {
         await this.store.purgeUrl(url);
       } catch (error) {
@@ -816,18 +426,19 @@ export class CachePipeline {
       res.end();
       return;
     }
-    if (source instanceof BodyBroadcast) {
-      source.pipeTo(res, range, (n) => (x.bytes += n));
+    const broadcast = source instanceof FillEntry ? source.stream.broadcast : source;
+    if (broadcast instanceof BodyBroadcast) {
+      broadcast.pipeTo(res, range, (n) => (x.bytes += n));
       return;
     }
-    const body = source.body;
+    const body = broadcast.body;
     if (body !== undefined) {
       const bytes = range ? body.subarray(range.start, range.end + 1) : body;
       x.bytes = bytes.length;
       res.end(bytes);
       return;
     }
-    this.pipeBody(x, source.openBody(range));
+    this.pipeBody(x, broadcast.openBody(range));
   }
 
   /** Sends an upstream response that is not (or not yet) stored. */
@@ -875,7 +486,7 @@ export class CachePipeline {
   private upstreamFailed(x: Exchange, l: Lookup, error: UpstreamError, status: number | undefined): void {
     const entry = l.entry;
     this.metrics.inc('upstream_errors_total', 'upstream requests that failed', { code: error.code });
-    if (entry && this.staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord) && !has(x.directives, 'no-cache')) {
+    if (entry && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) {
       x.outcome = 'stale';
       x.detail = 'stale-if-error';
       const fwdStatus = status === undefined ? '' : `; fwd-status=${status}`;
@@ -884,11 +495,6 @@ export class CachePipeline {
     x.outcome = 'error';
     x.detail = error.code;
     this.deliverError(x, status ?? error.status, error.message, undefined);
-  }
-
-  /** RFC 5861 §4: a stale copy may stand in for an error within its window, unless must-revalidate & co forbid it. */
-  private staleIfErrorAllowed(record: ResponseRecord | undefined): boolean {
-    return record !== undefined && !record.noStale && this.now() < record.sieUntil;
   }
 
   private deliverError(x: Exchange, status: number, message: string, member: string | undefined): void {
@@ -924,28 +530,10 @@ export class CachePipeline {
 
   // ---- helpers --------------------------------------------------------------------------
 
-  /** Request headers for upstream: hop-by-hop removed, Via and X-Forwarded-* set. */
-  private upstreamHeaders(x: Exchange, drop: ReadonlySet<string> | undefined): HeaderMap {
-    const headers = withoutHopByHop(x.req.headers, drop);
-    delete headers['expect'];
-    if (x.host !== '') headers['host'] = x.host;
-    headers['via'] = appendVia(headers['via'], x.req.httpVersion, this.settings.nodeName);
-    setForwarded(headers, { clientAddress: x.clientAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
-    return headers;
-  }
-
-  private abortOnClientClose(x: Exchange): AbortController {
-    const controller = new AbortController();
-    x.res.once('close', () => {
-      if (!x.res.writableFinished) controller.abort();
-    });
-    return controller;
-  }
-
-  private track(task: Promise<unknown>): void {
+  private track(set: Set<Promise<unknown>>, task: Promise<unknown>): void {
     const tracked = task.catch((error) => this.logger.error({ err: error }, 'background task failed'));
-    this.background.add(tracked);
-    tracked.finally(() => this.background.delete(tracked));
+    set.add(tracked);
+    tracked.finally(() => set.delete(tracked));
   }
 
   // ---- log ------------------------------------------------------------------------------
@@ -968,18 +556,6 @@ export class CachePipeline {
   }
 }
 
-/** Settles a flight; a streaming body keeps it open until stored, so late arrivals share the same stream. */
-function settleFill(settle: (result: FillResult, openUntil?: Promise<unknown>) => void, result: LeaderResult): void {
-  if (result.kind === 'response') settle({ kind: 'own', reason: result.reason });
-  else settle(result, result.kind === 'stream' ? result.joinable : undefined);
-}
-
-/** Releases a body nobody will read; its abort error is expected and ignored. */
-function discard(body: Readable): void {
-  body.on('error', () => undefined);
-  body.destroy();
-}
-
 function setCookieHeaders(values: string[] | undefined): string[] | undefined {
   return values?.flatMap((value) => ['set-cookie', value]);
 }
@@ -993,18 +569,8 @@ function dateOf(record: ResponseRecord): string | undefined {
   return undefined;
 }
 
-function hasConditional(headers: IncomingMessage['headers']): boolean {
-  for (const name of CLIENT_CONDITIONALS) if (headers[name] !== undefined) return true;
-  return false;
-}
-
 function isSafe(method: string): boolean {
   return method === 'GET' || method === 'HEAD' || method === 'OPTIONS' || method === 'TRACE';
-}
-
-function pathOf(path: string): string {
-  const q = path.indexOf('?');
-  return q === -1 ? path : path.slice(0, q);
 }
 
 /**
@@ -1030,19 +596,6 @@ function hostLines(rawHeaders: string[]): number {
     if (name.length === 4 && name.toLowerCase() === 'host') count++;
   }
   return count;
-}
-
-/** Surrogate keys: Surrogate-Key (space-separated, Fastly) and Cache-Tag (comma-separated). */
-function surrogateKeys(headers: HeaderMap): string[] {
-  const tags = new Set<string>();
-  for (const t of (headerText(headers['surrogate-key']) ?? '').split(/\s+/)) if (t) tags.add(t);
-  for (const t of (headerText(headers['cache-tag']) ?? '').split(',')) if (t.trim()) tags.add(t.trim());
-  return [...tags];
-}
-
-function asUpstreamError(error: unknown): UpstreamError {
-  if (error instanceof UpstreamError) return error;
-  return new UpstreamError('UPSTREAM_PROTOCOL', (error as Error)?.message ?? String(error), { cause: error });
 }
 
 function buildBlockList(entries: readonly string[]): BlockList {

@@ -82,6 +82,7 @@ export class HttpUpstream implements Upstream {
         headers: request.headers,
         body: request.body ?? undefined,
         signal: request.signal,
+        onInfo: request.onInterim && (({ statusCode, headers }) => request.onInterim!(statusCode, headers as HeaderMap)),
       });
       return {
         statusCode: response.statusCode,

@@ -44,6 +44,7 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
       defaultStaleIfErrorSec: config.defaultStaleIfErrorSec,
       keepSec: config.keepSec,
     },
+    storeStatuses: config.storeStatuses.length > 0 ? new Set(config.storeStatuses) : undefined,
     lockWaitMs: config.lockWaitMs,
     hitForMissSec: config.hitForMissSec,
     maxVariantsPerUrl: config.maxVariantsPerUrl,

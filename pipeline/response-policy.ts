@@ -67,7 +67,17 @@ export interface Freshness {
   noStale: boolean;
 }
 
+/** Statuses cacheable by default: heuristic freshness applies to them (§4.2.2, RFC 9110 §15.1). */
 const HEURISTIC_STATUSES = new Set([200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501]);
+/** The statuses http-cache-semantics implements; for these its `storable()` decides (with our directives). */
+const LIBRARY_STATUSES = new Set([200, 203, 204, 300, 301, 302, 303, 307, 308, 404, 405, 410, 414, 501]);
+
+/**
+ * Which final statuses may be stored: undefined for every one RFC 9111 §3 allows (any final
+ * status with explicit freshness, or cacheable by default); a set to restrict it, as nginx's
+ * proxy_cache_valid does.
+ */
+export type StatusPolicy = ReadonlySet<number> | undefined;
 
 export interface StorabilityInput {
   method: string;
@@ -76,31 +86,54 @@ export interface StorabilityInput {
   responseHeaders: HeaderMap;
   /** Operator opted in to storing responses with Set-Cookie for this path. */
   allowSetCookie: boolean;
+  statuses: StatusPolicy;
 }
 
 /** Returns undefined when the response may be stored, else why not (§3). */
 export function notStorableReason(input: StorabilityInput): NotStoredReason | undefined {
   const { method, status, responseHeaders } = input;
   if (method !== 'GET' && method !== 'HEAD') return 'method';
-  if (status < 200) return 'status';
+  // Interim responses are never stored; partial content is not (ranges are served from full bodies); a 304 updates (§4.3.4).
+  if (status < 200 || status === 206 || status === 304) return 'status';
+  if (input.statuses !== undefined && !input.statuses.has(status)) return 'status';
   const requestDirectives = governingRequestDirectives(input.requestHeaders);
   if (has(requestDirectives, 'no-store')) return 'request-no-store';
   const { directives } = governingDirectives(responseHeaders);
-  if (has(directives, 'no-store')) return 'no-store';
+  // §5.2.2.3: must-understand limits storing to statuses whose rules this cache implements, and
+  // for those it overrides no-store.
+  const mustUnderstand = has(directives, 'must-understand');
+  if (mustUnderstand && !UNDERSTOOD_STATUSES.has(status)) return 'status';
+  if (has(directives, 'no-store') && !mustUnderstand) return 'no-store';
   if (has(directives, 'private')) return 'private';
   const vary = headerText(responseHeaders['vary']);
   if (vary !== undefined && vary.split(',').some((v) => v.trim() === '*')) return 'vary-star';
   if (responseHeaders['set-cookie'] !== undefined && !input.allowSetCookie) return 'set-cookie';
-  const policy = new CachePolicy(
-    { method, url: '/', headers: flatten(input.requestHeaders) },
-    { status, headers: { ...flatten(responseHeaders), 'cache-control': formatDirectives(directives) } },
-    { shared: true },
-  );
-  if (policy.storable()) return undefined;
   if (input.requestHeaders['authorization'] !== undefined && !allowsAuthorized(directives)) return 'authorization';
+  if (LIBRARY_STATUSES.has(status)) {
+    const understood = new Map(directives.values);
+    understood.delete('no-store');
+    const policy = new CachePolicy(
+      { method, url: '/', headers: flatten(input.requestHeaders) },
+      { status, headers: { ...flatten(responseHeaders), 'cache-control': formatDirectives(understood) } },
+      { shared: true },
+    );
+    if (policy.storable()) return undefined;
+  } else if (hasExplicitFreshness(directives, responseHeaders)) {
+    // §3: any final status may be stored with explicit freshness, 4xx and 5xx included.
+    return undefined;
+  }
   if (!HEURISTIC_STATUSES.has(status) && !hasExplicitFreshness(directives, responseHeaders)) return 'status';
   return 'no-freshness';
 }
+
+/**
+ * Final statuses whose caching rules this cache implements (§5.2.2.3): those RFC 9110 defines.
+ * Their rules are the generic ones of RFC 9111; 206 and 304 have their own and are handled apart.
+ */
+const UNDERSTOOD_STATUSES = new Set([
+  200, 201, 202, 203, 204, 205, 300, 301, 302, 303, 307, 308, 400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417,
+  421, 422, 426, 500, 501, 502, 503, 504, 505,
+]);
 
 /** §3.5: a shared cache may store a response to an authorized request only with these. */
 function allowsAuthorized(directives: Directives): boolean {
@@ -228,6 +261,6 @@ function flatten(headers: Record<string, string | string[] | undefined>): Record
   return out;
 }
 
-function formatDirectives(directives: Directives): string {
-  return [...directives.values].map(([name, value]) => (value === true ? name : `${name}=${value}`)).join(', ');
+function formatDirectives(values: ReadonlyMap<string, string | true>): string {
+  return [...values].map(([name, value]) => (value === true ? name : `${name}=${value}`)).join(', ');
 }

@@ -20,6 +20,8 @@ export interface UpstreamRequest {
   idempotent: boolean;
   /** Aborts the upstream request (the client went away). */
   signal?: AbortSignal;
+  /** Called for each interim (1xx) response before the final one (103 Early Hints, 102). */
+  onInterim?: (status: number, headers: HeaderMap) => void;
 }
 
 export interface UpstreamResponse {

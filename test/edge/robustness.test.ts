@@ -39,7 +39,7 @@ test('a store failure while refreshing after a 304 does not lock the key (every 
   store.failUpdates = true;
   const replies = await Promise.all([fetchFrom(edge.url, '/r'), fetchFrom(edge.url, '/r'), fetchFrom(edge.url, '/r')]);
   for (const reply of replies) t.is(reply.status, 200);
-  t.is(edge.pipeline.flights.inFlight, 0, 'no flight left behind');
+  t.is(edge.pipeline.fills.inFlight, 0, 'no flight left behind');
   const started = Date.now();
   await fetchFrom(edge.url, '/r');
   t.true(Date.now() - started < 5_000, 'the next request did not wait for lockWaitMs');

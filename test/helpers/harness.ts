@@ -15,6 +15,8 @@ import { silentLogger } from '../../pipeline/logger.js';
 import type { RunningNode } from '../../pipeline/node-server.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import type { CacheStore } from '../../storage/cache-store.js';
+import { openTieredStore } from '../../storage/tiered-store.js';
+import { DelayedCommitStore } from './delayed-commit-store.js';
 
 export interface RecordedRequest {
   method: string;
@@ -75,13 +77,33 @@ export interface TestEdge extends RunningNode {
   dataDir: string;
 }
 
+/**
+ * The store test edges use unless a test brings its own. OUTPOST_TEST_STORE picks it, so the
+ * same edge tests run over each (npm test runs both):
+ * - `memory` (default): a MemoryStore, whose commits are immediate;
+ * - `delayed-commit`: the real tiered store (memory over LevelDB in the edge's temp folder)
+ *   whose commits and metadata updates each wait 200 ms, as a busy disk's do, so every request
+ *   that follows a miss lands in the window between delivery and commit.
+ */
+export const TEST_STORE = process.env['OUTPOST_TEST_STORE'] ?? 'memory';
+export const COMMIT_DELAY_MS = 200;
+
+async function testStore(dataDir: string): Promise<CacheStore> {
+  if (TEST_STORE === 'memory') return new MemoryStore({ maxBytes: 64 * 1024 * 1024 });
+  if (TEST_STORE === 'delayed-commit') {
+    const tiered = await openTieredStore({ dataDir, memoryBytes: 64 * 1024 * 1024, diskBytes: 1024 ** 3 });
+    return new DelayedCommitStore(tiered, COMMIT_DELAY_MS);
+  }
+  throw new Error(`OUTPOST_TEST_STORE must be memory or delayed-commit, got ${JSON.stringify(TEST_STORE)}`);
+}
+
 /** An edge on 127.0.0.1:0 in front of `upstream`, with config overrides as in a config file. */
 export async function startTestEdge(upstream: string | string[], overrides: Record<string, unknown> = {}, store?: CacheStore): Promise<TestEdge> {
   const dataDir = mkdtempSync(join(tmpdir(), 'outpost-edge-'));
   const config: Readonly<Config> = loadConfig('edge', {
     fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...overrides },
   });
-  const node = await startEdge(config, { logger: silentLogger(), store: store ?? new MemoryStore({ maxBytes: 64 * 1024 * 1024 }) });
+  const node = await startEdge(config, { logger: silentLogger(), store: store ?? (await testStore(dataDir)) });
   const edge: TestEdge = {
     ...node,
     dataDir,
@@ -162,9 +184,16 @@ export function send(res: ServerResponse, status: number, headers: OutgoingHttpH
 
 export const cacheStatus = (reply: Reply): string => header(reply, 'cache-status') ?? '';
 
-/** Waits until every running test edge has finished its background stores and revalidations. */
-export async function settle(): Promise<void> {
-  await Promise.all([...liveEdges].map((edge) => edge.pipeline.drain()));
+/**
+ * Waits until every running test edge has finished its upstream fetches and background
+ * revalidations. With the memory store it also waits for store commits; with the delayed-commit
+ * store it does not, so the next request lands in the window between delivery and commit, where
+ * it must get the same answer as from the store. `commits: true` waits for commits too, for tests
+ * whose premise is what the store holds.
+ */
+export async function settle(options: { commits?: boolean } = {}): Promise<void> {
+  const commits = options.commits ?? TEST_STORE !== 'delayed-commit';
+  await Promise.all([...liveEdges].map((edge) => edge.pipeline.drain({ commits })));
 }
 
 /** Sends raw bytes to `base` and returns everything received until the server closes (or the timeout). */

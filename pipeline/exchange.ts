@@ -1,0 +1,105 @@
+/**
+ * The per-request state every phase reads and writes (DESIGN.md request flow), and the small
+ * helpers the phases share for talking upstream on a request's behalf.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
+import type { CachedEntry } from '../storage/cache-store.js';
+import type { Directives } from './cache-control.js';
+import { appendVia, setForwarded, withoutHopByHop } from './forward-headers.js';
+import type { VaryRecord } from './stored-response.js';
+import { UpstreamError, type HeaderMap } from './upstream.js';
+
+/** How the cache handled a request; the same words appear in logs and metrics. */
+export type CacheOutcome = 'hit' | 'stale' | 'miss' | 'revalidated' | 'bypass' | 'pass' | 'error' | 'synthetic';
+
+/** Per-request state carried through the phases. */
+export interface Exchange {
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly id: string;
+  readonly startedAt: number;
+  readonly method: string;
+  readonly clientAddress: string;
+  readonly peerTrusted: boolean;
+  readonly proto: 'http' | 'https';
+  readonly host: string;
+  /** Request target in origin form (path and query), as sent upstream. */
+  readonly path: string;
+  url: string;
+  directives: Directives;
+  outcome: CacheOutcome;
+  detail: string | undefined;
+  bytes: number;
+}
+
+/**
+ * A request filter (WAF, rate limit, IP policy) runs before the cache key is computed. Returning
+ * true means it answered the request itself and the pipeline stops.
+ */
+export type RequestFilter = (exchange: Exchange) => boolean;
+
+/** What the lookup phase found for a request. */
+export interface Lookup {
+  entry: CachedEntry | undefined;
+  /** Variant key of this request ('' when the URL has no Vary record). */
+  variant: string;
+  /** The Vary record found for the URL, if any. */
+  vary: VaryRecord | undefined;
+}
+
+export const NOTHING_FOUND: Lookup = Object.freeze({ entry: undefined, variant: '', vary: undefined });
+
+/** Request fields a cache fetch drops: it asks for the full representation, with our own validators. */
+export const CLIENT_CONDITIONALS: ReadonlySet<string> = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
+
+export function hasConditional(headers: IncomingMessage['headers']): boolean {
+  for (const name of CLIENT_CONDITIONALS) if (headers[name] !== undefined) return true;
+  return false;
+}
+
+/** Request headers for upstream: hop-by-hop removed (and `drop`), Via and X-Forwarded-* set. */
+export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet<string> | undefined): HeaderMap {
+  const headers = withoutHopByHop(x.req.headers, drop);
+  delete headers['expect'];
+  if (x.host !== '') headers['host'] = x.host;
+  headers['via'] = appendVia(headers['via'], x.req.httpVersion, nodeName);
+  setForwarded(headers, { clientAddress: x.clientAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
+  return headers;
+}
+
+/** An abort signal that fires when the client goes away before its response is complete. */
+export function abortOnClientClose(x: Exchange): AbortSignal {
+  const controller = new AbortController();
+  x.res.once('close', () => {
+    if (!x.res.writableFinished) controller.abort();
+  });
+  return controller.signal;
+}
+
+/**
+ * Forwards an interim (1xx) response from upstream to the client before its final response
+ * (RFC 9110 §15.2): 103 Early Hints and 102 Processing, through node:http's own writers. Never
+ * to an HTTP/1.0 client (§15.2), never 100 (this node answers Expect itself) or 101.
+ */
+export function forwardInterim(x: Exchange, status: number, headers: HeaderMap): void {
+  const { res } = x;
+  if (res.headersSent || res.destroyed || x.req.httpVersion === '1.0') return;
+  if (status === 103) {
+    const hints = withoutHopByHop(headers);
+    if (hints['link'] !== undefined) res.writeEarlyHints(hints as Record<string, string | string[]>);
+  } else if (status === 102) {
+    res.writeProcessing();
+  }
+}
+
+/** Releases a body nobody will read; its abort error is expected and ignored. */
+export function discard(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
+export function asUpstreamError(error: unknown): UpstreamError {
+  if (error instanceof UpstreamError) return error;
+  return new UpstreamError('UPSTREAM_PROTOCOL', (error as Error)?.message ?? String(error), { cause: error });
+}

@@ -1,0 +1,387 @@
+/**
+ * The fetch phase (DESIGN.md): fills, and the one rule of who gets which response.
+ *
+ * A fill is one upstream fetch on behalf of the cache. Its life, per key (`entryKey(url, variant)`):
+ *
+ *   lead ──fetch──▶ settle ──(commit window: body streaming into the store)──▶ close
+ *   waiters queue      │        late arrivals join at once                       the store answers
+ *   (≤ lockWaitMs)     └─ waiters get the result, each through `join`              from here on
+ *
+ * - Single-flight: the first request for a key leads; requests that arrive while it fetches wait
+ *   for its outcome instead of fetching again (Pingora's cache lock, Varnish's waiting list).
+ * - The commit window: a response is delivered before the store has committed it. Until the
+ *   commit ends the fill stays registered, so a request that arrives meanwhile (the store cannot
+ *   answer it yet) still finds it and is served as a hit, not refetched.
+ * - Who gets which response (`join`): a request that did not cause the fetch, whether it waited
+ *   or arrived late, gets its response only if the store could serve it that same response now:
+ *   the same Vary variant, fresh for this request by its own directives (no-cache, max-age,
+ *   min-fresh), not stale on arrival, body still whole. Otherwise it makes its own request,
+ *   conditional where a stored response has validators.
+ * - Hit-for-miss: a key whose last response was unstorable, or stale on arrival, is not
+ *   collapsed for hitForMissSec, so a stampede on it is not serialised behind one fetch.
+ */
+import type { Logger } from 'pino';
+import type { CachedEntry, EntryMeta } from '../storage/cache-store.js';
+import { entryKey, urlKeyPrefix } from '../storage/keys.js';
+import { has } from './cache-control.js';
+import { weakTag } from './conditional.js';
+import {
+  CLIENT_CONDITIONALS,
+  abortOnClientClose,
+  asUpstreamError,
+  discard,
+  forwardInterim,
+  hasConditional,
+  upstreamHeaders,
+  type Exchange,
+  type Lookup,
+} from './exchange.js';
+import { headerText, type NotStoredReason, type ResponseTimes } from './response-policy.js';
+import { freshOnArrival, refusesShared, staleIfErrorAllowed, verdict } from './serve-policy.js';
+import { FillEntry, type StoreWriter, type StreamingResponse } from './store-writer.js';
+import type { ResponseRecord } from './stored-response.js';
+import { UpstreamError, type Upstream, type UpstreamResponse } from './upstream.js';
+import { variantKey } from './vary.js';
+
+/** Why a request went upstream; its Cache-Status `fwd` value (RFC 9211 §2.2). */
+export type Forward = 'uri-miss' | 'vary-miss' | 'stale' | 'request' | 'bypass';
+
+/** How a request came by a response: it led the fill, fetched its own, or joined another's. */
+export type Source = 'led' | 'own' | 'joined';
+
+/** What one fetch produced. */
+type FillResult =
+  | { kind: 'stream'; stream: StreamingResponse }
+  /** A 304 refreshed the stored response. */
+  | { kind: 'entry'; entry: CachedEntry }
+  | { kind: 'error'; error: UpstreamError; status: number | undefined }
+  /** Not stored (`reason`, or undefined when storing was not attempted): for its requester only. */
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined };
+
+/** What a fill leaves for the requests that join it: everything but an unstored response itself. */
+type SharedResult = Exclude<FillResult, { kind: 'response' }> | { kind: 'unshared'; reason: NotStoredReason | undefined };
+
+/** What the fetch phase hands to delivery. */
+export type Obtained = { fwd: Forward } & (
+  | { kind: 'stream'; stream: StreamingResponse; source: Source }
+  | { kind: 'entry'; entry: CachedEntry; source: Source }
+  | { kind: 'error'; error: UpstreamError; status: number | undefined }
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined }
+);
+
+interface Flight {
+  /** Set when the fetch has an outcome; until then requests wait in `waiters`. */
+  result: SharedResult | undefined;
+  waiters: Array<(result: SharedResult | undefined) => void>;
+  /** Started because nothing was stored for the URL: requests for it may skip their store lookup. */
+  missFill: boolean;
+}
+
+/** Statuses that count as an upstream error for stale-if-error (RFC 5861 §4). */
+const ERROR_STATUSES = new Set([500, 502, 503, 504]);
+/** Not-stored reasons that come from one request, not from the key: they do not make it hit-for-miss. */
+const REQUEST_REASONS = new Set<NotStoredReason>(['authorization', 'request-no-store']);
+/** Bound on remembered hit-for-miss keys before expired ones are pruned. */
+const HIT_FOR_MISS_PRUNE_AT = 100_000;
+
+export interface FillSettings {
+  nodeName: string;
+  /** Longest a request waits on another's fill before fetching on its own. */
+  lockWaitMs: number;
+  hitForMissSec: number;
+}
+
+export interface FillDeps {
+  settings: FillSettings;
+  upstream: Upstream;
+  writer: StoreWriter;
+  logger: Logger;
+  now: () => number;
+  /** Registers background work that shutdown waits for. */
+  track: (task: Promise<unknown>) => void;
+}
+
+export class Fills {
+  private readonly flights = new Map<string, Flight>();
+  /** Keys not collapsed until the time given (ms). */
+  private readonly hitForMiss = new Map<string, number>();
+  private readonly settings: FillSettings;
+  private readonly upstream: Upstream;
+  private readonly writer: StoreWriter;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly track: (task: Promise<unknown>) => void;
+
+  constructor(deps: FillDeps) {
+    this.settings = deps.settings;
+    this.upstream = deps.upstream;
+    this.writer = deps.writer;
+    this.logger = deps.logger;
+    this.now = deps.now;
+    this.track = deps.track;
+  }
+
+  /** Keys with a fetch or a commit window open. */
+  get inFlight(): number {
+    return this.flights.size;
+  }
+
+  /** True while a fill that found nothing stored for the URL is fetching: join it without a store lookup. */
+  awaitingMissFill(primaryKey: string): boolean {
+    const flight = this.flights.get(primaryKey);
+    return flight !== undefined && flight.result === undefined && flight.missFill;
+  }
+
+  /**
+   * The response a fill for `key` is committing, if it is this request's variant: the lookup
+   * phase treats it exactly as a stored response, so a request in the commit window gets what
+   * the store will give it a moment later (hit, stale, revalidation), never more.
+   */
+  committing(x: Exchange, key: string): FillEntry | undefined {
+    const result = this.flights.get(key)?.result;
+    if (result?.kind !== 'stream') return undefined;
+    const stream = result.stream;
+    const fields = stream.record.vary;
+    if (fields.length > 0 && variantKey(fields, x.req.headers) !== variantKey(fields, stream.requestHeaders)) return undefined;
+    return new FillEntry(stream);
+  }
+
+  /**
+   * A purge or an invalidation of `url` (§4.4): its fills are no longer joined or found by
+   * lookups (the store refuses their commits). Requests already waiting still get their result.
+   */
+  forget(url: string): void {
+    const prefix = urlKeyPrefix(url);
+    for (const key of this.flights.keys()) if (key.startsWith(prefix)) this.flights.delete(key);
+  }
+
+  /** The fetch phase for a request the store could not satisfy: lead, join or fetch alone. */
+  async obtain(x: Exchange, l: Lookup, fwd: Forward): Promise<Obtained> {
+    const key = entryKey(x.url, l.variant);
+    // Requests that may never share a response do not wait, and do not make others wait (§3.5, §5.2.1.5).
+    if (has(x.directives, 'no-store') || x.req.headers.authorization !== undefined) return this.fetchOwn(x, l, key, fwd, 'uncollapsible');
+    // A stored response is still revalidated (fwd=stale); with nothing stored the cache steps aside (fwd=bypass).
+    if (this.isHitForMiss(key)) return this.fetchOwn(x, l, key, l.entry ? fwd : 'bypass', 'hit-for-miss');
+    const flight = this.flights.get(key);
+    if (flight === undefined) return this.lead(x, l, key, fwd);
+    if (flight.result === undefined && refusesShared(x.directives)) return this.fetchOwn(x, l, key, fwd, 'refuses-shared');
+    const result = flight.result ?? (await this.wait(flight));
+    if (result === undefined) return this.fetchOwn(x, l, key, fwd, 'lock-timeout');
+    return this.join(x, l, key, result, fwd);
+  }
+
+  /** stale-while-revalidate: exactly one background fetch per key; the client is already answered. */
+  revalidateInBackground(x: Exchange, l: Lookup): void {
+    const key = entryKey(x.url, l.variant);
+    if (this.flights.has(key)) return;
+    const flight = this.open(key, l, undefined);
+    const task = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: false }).then((result) => {
+      if (result.kind === 'response') result.response.body.resume();
+      this.settle(key, flight, result);
+    });
+    this.track(task);
+  }
+
+  /**
+   * Who gets which response: a request that did not cause the fetch gets its result only where
+   * the store could serve it the same response to this very request now.
+   */
+  private join(x: Exchange, l: Lookup, key: string, result: SharedResult, fwd: Forward): Obtained | Promise<Obtained> {
+    switch (result.kind) {
+      case 'error':
+        return { ...result, fwd };
+      case 'unshared':
+        return this.fetchOwn(x, l, key, fwd, result.reason === undefined ? 'not-stored' : `not-stored:${result.reason}`);
+      case 'entry': {
+        const refused = this.refusal(x, result.entry.meta);
+        if (refused !== undefined) return this.fetchOwn(x, l, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
+        x.detail = 'collapsed';
+        return { kind: 'entry', entry: result.entry, source: 'joined', fwd };
+      }
+      case 'stream': {
+        const stream = result.stream;
+        if (stream.broadcast.failed || !stream.broadcast.acceptsReaders) return this.fetchOwn(x, l, key, fwd, 'fill-failed');
+        const fields = stream.record.vary;
+        if (fields.length > 0) {
+          const variant = variantKey(fields, x.req.headers);
+          if (variant !== variantKey(fields, stream.requestHeaders)) {
+            // Another variant (§4.1): collapse with the requests for that one instead, once.
+            if (l.variant === '') return this.obtain(x, { entry: undefined, variant, vary: undefined }, 'vary-miss');
+            return this.fetchOwn(x, l, key, 'vary-miss', 'vary-mismatch');
+          }
+        }
+        const refused = this.refusal(x, stream.meta);
+        if (refused !== undefined) return this.fetchOwn(x, l, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
+        x.detail = 'collapsed';
+        return { kind: 'stream', stream, source: 'joined', fwd };
+      }
+    }
+  }
+
+  /**
+   * Undefined when a shared response is fresh for this request; else why not: `request` (its own
+   * directives refuse it, fwd=request) or `stale` (stale on arrival or by now).
+   */
+  private refusal(x: Exchange, meta: EntryMeta): 'request' | 'stale' | undefined {
+    const v = verdict(x.directives, meta.http as unknown as ResponseRecord, meta, this.now());
+    if (v === 'fresh') return undefined;
+    return v === 'request' ? 'request' : 'stale';
+  }
+
+  private async lead(x: Exchange, l: Lookup, key: string, fwd: Forward): Promise<Obtained> {
+    const flight = this.open(key, l, undefined);
+    // Not tied to the leader's client: if it goes away, the fill still completes for every waiter.
+    const fill = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: true });
+    this.track(fill);
+    const result = await fill;
+    this.settle(key, flight, result);
+    return toObtained(result, 'led', fwd);
+  }
+
+  /** A fetch for this request alone (not collapsible, hit-for-miss, refused a shared response). */
+  private async fetchOwn(x: Exchange, l: Lookup, key: string, fwd: Forward, detail: string): Promise<Obtained> {
+    x.detail = detail;
+    // The client's own conditionals go upstream only when the answer will not be stored.
+    const storing = !has(x.directives, 'no-store') && !hasConditional(x.req.headers);
+    const result = await this.fetchForCache(x, l, key, { storing, signal: abortOnClientClose(x), interim: true });
+    // Its commit window is open to later requests, unless another fill for the key is still fetching.
+    const current = this.flights.get(key);
+    if (result.kind === 'stream' && (current === undefined || current.result !== undefined)) this.settle(key, this.open(key, l, undefined), result);
+    return toObtained(result, 'own', fwd);
+  }
+
+  private open(key: string, l: Lookup, result: SharedResult | undefined): Flight {
+    const flight: Flight = { result, waiters: [], missFill: l.variant === '' && l.entry === undefined && l.vary === undefined };
+    this.flights.set(key, flight);
+    return flight;
+  }
+
+  /** Hands the result to every waiter; keeps the flight open to late arrivals through its commit window. */
+  private settle(key: string, flight: Flight, result: FillResult): void {
+    const shared: SharedResult = result.kind === 'response' ? { kind: 'unshared', reason: result.reason } : result;
+    flight.result = shared;
+    for (const waiter of flight.waiters) waiter(shared);
+    flight.waiters.length = 0;
+    const close = (): void => {
+      if (this.flights.get(key) === flight) this.flights.delete(key);
+    };
+    // The commit window: until the store has the entry, lookups find it here.
+    if (shared.kind === 'stream') shared.stream.committed.then(close, close);
+    else close();
+  }
+
+  private wait(flight: Flight): Promise<SharedResult | undefined> {
+    return new Promise((resolve) => {
+      const waiter = (result: SharedResult | undefined): void => {
+        clearTimeout(timer);
+        resolve(result);
+      };
+      flight.waiters.push(waiter);
+      const timer = setTimeout(() => {
+        const at = flight.waiters.indexOf(waiter);
+        if (at !== -1) flight.waiters.splice(at, 1);
+        resolve(undefined);
+      }, this.settings.lockWaitMs);
+      timer.unref();
+    });
+  }
+
+  /**
+   * One upstream fetch for the cache. With `storing`, it asks for the full response, conditional
+   * on a stored response's validators (§4.3.1), and stores what it may. Without, it forwards the
+   * client's own method and conditionals and stores nothing. Never throws: whatever fails
+   * becomes an error outcome, so no flight is left unsettled.
+   */
+  private async fetchForCache(
+    x: Exchange,
+    l: Lookup,
+    key: string,
+    how: { storing: boolean; signal: AbortSignal | undefined; interim: boolean },
+  ): Promise<FillResult> {
+    const stored = how.storing ? l.entry : undefined;
+    const record = stored?.meta.http as ResponseRecord | undefined;
+    const headers = upstreamHeaders(x, this.settings.nodeName, how.storing ? CLIENT_CONDITIONALS : undefined);
+    if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
+    if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
+    const requestTime = this.now();
+    let response: UpstreamResponse;
+    try {
+      response = await this.upstream.request({
+        method: how.storing ? 'GET' : x.method,
+        path: x.path,
+        headers,
+        body: null,
+        cacheKey: x.url,
+        idempotent: true,
+        signal: how.signal,
+        onInterim: how.interim ? (status, interim) => forwardInterim(x, status, interim) : undefined,
+      });
+    } catch (error) {
+      return { kind: 'error', error: asUpstreamError(error), status: undefined };
+    }
+    const times = { requestTime, responseTime: this.now() };
+    try {
+      if (response.statusCode === 304 && stored !== undefined) {
+        response.body.resume();
+        const refreshed = await this.applyNotModified(x, key, stored, response, times);
+        if (refreshed !== undefined) return refreshed;
+        // The 304 updated nothing (another validator, a newer version, or now unstorable): fetch in full.
+        return this.fetchForCache(x, { ...l, entry: undefined }, key, how);
+      }
+      if (ERROR_STATUSES.has(response.statusCode) && staleIfErrorAllowed(l.entry?.meta.http as ResponseRecord | undefined, this.now())) {
+        response.body.resume();
+        return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
+      }
+      if (!how.storing) return { kind: 'response', response, reason: undefined };
+      const stream = await this.writer.begin(x, l, response, times);
+      if (typeof stream === 'string') {
+        if (!REQUEST_REASONS.has(stream)) this.markHitForMiss(key);
+        return { kind: 'response', response, reason: stream };
+      }
+      this.noteArrival(key, stream.meta);
+      return { kind: 'stream', stream };
+    } catch (error) {
+      discard(response.body);
+      this.logger.warn({ key: x.url, err: (error as Error)?.message }, 'fill failed after the upstream answered');
+      return { kind: 'error', error: asUpstreamError(error), status: undefined };
+    }
+  }
+
+  /** §4.3.4: a 304 updates the stored response its validator selects; if that is not ours, nothing is updated. */
+  private async applyNotModified(x: Exchange, key: string, stored: CachedEntry, response: UpstreamResponse, times: ResponseTimes): Promise<FillResult | undefined> {
+    const record = stored.meta.http as unknown as ResponseRecord;
+    const tag = headerText(response.headers['etag']);
+    if (tag !== undefined && (record.etag === undefined || weakTag(tag) !== weakTag(record.etag))) return undefined;
+    const refreshed = await this.writer.refresh(x, stored, response.headers, times);
+    if (refreshed === undefined) return undefined;
+    this.noteArrival(key, refreshed.meta);
+    return { kind: 'entry', entry: refreshed };
+  }
+
+  /** Hit-for-miss follows the key's latest response: stale on arrival marks it, fresh clears it. */
+  private noteArrival(key: string, meta: EntryMeta): void {
+    if (freshOnArrival(meta)) this.hitForMiss.delete(key);
+    else this.markHitForMiss(key);
+  }
+
+  private markHitForMiss(key: string): void {
+    this.hitForMiss.set(key, this.now() + this.settings.hitForMissSec * 1000);
+    if (this.hitForMiss.size > HIT_FOR_MISS_PRUNE_AT) {
+      const now = this.now();
+      for (const [k, until] of this.hitForMiss) if (until <= now) this.hitForMiss.delete(k);
+    }
+  }
+
+  private isHitForMiss(key: string): boolean {
+    const until = this.hitForMiss.get(key);
+    if (until === undefined) return false;
+    if (until > this.now()) return true;
+    this.hitForMiss.delete(key);
+    return false;
+  }
+}
+
+function toObtained(result: FillResult, source: Source, fwd: Forward): Obtained {
+  if (result.kind === 'stream' || result.kind === 'entry') return { ...result, source, fwd };
+  return { ...result, fwd };
+}

@@ -1,0 +1,323 @@
+/**
+ * The store phase (DESIGN.md): decides whether an upstream response may be stored, works out
+ * its time model once, and streams its body into the store and into a broadcast that every
+ * reader follows as it arrives. Only a complete body whose length matches is committed. It also
+ * applies a 304 to a stored response (§4.3.4) and keeps each URL's Vary record.
+ */
+import type { IncomingMessage } from 'node:http';
+import { PassThrough, type Readable } from 'node:stream';
+import type { Logger } from 'pino';
+import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta, type EntryWriter } from '../storage/cache-store.js';
+import { entryKey } from '../storage/keys.js';
+import { BodyBroadcast } from './body-broadcast.js';
+import type { Exchange, Lookup } from './exchange.js';
+import { appendVia } from './forward-headers.js';
+import type { Metrics } from './metrics.js';
+import {
+  computeFreshness,
+  headerText,
+  notStorableReason,
+  type FreshnessConfig,
+  type NotStoredReason,
+  type ResponseTimes,
+  type StatusPolicy,
+} from './response-policy.js';
+import { makeResponseRecord, mergeNotModified, type HttpRecord, type ResponseRecord, type VaryRecord } from './stored-response.js';
+import type { HeaderMap, UpstreamResponse } from './upstream.js';
+import { parseVary, variantKey } from './vary.js';
+
+/**
+ * A response in its commit window, which the lookup phase sees as stored: its body is read from
+ * the fill's broadcast while the store commits it.
+ */
+export class FillEntry implements CachedEntry {
+  readonly body = undefined;
+  constructor(readonly stream: StreamingResponse) {}
+
+  get key(): string {
+    return this.stream.key;
+  }
+
+  get meta(): EntryMeta {
+    return this.stream.meta;
+  }
+
+  openBody(range?: { start: number; end: number }): Readable {
+    const out = new PassThrough();
+    this.stream.broadcast.pipeTo(out, range, () => undefined);
+    return out;
+  }
+}
+
+/** A response being streamed into the store; what a fill shares with the requests that join it. */
+export interface StreamingResponse {
+  /** The entry key it is being stored under. */
+  key: string;
+  record: ResponseRecord;
+  meta: EntryMeta;
+  broadcast: BodyBroadcast;
+  /** Headers of the request that caused the fetch (its Vary values select the variant). */
+  requestHeaders: IncomingMessage['headers'];
+  /** Settles when the commit window ends: the entry is stored, or will not be. */
+  committed: Promise<void>;
+  /** The upstream's Set-Cookie: for the request that caused the fetch only, never stored or shared. */
+  setCookie: string[] | undefined;
+}
+
+export interface StoreWriterSettings {
+  role: 'edge' | 'shield';
+  nodeName: string;
+  freshness: FreshnessConfig;
+  statuses: StatusPolicy;
+  maxVariantsPerUrl: number;
+  maxObjectSize: number;
+  cacheSetCookiePaths: readonly string[];
+}
+
+export interface StoreWriterDeps {
+  settings: StoreWriterSettings;
+  store: CacheStore;
+  logger: Logger;
+  metrics: Metrics;
+  now: () => number;
+  /** Registers background work that shutdown waits for. */
+  track: (task: Promise<unknown>) => void;
+  /** A failing store read is a miss (counted and logged), never a failed request. */
+  readFailed: (error: unknown) => undefined;
+}
+
+export class StoreWriter {
+  private readonly settings: StoreWriterSettings;
+  private readonly store: CacheStore;
+  private readonly logger: Logger;
+  private readonly metrics: Metrics;
+  private readonly now: () => number;
+  private readonly track: (task: Promise<unknown>) => void;
+  private readonly readFailed: (error: unknown) => undefined;
+
+  constructor(deps: StoreWriterDeps) {
+    this.settings = deps.settings;
+    this.store = deps.store;
+    this.logger = deps.logger;
+    this.metrics = deps.metrics;
+    this.now = deps.now;
+    this.track = deps.track;
+    this.readFailed = deps.readFailed;
+  }
+
+  /**
+   * Starts storing `response` for the request `x`, or says why it may not be stored. The body
+   * starts flowing into the store and the broadcast at once.
+   */
+  async begin(x: Exchange, l: Lookup, response: UpstreamResponse, times: ResponseTimes): Promise<StreamingResponse | NotStoredReason> {
+    const status = response.statusCode;
+    const headers = response.headers;
+    const reason = notStorableReason({
+      method: 'GET',
+      requestHeaders: x.req.headers,
+      status,
+      responseHeaders: headers,
+      allowSetCookie: this.allowsSetCookie(x),
+      statuses: this.settings.statuses,
+    });
+    if (reason) return reason;
+    const declared = Number(headerText(headers['content-length']));
+    if (declared > this.settings.maxObjectSize) return 'too-large';
+    const freshness = computeFreshness(status, headers, times, this.settings.freshness);
+    if (freshness.deleteAt <= this.now()) return 'stale-on-arrival';
+    const vary = parseVary(headers['vary']);
+    const variant = vary.length > 0 ? variantKey(vary, x.req.headers) : '';
+    const varyRecord = vary.length > 0 ? await this.varyRecordFor(x.url, l, vary, variant) : undefined;
+    if (varyRecord === null) {
+      this.metrics.inc('vary_cap_hits_total', 'responses not stored because their URL reached maxVariantsPerUrl');
+      return 'vary-cap';
+    }
+    const via = appendVia(headers['via'], '1.1', this.settings.nodeName);
+    const record = makeResponseRecord({ status, headers, freshness, vary, stripSurrogate: this.settings.role === 'edge', via });
+    const meta: EntryMeta = {
+      size: Number.isSafeInteger(declared) && declared >= 0 ? declared : UNKNOWN_SIZE,
+      tags: surrogateKeys(headers),
+      storedAt: times.responseTime,
+      staleAt: freshness.staleAt,
+      graceUntil: freshness.graceUntil,
+      deleteAt: freshness.deleteAt,
+      http: record as unknown as Record<string, unknown>,
+    };
+    const broadcast = new BodyBroadcast();
+    let endCommitWindow!: () => void;
+    const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
+    const key = entryKey(x.url, variant);
+    this.track(this.pump(key, meta, response.body, broadcast, varyRecord, x.url, endCommitWindow));
+    const setCookie = headers['set-cookie'];
+    return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
+  }
+
+  /**
+   * §4.3.4: a 304 refreshes the stored headers and time model; the body stays. Undefined when
+   * nothing was updated: the stored copy changed meanwhile, or the 304 made the response
+   * unstorable (then the stored copy is removed, §3).
+   */
+  async refresh(x: Exchange, stored: CachedEntry, notModifiedHeaders: HeaderMap, times: ResponseTimes): Promise<CachedEntry | undefined> {
+    // A response still in its commit window is updated once the store has it.
+    if (stored instanceof FillEntry) await stored.stream.committed;
+    const record = stored.meta.http as unknown as ResponseRecord;
+    const merged = mergeNotModified(record, notModifiedHeaders);
+    const reason = notStorableReason({
+      method: 'GET',
+      requestHeaders: x.req.headers,
+      status: record.status,
+      responseHeaders: merged,
+      allowSetCookie: this.allowsSetCookie(x),
+      statuses: this.settings.statuses,
+    });
+    if (reason !== undefined) {
+      await this.store.delete(stored.key).catch((error) => this.readFailed(error));
+      return undefined;
+    }
+    const freshness = computeFreshness(record.status, merged, times, this.settings.freshness);
+    // A 304's own Via replaces the stored one; this node is appended again.
+    const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
+    const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge', via });
+    const tags = surrogateKeys(merged);
+    const meta: EntryMeta = {
+      ...stored.meta,
+      tags: tags.length > 0 ? tags : stored.meta.tags,
+      storedAt: times.responseTime,
+      staleAt: freshness.staleAt,
+      graceUntil: freshness.graceUntil,
+      deleteAt: freshness.deleteAt,
+      http: updated as unknown as Record<string, unknown>,
+    };
+    try {
+      // Only the version this revalidation started from; a newer body stored meanwhile keeps its own headers.
+      if (!(await this.store.updateMeta(stored.key, meta, stored.meta.storedAt))) return undefined;
+      return (await this.store.get(stored.key)) ?? undefined;
+    } catch (error) {
+      this.readFailed(error);
+      return undefined;
+    }
+  }
+
+  private allowsSetCookie(x: Exchange): boolean {
+    const q = x.path.indexOf('?');
+    const path = q === -1 ? x.path : x.path.slice(0, q);
+    return this.settings.cacheSetCookiePaths.some((prefix) => path.startsWith(prefix));
+  }
+
+  /**
+   * Streams the upstream body to the broadcast and the store; commits only a complete body.
+   * `endCommitWindow` runs at the end, or as soon as nothing will be stored (then the broadcast
+   * also stops keeping chunks every reader has passed).
+   */
+  private async pump(
+    key: string,
+    meta: EntryMeta,
+    body: Readable,
+    broadcast: BodyBroadcast,
+    vary: VaryRecord | undefined,
+    url: string,
+    endCommitWindow: () => void,
+  ): Promise<void> {
+    let writer: EntryWriter | undefined;
+    const stopStoring = (reason: string, error?: unknown): void => {
+      if (writer === undefined) return;
+      writer.abort();
+      writer = undefined;
+      void broadcast.stopRetaining();
+      endCommitWindow();
+      this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
+      if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
+    };
+    try {
+      writer = this.store.openWriter(key, meta);
+    } catch (error) {
+      stopStoring('store-error', error);
+    }
+    let received = 0;
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        received += chunk.length;
+        broadcast.push(chunk);
+        // A body of undeclared length that outgrows maxObjectSize keeps streaming; nothing is stored.
+        if (received > this.settings.maxObjectSize) stopStoring('too-large');
+        if (writer === undefined) continue;
+        try {
+          await writer.write(chunk);
+        } catch (error) {
+          stopStoring('store-error', error);
+        }
+      }
+      if (meta.size !== UNKNOWN_SIZE && received !== meta.size) throw new Error(`upstream body has ${received} bytes, ${meta.size} declared`);
+    } catch (error) {
+      writer?.abort();
+      broadcast.fail(error as Error);
+      endCommitWindow();
+      this.metrics.inc('upstream_body_errors_total', 'upstream bodies cut short or malformed (never stored)');
+      this.logger.warn({ key: url, err: (error as Error).message }, 'upstream body failed; not stored');
+      return;
+    }
+    broadcast.end();
+    try {
+      // §4.4: a purge or invalidation that ran after this fill began makes the store refuse the commit.
+      if (writer === undefined) return;
+      await writer.commit();
+      if (vary) {
+        // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable;
+        // it lists the variants committed meanwhile by other fills too (read again, not overwritten).
+        const existing = await this.store.get(entryKey(url, ''));
+        const current = (existing?.meta.http as HttpRecord | undefined)?.kind === 'vary' ? existing! : undefined;
+        const keepUntil = Math.max(meta.deleteAt, current?.meta.deleteAt ?? 0);
+        const record = current?.meta.http as VaryRecord | undefined;
+        const variants = record !== undefined && record.fields.join(',') === vary.fields.join(',') ? [...new Set([...record.variants, ...vary.variants])] : vary.variants;
+        const http = { ...vary, variants } as unknown as Record<string, unknown>;
+        const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: keepUntil, graceUntil: keepUntil, deleteAt: keepUntil, http };
+        await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
+      }
+    } catch (error) {
+      if ((error as { code?: string }).code === 'REMOVED_DURING_WRITE') {
+        this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason: 'purged' });
+      } else {
+        this.metrics.inc('store_errors_total', 'entries the store could not commit');
+        this.logger.warn({ key: url, err: (error as Error).message }, 'store commit failed');
+      }
+    } finally {
+      endCommitWindow();
+    }
+  }
+
+  /**
+   * The Vary record to write for a new variant: the fields plus the variant list, capped at
+   * maxVariantsPerUrl. Null when the cap is reached.
+   */
+  private async varyRecordFor(url: string, l: Lookup, fields: string[], variant: string): Promise<VaryRecord | null> {
+    const current = l.vary ?? (await this.currentVaryRecord(url).catch((error) => this.readFailed(error)));
+    const sameFields = current !== undefined && current.fields.join(',') === fields.join(',');
+    const variants = sameFields ? current.variants : [];
+    if (variants.includes(variant)) return { kind: 'vary', fields, variants };
+    let live = variants;
+    if (variants.length >= this.settings.maxVariantsPerUrl) {
+      // Drop variants the store has since evicted before refusing a new one.
+      live = [];
+      for (const v of variants) {
+        const entry = await Promise.resolve(this.store.get(entryKey(url, v))).catch((error) => this.readFailed(error));
+        if (entry !== undefined) live.push(v);
+      }
+      if (live.length >= this.settings.maxVariantsPerUrl) return null;
+    }
+    return { kind: 'vary', fields, variants: [...live, variant] };
+  }
+
+  private async currentVaryRecord(url: string): Promise<VaryRecord | undefined> {
+    const entry = await this.store.get(entryKey(url, ''));
+    const record = entry?.meta.http as HttpRecord | undefined;
+    return record?.kind === 'vary' ? record : undefined;
+  }
+}
+
+/** Surrogate keys: Surrogate-Key (space-separated, Fastly) and Cache-Tag (comma-separated). */
+function surrogateKeys(headers: HeaderMap): string[] {
+  const tags = new Set<string>();
+  for (const t of (headerText(headers['surrogate-key']) ?? '').split(/\s+/)) if (t) tags.add(t);
+  for (const t of (headerText(headers['cache-tag']) ?? '').split(',')) if (t.trim()) tags.add(t.trim());
+  return [...tags];
+}
