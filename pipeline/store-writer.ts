@@ -190,8 +190,12 @@ export class StoreWriter {
     };
     try {
       // Only the version this revalidation started from; a newer body stored meanwhile keeps its own headers.
-      if (!(await this.store.updateMeta(stored.key, meta, stored.meta.storedAt))) return undefined;
-      return (await this.store.get(stored.key)) ?? undefined;
+      if (await this.store.updateMeta(stored.key, meta, stored.meta.storedAt)) return (await this.store.get(stored.key)) ?? undefined;
+      // A concurrent revalidation of the same representation updated it first: its update stands.
+      const current = await this.store.get(stored.key);
+      const currentRecord = current?.meta.http as HttpRecord | undefined;
+      if (current !== undefined && currentRecord?.kind === 'response' && current.meta.size === stored.meta.size && sameValidators(currentRecord, record)) return current;
+      return undefined;
     } catch (error) {
       this.readFailed(error);
       return undefined;
@@ -312,6 +316,12 @@ export class StoreWriter {
     const record = entry?.meta.http as HttpRecord | undefined;
     return record?.kind === 'vary' ? record : undefined;
   }
+}
+
+/** Whether two records carry the same validators, so describe one representation (§4.3.4). */
+function sameValidators(a: ResponseRecord, b: ResponseRecord): boolean {
+  if (a.etag !== undefined || b.etag !== undefined) return a.etag === b.etag;
+  return a.lastModified !== undefined && a.lastModified === b.lastModified;
 }
 
 /** Surrogate keys: Surrogate-Key (space-separated, Fastly) and Cache-Tag (comma-separated). */

@@ -88,22 +88,27 @@ export interface TestEdge extends RunningNode {
 export const TEST_STORE = process.env['OUTPOST_TEST_STORE'] ?? 'memory';
 export const COMMIT_DELAY_MS = 200;
 
-async function testStore(dataDir: string): Promise<CacheStore> {
-  if (TEST_STORE === 'memory') return new MemoryStore({ maxBytes: 64 * 1024 * 1024 });
-  if (TEST_STORE === 'delayed-commit') {
+export type TestStoreKind = 'memory' | 'delayed-commit';
+
+async function testStore(dataDir: string, kind: string): Promise<CacheStore> {
+  if (kind === 'memory') return new MemoryStore({ maxBytes: 64 * 1024 * 1024 });
+  if (kind === 'delayed-commit') {
     const tiered = await openTieredStore({ dataDir, memoryBytes: 64 * 1024 * 1024, diskBytes: 1024 ** 3 });
     return new DelayedCommitStore(tiered, COMMIT_DELAY_MS);
   }
-  throw new Error(`OUTPOST_TEST_STORE must be memory or delayed-commit, got ${JSON.stringify(TEST_STORE)}`);
+  throw new Error(`OUTPOST_TEST_STORE must be memory or delayed-commit, got ${JSON.stringify(kind)}`);
 }
 
-/** An edge on 127.0.0.1:0 in front of `upstream`, with config overrides as in a config file. */
-export async function startTestEdge(upstream: string | string[], overrides: Record<string, unknown> = {}, store?: CacheStore): Promise<TestEdge> {
+/**
+ * An edge on 127.0.0.1:0 in front of `upstream`, with config overrides as in a config file, over
+ * `store`: a store of the test's own, one of the test store kinds, or (default) OUTPOST_TEST_STORE's.
+ */
+export async function startTestEdge(upstream: string | string[], overrides: Record<string, unknown> = {}, store: CacheStore | TestStoreKind = TEST_STORE as TestStoreKind): Promise<TestEdge> {
   const dataDir = mkdtempSync(join(tmpdir(), 'outpost-edge-'));
   const config: Readonly<Config> = loadConfig('edge', {
     fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...overrides },
   });
-  const node = await startEdge(config, { logger: silentLogger(), store: store ?? (await testStore(dataDir)) });
+  const node = await startEdge(config, { logger: silentLogger(), store: typeof store === 'string' ? await testStore(dataDir, store) : store });
   const edge: TestEdge = {
     ...node,
     dataDir,
@@ -166,9 +171,14 @@ export async function waitFor(condition: () => boolean, timeoutMs = 3_000): Prom
 const liveEdges = new Set<TestEdge>();
 
 /** An origin and an edge in front of it, both closed when the test ends. */
-export async function setup(t: ExecutionContext, handler: OriginHandler, overrides: Record<string, unknown> = {}): Promise<{ origin: TestOrigin; edge: TestEdge }> {
+export async function setup(
+  t: ExecutionContext,
+  handler: OriginHandler,
+  overrides: Record<string, unknown> = {},
+  store?: TestStoreKind,
+): Promise<{ origin: TestOrigin; edge: TestEdge }> {
   const origin = await startOrigin(handler);
-  const edge = await startTestEdge(origin.url, overrides);
+  const edge = await startTestEdge(origin.url, overrides, store);
   t.teardown(async () => {
     await edge.close();
     await origin.close();
