@@ -6,6 +6,7 @@
  * recipients accept both forms). A directive that appears twice with different arguments is
  * recorded in `conflicting` so freshness can treat the response as stale (§4.2.1).
  */
+import { parseDictionary, type Dictionary } from 'structured-headers';
 
 export interface Directives {
   /** Directive name (lower case) → argument, or true when it has none. First occurrence wins. */
@@ -86,12 +87,58 @@ export function governingDirectives(headers: Record<string, string | string[] | 
   directives: Directives;
   targeted: boolean;
 } {
-  for (const name of ['cdn-cache-control', 'surrogate-control']) {
-    const field = headers[name];
-    if (field === undefined) continue;
-    const directives = parseCacheControl(field);
-    // An invalid targeted field (nothing parseable) is ignored (RFC 9213 §2.1).
+  const cdn = headers['cdn-cache-control'];
+  if (cdn !== undefined) {
+    const directives = parseTargetedField(cdn);
+    if (directives !== undefined) return { directives, targeted: true };
+  }
+  // Surrogate-Control predates Structured Fields: Cache-Control syntax.
+  const surrogate = headers['surrogate-control'];
+  if (surrogate !== undefined) {
+    const directives = parseCacheControl(surrogate);
     if (directives.values.size > 0) return { directives, targeted: true };
   }
   return { directives: parseCacheControl(headers['cache-control']), targeted: false };
 }
+
+/** Directives whose argument is delta-seconds: an Integer in a targeted field. */
+const INTEGER_DIRECTIVES = new Set(['max-age', 's-maxage', 'stale-while-revalidate', 'stale-if-error']);
+/** Directives that may carry a field-name list: a String in a targeted field (qualified forms). */
+const LIST_DIRECTIVES = new Set(['no-cache', 'private']);
+/** Stands for an argument of the wrong type: `deltaSeconds` reads it as invalid (NaN). */
+const INVALID_ARGUMENT = '<invalid>';
+
+/**
+ * A targeted field is a Structured Fields Dictionary (RFC 9213 §2.1, RFC 9651 §3.2). Undefined
+ * when it does not parse, or is empty: the field is then ignored as a whole (§2.2). A directive
+ * whose value has the wrong type is invalid: delta-seconds ones then read as invalid (a response
+ * with an invalid max-age is stale), the others are not consumed. Unknown keys are kept, and
+ * ignored like any unknown directive.
+ */
+export function parseTargetedField(field: string | string[]): Directives | undefined {
+  let dictionary: Dictionary;
+  try {
+    dictionary = parseDictionary(Array.isArray(field) ? field.join(', ') : field);
+  } catch {
+    return undefined;
+  }
+  if (dictionary.size === 0) return undefined;
+  const values = new Map<string, string | true>();
+  for (const [name, member] of dictionary) {
+    const value = member[0];
+    if (INTEGER_DIRECTIVES.has(name)) {
+      values.set(name, typeof value === 'number' && Number.isInteger(value) && value >= 0 ? String(value) : INVALID_ARGUMENT);
+    } else if (value === true) {
+      values.set(name, true);
+    } else if (typeof value === 'string' && LIST_DIRECTIVES.has(name)) {
+      values.set(name, value);
+    } else if (!KNOWN_BOOLEAN.has(name) && value !== false) {
+      // An extension directive: its argument as text, for whatever reads it.
+      values.set(name, Array.isArray(value) ? INVALID_ARGUMENT : String(value));
+    }
+  }
+  return { values, conflicting: new Set() };
+}
+
+/** Directives without an argument (RFC 9111 §5.2.2, RFC 8246, RFC 9213): only Boolean true turns them on. */
+const KNOWN_BOOLEAN = new Set(['no-store', 'no-cache', 'private', 'public', 'must-revalidate', 'proxy-revalidate', 'must-understand', 'no-transform', 'immutable']);

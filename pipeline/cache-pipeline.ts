@@ -399,7 +399,7 @@ export class CachePipeline {
     headers.push('cache-status', this.cacheStatus(x, record.upstreamCacheStatus, member));
     const ifNoneMatch = req.headers['if-none-match'];
     const ifModifiedSince = req.headers['if-modified-since'];
-    if ((ifNoneMatch !== undefined || ifModifiedSince !== undefined) && record.status === 200 && notModified(ifNoneMatch, ifModifiedSince, record.etag, record.lastModified ?? dateOf(record))) {
+    if ((ifNoneMatch !== undefined || ifModifiedSince !== undefined) && record.status === 200 && notModified(ifNoneMatch, ifModifiedSince, record.etag, lastModifiedOf(record, meta))) {
       res.writeHead(304, headers.filter((_, i, all) => !NOT_IN_304.has(all[i - (i % 2)]!)));
       res.end();
       return;
@@ -564,9 +564,14 @@ function ttl(meta: EntryMeta, now: number): number {
   return Math.floor((meta.staleAt - now) / 1000);
 }
 
-function dateOf(record: ResponseRecord): string | undefined {
-  for (let i = 0; i < record.headers.length; i += 2) if (record.headers[i] === 'date') return record.headers[i + 1];
-  return undefined;
+/**
+ * What If-Modified-Since is compared with (RFC 9111 §4.3.2): Last-Modified, else the stored
+ * response's Date, else the time it was received.
+ */
+function lastModifiedOf(record: ResponseRecord, meta: EntryMeta): string {
+  if (record.lastModified !== undefined) return record.lastModified;
+  for (let i = 0; i < record.headers.length; i += 2) if (record.headers[i] === 'date') return record.headers[i + 1]!;
+  return new Date(meta.storedAt).toUTCString();
 }
 
 function isSafe(method: string): boolean {

@@ -3,7 +3,7 @@
  * If-None-Match / If-Modified-Since (RFC 9110 §13.1.2, §13.1.3, evaluated per §13.2.2),
  * Range / If-Range (RFC 9110 §14.2, §13.1.5).
  */
-import { parseHttpDate } from './response-policy.js';
+import { parseHttpDate } from './http-date.js';
 
 /** Weak comparison (RFC 9110 §8.8.3.2): opaque tags equal, W/ prefix ignored. */
 export function weakTag(tag: string): string {

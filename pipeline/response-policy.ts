@@ -9,6 +9,7 @@
  * directives, operator defaults and precise §4.2.3 age arithmetic.
  */
 import CachePolicy from 'http-cache-semantics';
+import { parseHttpDate } from './http-date.js';
 import { NO_DIRECTIVES, deltaSeconds, governingDirectives, has, parseCacheControl, type Directives } from './cache-control.js';
 import type { HeaderMap } from './upstream.js';
 
@@ -241,13 +242,6 @@ export function governingRequestDirectives(headers: Record<string, string | stri
     }
   }
   return NO_DIRECTIVES;
-}
-
-/** HTTP-date (RFC 9110 §5.6.7) to ms; undefined when invalid. */
-export function parseHttpDate(text: string | undefined): number | undefined {
-  if (text === undefined) return undefined;
-  const value = Date.parse(text);
-  return Number.isNaN(value) ? undefined : value;
 }
 
 export function headerText(field: string | string[] | undefined): string | undefined {

@@ -1,0 +1,59 @@
+/**
+ * HTTP-date (RFC 9110 §5.6.7). Recipients accept all three formats:
+ *
+ *   IMF-fixdate  Sun, 06 Nov 1994 08:49:37 GMT
+ *   rfc850-date  Sunday, 06-Nov-94 08:49:37 GMT
+ *   asctime-date Sun Nov  6 08:49:37 1994
+ *
+ * and nothing else: names are case-sensitive, fields single-space separated, the zone is GMT.
+ * `Date.parse` is not used because it accepts far more (ISO dates, other zones, bare numbers),
+ * and an invalid Expires must mean "already expired" (RFC 9111 §5.3), not a guessed date.
+ */
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+const DAY = '(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)';
+const DAY_LONG = '(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)';
+const MONTH = `(${MONTHS.join('|')})`;
+const TIME = '(\\d{2}):(\\d{2}):(\\d{2})';
+
+const IMF_FIXDATE = new RegExp(`^${DAY}, (\\d{2}) ${MONTH} (\\d{4}) ${TIME} GMT$`);
+const RFC850_DATE = new RegExp(`^${DAY_LONG}, (\\d{2})-${MONTH}-(\\d{2}) ${TIME} GMT$`);
+const ASCTIME_DATE = new RegExp(`^${DAY} ${MONTH} (\\d{2}| \\d) ${TIME} (\\d{4})$`);
+
+/** Milliseconds since the epoch, or undefined when `text` is not an HTTP-date. */
+export function parseHttpDate(text: string | undefined, now = Date.now()): number | undefined {
+  if (text === undefined) return undefined;
+  const value = text.trim();
+  let m = IMF_FIXDATE.exec(value);
+  if (m) return build(Number(m[3]), m[2]!, Number(m[1]), m[4]!, m[5]!, m[6]!);
+  m = ASCTIME_DATE.exec(value);
+  if (m) return build(Number(m[6]), m[1]!, Number(m[2]), m[3]!, m[4]!, m[5]!);
+  m = RFC850_DATE.exec(value);
+  if (m) return build(fullYear(Number(m[3]), now), m[2]!, Number(m[1]), m[4]!, m[5]!, m[6]!);
+  return undefined;
+}
+
+/**
+ * A two-digit year is in the current century, unless that puts it more than 50 years in the
+ * future: then it is the most recent past year with those digits (RFC 9110 §5.6.7).
+ */
+function fullYear(twoDigits: number, now: number): number {
+  const current = new Date(now).getUTCFullYear();
+  let year = current - (current % 100) + twoDigits;
+  if (year > current + 50) year -= 100;
+  return year;
+}
+
+function build(year: number, month: string, day: number, hour: string, minute: string, second: string): number | undefined {
+  const h = Number(hour);
+  const min = Number(minute);
+  const s = Number(second);
+  // 60 is a leap second (RFC 9110 §5.6.7 allows it).
+  if (day < 1 || day > 31 || h > 23 || min > 59 || s > 60) return undefined;
+  const monthIndex = MONTHS.indexOf(month);
+  const date = new Date(0);
+  date.setUTCFullYear(year, monthIndex, day);
+  // A day the month does not have (31 Feb) rolls over: not a date.
+  if (date.getUTCMonth() !== monthIndex) return undefined;
+  return date.getTime() + ((h * 60 + min) * 60 + s) * 1000;
+}
