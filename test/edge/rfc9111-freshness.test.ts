@@ -288,3 +288,40 @@ test('RFC 5861 §4 stale-if-error within its window serves stale when the origin
   t.is(reply.status, 200);
   t.is(reply.text, 'stale-body');
 });
+
+// ---- RFC 9110 §5.6.7: Expires in every HTTP-date format; anything else means stale ----------------
+
+function rfc850(ms: number): string {
+  const d = new Date(ms);
+  const day = ['Sunday', 'Monday', 'Tuesday', 'Wednesday', 'Thursday', 'Friday', 'Saturday'][d.getUTCDay()];
+  const [, dd, mon, yyyy, time] = d.toUTCString().split(' ');
+  return `${day}, ${dd}-${mon}-${yyyy!.slice(2)} ${time} GMT`;
+}
+
+function asctime(ms: number): string {
+  const [wkd, dd, mon, yyyy, time] = new Date(ms).toUTCString().split(' ');
+  return `${wkd!.slice(0, 3)} ${mon} ${dd!.replace(/^0/, ' ')} ${time} ${yyyy}`;
+}
+
+for (const [format, expires] of [
+  ['rfc850-date', () => rfc850(Date.now() + 100_000)],
+  ['asctime-date', () => asctime(Date.now() + 100_000)],
+] as const) {
+  test(`§4.2.1 + RFC 9110 §5.6.7 an Expires in ${format} format gives freshness`, async (t) => {
+    const { hit, origin } = await storeThenHit(t, { expires: expires() });
+    t.is(origin.count('/f'), 1);
+    const ttl = ttlOf(hit);
+    t.true(ttl >= 95 && ttl <= 100, `ttl=${ttl}`);
+  });
+}
+
+for (const expires of ['Thu, 01 Jan 2099 00:00:00 UTC', 'thu, 01 Jan 2099 00:00:00 GMT', '2099-01-01T00:00:00Z', 'Thu, 1 Jan 2099 00:00:00 GMT']) {
+  test(`§5.3 an Expires that is not an HTTP-date (${JSON.stringify(expires)}) makes the response stale`, async (t) => {
+    const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { date: httpDate(), expires }));
+    await fetchFrom(edge.url, '/bad-date');
+    await settle();
+    const second = await fetchFrom(edge.url, '/bad-date');
+    t.is(origin.count('/bad-date'), 2);
+    t.notRegex(cacheStatus(second), /; hit/);
+  });
+}

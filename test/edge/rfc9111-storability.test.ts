@@ -2,7 +2,7 @@
  * RFC 9111 §3 (storing responses) against a real edge and a real origin on 127.0.0.1.
  */
 import test from 'ava';
-import { cacheStatus, fetchFrom, header, httpDate, send, settle, setup } from '../helpers/harness.js';
+import { cacheStatus, fetchFrom, header, httpDate, raw, send, settle, setup } from '../helpers/harness.js';
 
 
 test('§3 a cacheable 200 GET is stored (control)', async (t) => {
@@ -151,4 +151,87 @@ test('§3 (operator policy) cacheSetCookiePaths does not apply outside its prefi
   await settle();
   await fetchFrom(edge.url, '/other');
   t.is(origin.count('/other'), 2);
+});
+
+// ---- §3 any final status with explicit freshness; must-understand; the operator's status list ----
+
+for (const status of [400, 403, 404, 410, 418, 500, 502, 503]) {
+  test(`§3 a ${status} with explicit freshness (max-age) is stored and served from cache`, async (t) => {
+    const { origin, edge } = await setup(t, (_q, res) => send(res, status, { 'cache-control': 'max-age=60' }, `status ${status}`));
+    t.is((await fetchFrom(edge.url, '/st')).status, status);
+    await settle();
+    const second = await fetchFrom(edge.url, '/st');
+    t.is(second.status, status);
+    t.is(second.text, `status ${status}`);
+    t.regex(cacheStatus(second), /; hit/);
+    t.is(origin.count('/st'), 1);
+  });
+}
+
+test('§3 a 503 with an Expires in the future is stored (explicit freshness, not max-age)', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 503, { date: httpDate(), expires: httpDate(60) }, 'later'));
+  await fetchFrom(edge.url, '/exp503');
+  await settle();
+  t.regex(cacheStatus(await fetchFrom(edge.url, '/exp503')), /; hit/);
+  t.is(origin.count('/exp503'), 1);
+});
+
+test('§3 (operator policy) storeStatuses restricts what is stored, as nginx proxy_cache_valid does', async (t) => {
+  const { origin, edge } = await setup(t, (q, res) => send(res, q.url === '/ok' ? 200 : 404, { 'cache-control': 'max-age=60' }), { storeStatuses: [200] });
+  for (const path of ['/ok', '/gone', '/ok', '/gone']) await fetchFrom(edge.url, path);
+  t.is(origin.count('/ok'), 1);
+  t.is(origin.count('/gone'), 2, 'a 404 is not stored when only 200 is listed');
+});
+
+test('§5.2.2.3 must-understand with a status the cache implements overrides no-store', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'must-understand, no-store, max-age=60' }));
+  await fetchFrom(edge.url, '/mu');
+  await settle();
+  t.regex(cacheStatus(await fetchFrom(edge.url, '/mu')), /; hit/);
+  t.is(origin.count('/mu'), 1);
+});
+
+test('§5.2.2.3 must-understand with a status the cache does not know (299) is not stored', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 299, { 'cache-control': 'must-understand, max-age=60' }));
+  const first = await fetchFrom(edge.url, '/mu299');
+  t.is(first.status, 299);
+  await settle();
+  await fetchFrom(edge.url, '/mu299');
+  t.is(origin.count('/mu299'), 2);
+});
+
+test('§5.2.2.3 without must-understand, no-store still wins (control)', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'no-store, max-age=60' }));
+  await fetchFrom(edge.url, '/nomu');
+  await settle();
+  await fetchFrom(edge.url, '/nomu');
+  t.is(origin.count('/nomu'), 2);
+});
+
+// ---- RFC 9110 §15.2 interim responses -------------------------------------------------------------
+
+const EARLY_HINTS = (_q: unknown, res: import('node:http').ServerResponse) => {
+  res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+  setTimeout(() => send(res, 200, { 'cache-control': 'max-age=60' }, 'final'), 20);
+};
+
+test('RFC 9110 §15.2 a 103 Early Hints from upstream reaches the client before the final response, and is not stored', async (t) => {
+  const { origin, edge } = await setup(t, EARLY_HINTS);
+  const first = await raw(edge.url, 'GET /early HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  const hints = first.indexOf('HTTP/1.1 103 Early Hints');
+  t.true(hints === 0, first.slice(0, 200));
+  t.regex(first, /^HTTP\/1\.1 103 Early Hints\r\n(?:[^\r]*\r\n)*?link: <\/style\.css>; rel=preload; as=style\r\n/im);
+  t.true(first.indexOf('HTTP/1.1 200') > hints);
+  await settle();
+  const hit = await raw(edge.url, 'GET /early HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  t.true(hit.startsWith('HTTP/1.1 200'), 'a hit carries no interim response');
+  t.regex(hit, /cache-status: [^\r]*hit/i);
+  t.is(origin.count('/early'), 1);
+});
+
+test('RFC 9110 §15.2 no interim response is sent to an HTTP/1.0 client', async (t) => {
+  const { edge } = await setup(t, EARLY_HINTS);
+  const reply = await raw(edge.url, 'GET /early10 HTTP/1.0\r\nHost: a.test\r\n\r\n');
+  t.true(reply.startsWith('HTTP/1.0 200') || reply.startsWith('HTTP/1.1 200'), reply.slice(0, 100));
+  t.false(reply.includes(' 103 '));
 });

@@ -127,3 +127,38 @@ for (const cc of ['no-cache', 'max-age=0', 'min-fresh=3600']) {
     t.regex(cacheStatus(reply), /fwd=request/);
   });
 }
+
+// ---- RFC 9213 §2.1: CDN-Cache-Control is a Structured Fields dictionary -------------------------------
+
+for (const invalid of ['max-age=60,,', 'MAX-AGE=60', 'max-age=60;', 'max-age=(60', '', 'max-age="60']) {
+  test(`RFC 9213 §2.1 a CDN-Cache-Control that does not parse (${JSON.stringify(invalid)}) is ignored whole: Cache-Control governs`, async (t) => {
+    const { origin, second } = await twice(t, { 'cache-control': 'no-store', 'cdn-cache-control': invalid });
+    t.is(origin.count('/t'), 2, 'Cache-Control: no-store applies');
+    t.notRegex(cacheStatus(second), /; hit/);
+  });
+}
+
+test('RFC 9213 §2.1 a CDN-Cache-Control that does not parse falls back to Cache-Control freshness', async (t) => {
+  const { origin, second } = await twice(t, { 'cache-control': 'max-age=60', 'cdn-cache-control': 'no-store,,' });
+  t.is(origin.count('/t'), 1);
+  t.regex(cacheStatus(second), /; hit/);
+});
+
+for (const wrongType of ['max-age="60"', 'max-age=60.5', 'max-age=?1', 'max-age=-1', 'max-age=abc']) {
+  test(`RFC 9213 §2.1 a directive value of the wrong type (${wrongType}) is invalid: the response is stale`, async (t) => {
+    const { origin, second } = await twice(t, { 'cache-control': 'max-age=600', 'cdn-cache-control': wrongType });
+    t.is(origin.count('/t'), 2);
+    t.notRegex(cacheStatus(second), /; hit/);
+  });
+}
+
+test('RFC 9213 §2.1 unknown keys are ignored; the known directives beside them apply', async (t) => {
+  const { origin, second } = await twice(t, { 'cache-control': 'no-store', 'cdn-cache-control': 'foo=bar, max-age=60, baz' });
+  t.is(origin.count('/t'), 1);
+  t.regex(cacheStatus(second), /; hit/);
+});
+
+test('RFC 9213 §2.1 a Boolean false turns a directive off (no-store=?0)', async (t) => {
+  const { origin } = await twice(t, { 'cdn-cache-control': 'no-store=?0, max-age=60' });
+  t.is(origin.count('/t'), 1);
+});

@@ -303,3 +303,26 @@ test('§4.4 invalidation removes every Vary variant of the target URI', async (t
   }
   t.is(origin.requests.filter((r) => r.method === 'GET').length, 4);
 });
+
+// ---- §4.3.2 If-Modified-Since without a stored Last-Modified ---------------------------------------
+
+test('§4.3.2 If-Modified-Since is compared with the stored Date when there is no Last-Modified', async (t) => {
+  const date = httpDate(-100);
+  const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'max-age=600', date }, BODY));
+  await fetchFrom(edge.url, '/d');
+  await settle();
+  const notModified = await fetchFrom(edge.url, '/d', { headers: { 'if-modified-since': httpDate(-50) } });
+  t.is(notModified.status, 304);
+  const same = await fetchFrom(edge.url, '/d', { headers: { 'if-modified-since': date } });
+  t.is(same.status, 304);
+  const modified = await fetchFrom(edge.url, '/d', { headers: { 'if-modified-since': httpDate(-1000) } });
+  t.is(modified.status, 200);
+  t.is(modified.text, BODY);
+  t.is(origin.count('/d'), 1);
+});
+
+test('RFC 9110 §13.1.3 an If-Modified-Since that is not an HTTP-date is ignored', async (t) => {
+  const { edge } = await stored(t);
+  const reply = await fetchFrom(edge.url, '/r', { headers: { 'if-modified-since': '2999-01-01' } });
+  t.is(reply.status, 200);
+});

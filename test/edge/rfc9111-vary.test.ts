@@ -142,3 +142,24 @@ test('§4.1 a short-lived variant expiring does not make a longer-lived sibling 
   t.regex(cacheStatus(gzip), /; hit/, 'the gzip variant is fresh for 600 s');
   t.is(origin.count('/life'), 2);
 });
+
+// ---- normalised selecting values: whitespace, case, order and equal weights do not matter ----------
+
+for (const [field, stored, equivalent, different] of [
+  ['accept-language', 'de-DE, fr;q=0.5', 'fr;q=0.50,DE-de', 'fr, de-DE;q=0.5'],
+  ['accept-language', 'en;q=0.8, de;q=0.8', 'de;q=0.8,en;q=0.800', 'de;q=0.8, en;q=0.7'],
+  ['accept-encoding', 'gzip, br', 'br,GZIP', 'gzip'],
+  ['accept-encoding', 'gzip;q=1.0, identity; q=0.5', 'identity;q=0.5 , gzip', 'gzip, identity'],
+] as const) {
+  test(`§4.1 Vary: ${field}: "${equivalent}" selects the variant stored for "${stored}", "${different}" does not`, async (t) => {
+    const { origin, edge } = await setup(t, (q, res) => send(res, 200, { 'cache-control': 'max-age=60', vary: field }, `for:${q.headers[field]}`));
+    await fetchFrom(edge.url, '/n', { headers: { [field]: stored } });
+    await settle();
+    const same = await fetchFrom(edge.url, '/n', { headers: { [field]: equivalent } });
+    t.is(same.text, `for:${stored}`);
+    t.regex(cacheStatus(same), /; hit/);
+    const other = await fetchFrom(edge.url, '/n', { headers: { [field]: different } });
+    t.is(other.text, `for:${different}`);
+    t.is(origin.count('/n'), 2);
+  });
+}
