@@ -5,7 +5,9 @@
  *   rfc850-date  Sunday, 06-Nov-94 08:49:37 GMT
  *   asctime-date Sun Nov  6 08:49:37 1994
  *
- * and nothing else: names are case-sensitive, fields single-space separated, the zone is GMT.
+ * and nothing else: fields single-space separated, two-digit time fields, the zone GMT. Day and
+ * month names are matched without regard to case (the grammar is case-sensitive, but `THU` or
+ * `AUG` leaves no doubt about the date, and http-tests/cache-tests expects them to be read).
  * `Date.parse` is not used because it accepts far more (ISO dates, other zones, bare numbers),
  * and an invalid Expires must mean "already expired" (RFC 9111 §5.3), not a guessed date.
  */
@@ -16,9 +18,9 @@ const DAY_LONG = '(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)';
 const MONTH = `(${MONTHS.join('|')})`;
 const TIME = '(\\d{2}):(\\d{2}):(\\d{2})';
 
-const IMF_FIXDATE = new RegExp(`^${DAY}, (\\d{2}) ${MONTH} (\\d{4}) ${TIME} GMT$`);
-const RFC850_DATE = new RegExp(`^${DAY_LONG}, (\\d{2})-${MONTH}-(\\d{2}) ${TIME} GMT$`);
-const ASCTIME_DATE = new RegExp(`^${DAY} ${MONTH} (\\d{2}| \\d) ${TIME} (\\d{4})$`);
+const IMF_FIXDATE = new RegExp(`^${DAY}, (\\d{2}) ${MONTH} (\\d{4}) ${TIME} GMT$`, 'i');
+const RFC850_DATE = new RegExp(`^${DAY_LONG}, (\\d{2})-${MONTH}-(\\d{2}) ${TIME} GMT$`, 'i');
+const ASCTIME_DATE = new RegExp(`^${DAY} ${MONTH} (\\d{2}| \\d) ${TIME} (\\d{4})$`, 'i');
 
 /** Milliseconds since the epoch, or undefined when `text` is not an HTTP-date. */
 export function parseHttpDate(text: string | undefined, now = Date.now()): number | undefined {
@@ -50,7 +52,7 @@ function build(year: number, month: string, day: number, hour: string, minute: s
   const s = Number(second);
   // 60 is a leap second (RFC 9110 §5.6.7 allows it).
   if (day < 1 || day > 31 || h > 23 || min > 59 || s > 60) return undefined;
-  const monthIndex = MONTHS.indexOf(month);
+  const monthIndex = MONTHS.findIndex((name) => name.toLowerCase() === month.toLowerCase());
   const date = new Date(0);
   date.setUTCFullYear(year, monthIndex, day);
   // A day the month does not have (31 Feb) rolls over: not a date.

@@ -223,12 +223,17 @@ export function correctedInitialAge(headers: HeaderMap, times: ResponseTimes): n
   return Math.max(apparentAge, correctedAgeValue);
 }
 
-/** Age (§5.1): a non-negative integer; an invalid value is ignored (treated as 0). */
+/**
+ * Age (§5.1): a non-negative integer; an invalid value is ignored (treated as 0). A list (a
+ * second line joined on, or `7200, 0`) counts by its first member, parameters dropped.
+ */
 function ageValue(headers: HeaderMap): number {
   const field = headers['age'];
   const text = Array.isArray(field) ? field[0] : field;
-  if (text === undefined || !/^\s*\d+\s*$/.test(text)) return 0;
-  return Math.min(Number(text), 2147483648);
+  if (text === undefined) return 0;
+  const first = text.split(',', 1)[0]!.split(';', 1)[0]!.trim();
+  if (!/^\d+$/.test(first)) return 0;
+  return Math.min(Number(first), 2147483648);
 }
 
 /** Request Cache-Control, with `Pragma: no-cache` honoured when Cache-Control is absent (§5.4). */

@@ -315,7 +315,7 @@ for (const [format, expires] of [
   });
 }
 
-for (const expires of ['Thu, 01 Jan 2099 00:00:00 UTC', 'thu, 01 Jan 2099 00:00:00 GMT', '2099-01-01T00:00:00Z', 'Thu, 1 Jan 2099 00:00:00 GMT']) {
+for (const expires of ['Thu, 01 Jan 2099 00:00:00 UTC', 'Thu 01 Jan 2099 00:00:00 GMT', '2099-01-01T00:00:00Z', 'Thu, 01-Jan-2099 00:00:00 GMT', 'Thu, 1 Jan 2099 00:00:00 GMT']) {
   test(`§5.3 an Expires that is not an HTTP-date (${JSON.stringify(expires)}) makes the response stale`, async (t) => {
     const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { date: httpDate(), expires }));
     await fetchFrom(edge.url, '/bad-date');
@@ -323,5 +323,23 @@ for (const expires of ['Thu, 01 Jan 2099 00:00:00 UTC', 'thu, 01 Jan 2099 00:00:
     const second = await fetchFrom(edge.url, '/bad-date');
     t.is(origin.count('/bad-date'), 2);
     t.notRegex(cacheStatus(second), /; hit/);
+  });
+}
+
+// ---- §5.1 Age ---------------------------------------------------------------------------------------
+
+for (const [age, stale] of [
+  ['7200, 0', true],
+  ['7200;foo=bar', true],
+  ['0, 7200', false],
+  ['7200.0', false],
+  ['abc', false],
+] as const) {
+  test(`§5.1 Age: ${age} counts as ${stale ? '7200 (stale)' : 'invalid or 0 (fresh)'} for a max-age=3600 response`, async (t) => {
+    const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { date: httpDate(), 'cache-control': 'max-age=3600', age }));
+    await fetchFrom(edge.url, '/age');
+    await settle();
+    const second = await fetchFrom(edge.url, '/age');
+    t.is(origin.count('/age'), stale ? 2 : 1, cacheStatus(second));
   });
 }
