@@ -290,20 +290,20 @@ export class CachePipeline {
       case 'stream': {
         const { stream, source } = obtained;
         const now = this.now();
-        if (source === 'joined' && stream.broadcast.done) {
-          // The whole body is here and its store commit is still running: a hit in all but name.
+        if (source === 'late') {
+          // It arrived while the response was committing: a hit in all but name.
           x.outcome = 'hit';
           return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, `hit; ttl=${ttl(stream.meta, now)}`);
         }
         x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
-        const detail = source === 'joined' ? '; detail=collapsed' : '';
+        const detail = source === 'waited' ? '; detail=collapsed' : '';
         const member = `fwd=${obtained.fwd}; fwd-status=${stream.record.status}; stored; ttl=${ttl(stream.meta, now)}${detail}`;
         // The upstream's Set-Cookie goes to the request that caused the fetch, never to one that joined it.
-        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'joined' ? undefined : setCookieHeaders(stream.setCookie));
+        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
       }
       case 'entry': {
         x.outcome = 'revalidated';
-        const detail = obtained.source === 'joined' ? '; detail=collapsed' : '';
+        const detail = obtained.source === 'waited' ? '; detail=collapsed' : '';
         return this.deliverEntry(x, obtained.entry, `fwd=stale; fwd-status=304; ttl=${ttl(obtained.entry.meta, this.now())}${detail}`);
       }
       case 'error':

@@ -46,8 +46,11 @@ import { variantKey } from './vary.js';
 /** Why a request went upstream; its Cache-Status `fwd` value (RFC 9211 §2.2). */
 export type Forward = 'uri-miss' | 'vary-miss' | 'stale' | 'request' | 'bypass';
 
-/** How a request came by a response: it led the fill, fetched its own, or joined another's. */
-export type Source = 'led' | 'own' | 'joined';
+/**
+ * How a request came by a response: it led the fill, fetched its own, waited on another's fetch
+ * (collapsed), or arrived in another's commit window (a hit: the response was there already).
+ */
+export type Source = 'led' | 'own' | 'waited' | 'late';
 
 /** What one fetch produced. */
 type FillResult =
@@ -165,9 +168,10 @@ export class Fills {
     const flight = this.flights.get(key);
     if (flight === undefined) return this.lead(x, l, key, fwd);
     if (flight.result === undefined && refusesShared(x.directives)) return this.fetchOwn(x, l, key, fwd, 'refuses-shared');
-    const result = flight.result ?? (await this.wait(flight));
+    if (flight.result !== undefined) return this.join(x, l, key, flight.result, fwd, 'late');
+    const result = await this.wait(flight);
     if (result === undefined) return this.fetchOwn(x, l, key, fwd, 'lock-timeout');
-    return this.join(x, l, key, result, fwd);
+    return this.join(x, l, key, result, fwd, 'waited');
   }
 
   /** stale-while-revalidate: exactly one background fetch per key; the client is already answered. */
@@ -186,7 +190,7 @@ export class Fills {
    * Who gets which response: a request that did not cause the fetch gets its result only where
    * the store could serve it the same response to this very request now.
    */
-  private join(x: Exchange, l: Lookup, key: string, result: SharedResult, fwd: Forward): Obtained | Promise<Obtained> {
+  private join(x: Exchange, l: Lookup, key: string, result: SharedResult, fwd: Forward, source: 'waited' | 'late'): Obtained | Promise<Obtained> {
     switch (result.kind) {
       case 'error':
         return { ...result, fwd };
@@ -195,8 +199,8 @@ export class Fills {
       case 'entry': {
         const refused = this.refusal(x, result.entry.meta);
         if (refused !== undefined) return this.fetchOwn(x, l, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
-        x.detail = 'collapsed';
-        return { kind: 'entry', entry: result.entry, source: 'joined', fwd };
+        x.detail = source === 'waited' ? 'collapsed' : undefined;
+        return { kind: 'entry', entry: result.entry, source, fwd };
       }
       case 'stream': {
         const stream = result.stream;
@@ -212,8 +216,8 @@ export class Fills {
         }
         const refused = this.refusal(x, stream.meta);
         if (refused !== undefined) return this.fetchOwn(x, l, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
-        x.detail = 'collapsed';
-        return { kind: 'stream', stream, source: 'joined', fwd };
+        x.detail = source === 'waited' ? 'collapsed' : undefined;
+        return { kind: 'stream', stream, source, fwd };
       }
     }
   }

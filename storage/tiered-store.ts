@@ -72,6 +72,8 @@ export class TieredStore implements CacheStore {
   /** Disk reads in flight per key; a mutation or purge meanwhile marks them stale (not to be promoted). */
   private readonly diskLookups = new Map<string, Set<{ stale: boolean }>>();
   private purgesRunning = 0;
+  /** Commits past their removal check: a purge or delete waits for them, then removes what they wrote. */
+  private readonly commitsLanding = new Set<Promise<unknown>>();
   private closed = false;
 
   constructor(options: TieredStoreOptions) {
@@ -186,7 +188,7 @@ export class TieredStore implements CacheStore {
           state = 'done';
           throw new StoreError('REMOVED_DURING_WRITE', 'a purge or delete ran while this entry was being written; not stored');
         }
-        await this.mutating(key, async () => {
+        const landing = this.mutating(key, async () => {
           // Disk first, memory second: an entry appears in memory only once it is complete.
           if (diskError === undefined) {
             try {
@@ -223,6 +225,12 @@ export class TieredStore implements CacheStore {
         }).finally(() => {
           state = 'done';
         });
+        this.commitsLanding.add(landing);
+        landing.then(
+          () => this.commitsLanding.delete(landing),
+          () => this.commitsLanding.delete(landing),
+        );
+        await landing;
       },
 
       abort: (): void => {
@@ -242,6 +250,7 @@ export class TieredStore implements CacheStore {
 
   async delete(key: string): Promise<boolean> {
     this.removals.deleted(key);
+    await this.commitsLanded();
     return this.mutating(key, async () => {
       const [onDisk, inMemory] = await Promise.all([this.disk.delete(key), this.memory.delete(key)]);
       return onDisk || inMemory;
@@ -363,8 +372,18 @@ export class TieredStore implements CacheStore {
     }
   }
 
+  /**
+   * Waits for commits that passed their removal check before a purge or delete was recorded: the
+   * removal then runs after their disk write, and finds it. (Without this, a disk commit landing
+   * after the purge's scan would survive it.)
+   */
+  private async commitsLanded(): Promise<void> {
+    if (this.commitsLanding.size > 0) await Promise.allSettled([...this.commitsLanding]);
+  }
+
   /** Runs a purge on both tiers; promotions are cancelled and blocked meanwhile (any key may match). */
   private async purging(run: (store: CacheStore) => Promise<number>): Promise<number> {
+    await this.commitsLanded();
     for (const promotion of this.promotions.values()) promotion.valid = false;
     for (const lookups of this.diskLookups.values()) for (const lookup of lookups) lookup.stale = true;
     this.purgesRunning++;

@@ -60,8 +60,9 @@ for (const [name, headers] of STALE_ON_ARRIVAL) {
       t.notRegex(cacheStatus(reply), /; hit|detail=collapsed/);
     }
     t.is(origin.count('/stampede'), 20, 'every request forwarded');
-    // The waiters are released together when the response proves stale, not one after another.
-    t.true(load.max >= 10, `at most ${load.max} origin requests at once`);
+    // The waiters are released together when the response proves stale: their requests overlap at
+    // the origin. Serialised behind one another (each the next leader) they never would (max 1).
+    t.true(load.max >= 3, `at most ${load.max} origin requests at once`);
   });
 }
 
@@ -142,8 +143,9 @@ test('§4.1 Accept-Language de, fr, de, fr in sequence: two origin requests, the
     const replies: Reply[] = [];
     for (const language of ['de', 'fr', 'de', 'fr']) replies.push(await fetchFrom(edge.url, path, { headers: { 'accept-language': language } }));
     t.deepEqual(replies.map((r) => r.text), ['lang:de', 'lang:fr', 'lang:de', 'lang:fr']);
-    t.regex(cacheStatus(replies[2]!), /; hit/, `round ${round}: ${cacheStatus(replies[2]!)}`);
-    t.regex(cacheStatus(replies[3]!), /; hit/, `round ${round}: ${cacheStatus(replies[3]!)}`);
+    const statuses = `round ${round}: ${replies.map(cacheStatus).join(' | ')}`;
+    t.regex(cacheStatus(replies[2]!), /; hit/, statuses);
+    t.regex(cacheStatus(replies[3]!), /; hit/, statuses);
     t.is(origin.count(path), 2);
   }
 });

@@ -12,6 +12,7 @@ import { entryKey } from '../../storage/keys.js';
 import { LevelStore } from '../../storage/level-store.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import { TieredStore, openTieredStore } from '../../storage/tiered-store.js';
+import { DelayedCommitStore } from '../helpers/delayed-commit-store.js';
 
 function meta(size: number, tags: string[] = []): EntryMeta {
   const now = Date.now();
@@ -92,3 +93,28 @@ test('a disk read overtaken by a soft purge is not promoted to memory with its p
   const inMemory = memory.get(key);
   t.true(inMemory === undefined || inMemory.meta.staleAt <= Date.now(), 'memory never holds the pre-purge freshness');
 });
+
+for (const [name, remove] of removals) {
+  test(`a ${name} that lands while a commit is writing to disk removes what it wrote before the ${name} returns`, async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'outpost-landing-'));
+    const level = await LevelStore.open({ location: dir, maxBytes: 1 << 26 });
+    // The real disk tier, its commits slowed so the removal arrives while one is landing.
+    const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 1 << 24 }), disk: new DelayedCommitStore(level, 100) });
+    t.teardown(async () => {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const writer = store.openWriter(key, meta(5, ['doc-tag']));
+    await writer.write(Buffer.from('stale'));
+    const commit = writer.commit().then(
+      () => 'committed',
+      (error: { code?: string }) => error.code,
+    );
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    await remove(store);
+    t.is(await store.get(key), undefined, `nothing is found once the ${name} returns`);
+    t.true(['committed', 'REMOVED_DURING_WRITE'].includes((await commit) ?? ''));
+    t.is(await store.get(key), undefined);
+    t.is(await level.get(key), undefined, 'nor on disk');
+  });
+}
