@@ -240,11 +240,14 @@ export class CachePipeline {
     if (record.kind === 'response') return { entry, variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
     const key = entryKey(x.url, variant);
+    // A variant's fill is registered under the variant key, or under the URL's own key when it
+    // began before the URL had a Vary record.
+    const committing = (): FillEntry | undefined => this.fills.committing(x, key) ?? this.fills.committing(x, entryKey(x.url, ''));
     const second = this.store.get(key);
     if (second instanceof Promise) {
-      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.fills.committing(x, key), variant, vary: record }));
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? committing(), variant, vary: record }));
     }
-    return { entry: second ?? this.fills.committing(x, key), variant, vary: record };
+    return { entry: second ?? committing(), variant, vary: record };
   }
 
   private afterLookup(x: Exchange, l: Lookup): void | Promise<void> {
@@ -302,6 +305,10 @@ export class CachePipeline {
         return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
       }
       case 'entry': {
+        if (obtained.source === 'late') {
+          x.outcome = 'hit';
+          return this.deliverEntry(x, obtained.entry, `hit; ttl=${ttl(obtained.entry.meta, this.now())}`);
+        }
         x.outcome = 'revalidated';
         const detail = obtained.source === 'waited' ? '; detail=collapsed' : '';
         return this.deliverEntry(x, obtained.entry, `fwd=stale; fwd-status=304; ttl=${ttl(obtained.entry.meta, this.now())}${detail}`);
@@ -486,7 +493,8 @@ export class CachePipeline {
   private upstreamFailed(x: Exchange, l: Lookup, error: UpstreamError, status: number | undefined): void {
     const entry = l.entry;
     this.metrics.inc('upstream_errors_total', 'upstream requests that failed', { code: error.code });
-    if (entry && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) {
+    const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
+    if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) {
       x.outcome = 'stale';
       x.detail = 'stale-if-error';
       const fwdStatus = status === undefined ? '' : `; fwd-status=${status}`;

@@ -71,26 +71,61 @@ export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet
 /** An abort signal that fires when the client goes away before its response is complete. */
 export function abortOnClientClose(x: Exchange): AbortSignal {
   const controller = new AbortController();
-  x.res.once('close', () => {
-    if (!x.res.writableFinished) controller.abort();
-  });
+  // A client that left while its request waited on another's fill sends nothing upstream.
+  if (x.res.destroyed || x.res.closed) controller.abort();
+  else {
+    x.res.once('close', () => {
+      if (!x.res.writableFinished) controller.abort();
+    });
+  }
   return controller.signal;
 }
 
 /**
  * Forwards an interim (1xx) response from upstream to the client before its final response
  * (RFC 9110 §15.2): 103 Early Hints and 102 Processing, through node:http's own writers. Never
- * to an HTTP/1.0 client (§15.2), never 100 (this node answers Expect itself) or 101.
+ * to an HTTP/1.0 client (§15.2), never 100 (this node answers Expect itself) or 101. Best effort:
+ * a hint node:http will not write is dropped, and nothing here can fail the fetch.
  */
 export function forwardInterim(x: Exchange, status: number, headers: HeaderMap): void {
   const { res } = x;
   if (res.headersSent || res.destroyed || x.req.httpVersion === '1.0') return;
-  if (status === 103) {
-    const hints = withoutHopByHop(headers);
-    if (hints['link'] !== undefined) res.writeEarlyHints(hints as Record<string, string | string[]>);
-  } else if (status === 102) {
-    res.writeProcessing();
+  try {
+    if (status === 103) {
+      const hints = withoutHopByHop(headers);
+      const links = linkMembers(hints['link']);
+      if (links.length === 0) return;
+      res.writeEarlyHints({ ...(hints as Record<string, string | string[]>), link: links });
+    } else if (status === 102) {
+      res.writeProcessing();
+    }
+  } catch {
+    // node:http validates each link strictly (RFC 8288); an odd one costs the hints, not the response.
   }
+}
+
+/** The members of a Link field (RFC 8288): split on commas outside <…> and quoted strings. */
+function linkMembers(field: string | string[] | undefined): string[] {
+  if (field === undefined) return [];
+  const members: string[] = [];
+  for (const line of Array.isArray(field) ? field : [field]) {
+    let start = 0;
+    let angle = false;
+    let quoted = false;
+    for (let i = 0; i <= line.length; i++) {
+      const c = line[i];
+      if (c === '\\' && quoted) i++;
+      else if (c === '"' && !angle) quoted = !quoted;
+      else if (c === '<' && !quoted) angle = true;
+      else if (c === '>' && !quoted) angle = false;
+      else if ((c === ',' && !angle && !quoted) || i === line.length) {
+        const member = line.slice(start, i).trim();
+        if (member) members.push(member);
+        start = i + 1;
+      }
+    }
+  }
+  return members;
 }
 
 /** Releases a body nobody will read; its abort error is expected and ignored. */

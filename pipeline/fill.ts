@@ -23,6 +23,7 @@
 import type { Logger } from 'pino';
 import type { CachedEntry, EntryMeta } from '../storage/cache-store.js';
 import { entryKey, urlKeyPrefix } from '../storage/keys.js';
+import { RemovalLog } from '../storage/removal-log.js';
 import { has } from './cache-control.js';
 import { weakTag } from './conditional.js';
 import {
@@ -82,8 +83,8 @@ interface Flight {
 
 /** Statuses that count as an upstream error for stale-if-error (RFC 5861 §4). */
 const ERROR_STATUSES = new Set([500, 502, 503, 504]);
-/** Not-stored reasons that come from one request, not from the key: they do not make it hit-for-miss. */
-const REQUEST_REASONS = new Set<NotStoredReason>(['authorization', 'request-no-store']);
+/** Not-stored reasons that come from one request or moment, not from the key: they do not make it hit-for-miss. */
+const PASSING_REASONS = new Set<NotStoredReason>(['authorization', 'request-no-store', 'purged']);
 /** Bound on remembered hit-for-miss keys before expired ones are pruned. */
 const HIT_FOR_MISS_PRUNE_AT = 100_000;
 
@@ -108,6 +109,8 @@ export class Fills {
   private readonly flights = new Map<string, Flight>();
   /** Keys not collapsed until the time given (ms). */
   private readonly hitForMiss = new Map<string, number>();
+  /** Invalidations and purges: a fetch begun before one of them neither stores nor shares its response. */
+  private readonly removals = new RemovalLog();
   private readonly settings: FillSettings;
   private readonly upstream: Upstream;
   private readonly writer: StoreWriter;
@@ -141,19 +144,22 @@ export class Fills {
    * the store will give it a moment later (hit, stale, revalidation), never more.
    */
   committing(x: Exchange, key: string): FillEntry | undefined {
-    const result = this.flights.get(key)?.result;
-    if (result?.kind !== 'stream') return undefined;
-    const stream = result.stream;
+    const stream = inCommitWindow(this.flights.get(key)?.result);
+    if (stream === undefined) return undefined;
     const fields = stream.record.vary;
     if (fields.length > 0 && variantKey(fields, x.req.headers) !== variantKey(fields, stream.requestHeaders)) return undefined;
-    return new FillEntry(stream);
+    const entry = new FillEntry(stream);
+    return entry.usable ? entry : undefined;
   }
 
   /**
    * A purge or an invalidation of `url` (§4.4): its fills are no longer joined or found by
-   * lookups (the store refuses their commits). Requests already waiting still get their result.
+   * lookups, and a fetch for it that began before now neither stores nor shares its response
+   * (a store commit already under way is refused by the store). Requests already waiting on a
+   * fill still get its result: they arrived before the invalidation.
    */
   forget(url: string): void {
+    this.removals.purgedUrl(url);
     const prefix = urlKeyPrefix(url);
     for (const key of this.flights.keys()) if (key.startsWith(prefix)) this.flights.delete(key);
   }
@@ -174,12 +180,16 @@ export class Fills {
     return this.join(x, l, key, result, fwd, 'waited');
   }
 
-  /** stale-while-revalidate: exactly one background fetch per key; the client is already answered. */
+  /**
+   * stale-while-revalidate: exactly one background fetch per key; the client is already answered.
+   * A response in its commit window is no fetch: a stale one is revalidated like a stored one.
+   */
   revalidateInBackground(x: Exchange, l: Lookup): void {
     const key = entryKey(x.url, l.variant);
-    if (this.flights.has(key)) return;
+    const current = this.flights.get(key);
+    if (current !== undefined && current.result === undefined) return;
     const flight = this.open(key, l, undefined);
-    const task = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: false }).then((result) => {
+    const task = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: false, mark: this.removals.mark() }).then((result) => {
       if (result.kind === 'response') result.response.body.resume();
       this.settle(key, flight, result);
     });
@@ -215,7 +225,11 @@ export class Fills {
           }
         }
         const refused = this.refusal(x, stream.meta);
-        if (refused !== undefined) return this.fetchOwn(x, l, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
+        if (refused !== undefined) {
+          // Its validators serve as a stored response's would: the request's own fetch is conditional.
+          const own = l.entry === undefined ? { ...l, entry: new FillEntry(stream) } : l;
+          return this.fetchOwn(x, own, key, refused === 'request' ? 'request' : fwd, `shared-${refused}`);
+        }
         x.detail = source === 'waited' ? 'collapsed' : undefined;
         return { kind: 'stream', stream, source, fwd };
       }
@@ -235,10 +249,15 @@ export class Fills {
   private async lead(x: Exchange, l: Lookup, key: string, fwd: Forward): Promise<Obtained> {
     const flight = this.open(key, l, undefined);
     // Not tied to the leader's client: if it goes away, the fill still completes for every waiter.
-    const fill = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: true });
+    const fill = this.fetchForCache(x, l, key, { storing: true, signal: undefined, interim: true, mark: this.removals.mark() });
     this.track(fill);
-    const result = await fill;
-    this.settle(key, flight, result);
+    let result: FillResult = { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', 'the fill failed'), status: undefined };
+    try {
+      result = await fill;
+    } finally {
+      // Whatever happens, no request is left waiting on this flight.
+      this.settle(key, flight, result);
+    }
     return toObtained(result, 'led', fwd);
   }
 
@@ -247,10 +266,15 @@ export class Fills {
     x.detail = detail;
     // The client's own conditionals go upstream only when the answer will not be stored.
     const storing = !has(x.directives, 'no-store') && !hasConditional(x.req.headers);
-    const result = await this.fetchForCache(x, l, key, { storing, signal: abortOnClientClose(x), interim: true });
-    // Its commit window is open to later requests, unless another fill for the key is still fetching.
+    const mark = this.removals.mark();
+    const result = await this.fetchForCache(x, l, key, { storing, signal: abortOnClientClose(x), interim: true, mark });
+    // Its commit window is open to later requests, unless another fill for the key is still
+    // fetching, or the URL was invalidated while it ran.
     const current = this.flights.get(key);
-    if (result.kind === 'stream' && (current === undefined || current.result !== undefined)) this.settle(key, this.open(key, l, undefined), result);
+    const committing = result.kind === 'response' ? undefined : inCommitWindow(result);
+    if (committing !== undefined && (current === undefined || current.result !== undefined) && !this.removals.removedSince(mark, committing.key, committing.meta.tags)) {
+      this.settle(key, this.open(key, l, undefined), result);
+    }
     return toObtained(result, 'own', fwd);
   }
 
@@ -270,7 +294,8 @@ export class Fills {
       if (this.flights.get(key) === flight) this.flights.delete(key);
     };
     // The commit window: until the store has the entry, lookups find it here.
-    if (shared.kind === 'stream') shared.stream.committed.then(close, close);
+    const committing = inCommitWindow(shared);
+    if (committing !== undefined) committing.committed.then(close, close);
     else close();
   }
 
@@ -300,9 +325,10 @@ export class Fills {
     x: Exchange,
     l: Lookup,
     key: string,
-    how: { storing: boolean; signal: AbortSignal | undefined; interim: boolean },
+    how: { storing: boolean; signal: AbortSignal | undefined; interim: boolean; mark: number },
   ): Promise<FillResult> {
-    const stored = how.storing ? l.entry : undefined;
+    // An authorized request revalidates nothing shared on everyone's behalf (§3.5): its answer is its own.
+    const stored = how.storing && x.req.headers.authorization === undefined ? l.entry : undefined;
     const record = stored?.meta.http as ResponseRecord | undefined;
     const headers = upstreamHeaders(x, this.settings.nodeName, how.storing ? CLIENT_CONDITIONALS : undefined);
     if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
@@ -337,9 +363,9 @@ export class Fills {
         return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
       }
       if (!how.storing) return { kind: 'response', response, reason: undefined };
-      const stream = await this.writer.begin(x, l, response, times);
+      const stream = await this.writer.begin(x, l, response, times, (k, tags) => this.removals.removedSince(how.mark, k, tags));
       if (typeof stream === 'string') {
-        if (!REQUEST_REASONS.has(stream)) this.markHitForMiss(key);
+        if (!PASSING_REASONS.has(stream)) this.markHitForMiss(key);
         return { kind: 'response', response, reason: stream };
       }
       this.noteArrival(key, stream.meta);
@@ -383,6 +409,16 @@ export class Fills {
     this.hitForMiss.delete(key);
     return false;
   }
+}
+
+/**
+ * The response a settled fill holds until the store has it, if any: a body being stored, or a
+ * 304's update of a response that was itself still committing.
+ */
+function inCommitWindow(result: SharedResult | undefined): StreamingResponse | undefined {
+  if (result?.kind === 'stream') return result.stream;
+  if (result?.kind === 'entry' && result.entry instanceof FillEntry) return result.entry.stream;
+  return undefined;
 }
 
 function toObtained(result: FillResult, source: Source, fwd: Forward): Obtained {

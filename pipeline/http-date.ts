@@ -31,19 +31,21 @@ export function parseHttpDate(text: string | undefined, now = Date.now()): numbe
   m = ASCTIME_DATE.exec(value);
   if (m) return build(Number(m[6]), m[1]!, Number(m[2]), m[3]!, m[4]!, m[5]!);
   m = RFC850_DATE.exec(value);
-  if (m) return build(fullYear(Number(m[3]), now), m[2]!, Number(m[1]), m[4]!, m[5]!, m[6]!);
+  if (m) return build(fullYear(Number(m[3]), m[2]!, Number(m[1]), now), m[2]!, Number(m[1]), m[4]!, m[5]!, m[6]!);
   return undefined;
 }
 
 /**
- * A two-digit year is in the current century, unless that puts it more than 50 years in the
- * future: then it is the most recent past year with those digits (RFC 9110 §5.6.7).
+ * A two-digit year is in the current century, unless that puts the date more than 50 years in
+ * the future: then it is the most recent past year with those digits (RFC 9110 §5.6.7).
  */
-function fullYear(twoDigits: number, now: number): number {
+function fullYear(twoDigits: number, month: string, day: number, now: number): number {
   const current = new Date(now).getUTCFullYear();
-  let year = current - (current % 100) + twoDigits;
-  if (year > current + 50) year -= 100;
-  return year;
+  const year = current - (current % 100) + twoDigits;
+  const fiftyYearsAhead = new Date(now);
+  fiftyYearsAhead.setUTCFullYear(current + 50);
+  const candidate = build(year, month, day, '00', '00', '00');
+  return candidate !== undefined && candidate > fiftyYearsAhead.getTime() ? year - 100 : year;
 }
 
 function build(year: number, month: string, day: number, hour: string, minute: string, second: string): number | undefined {

@@ -27,7 +27,9 @@ export type NotStoredReason =
   | 'too-large'
   | 'vary-cap'
   | 'incomplete'
-  | 'stale-on-arrival';
+  | 'stale-on-arrival'
+  /** The URL was purged or invalidated while the response was on its way. */
+  | 'purged';
 
 export interface FreshnessConfig {
   /** Share of (Date − Last-Modified) used as heuristic freshness (§4.2.2). */
@@ -99,7 +101,7 @@ export function notStorableReason(input: StorabilityInput): NotStoredReason | un
   if (input.statuses !== undefined && !input.statuses.has(status)) return 'status';
   const requestDirectives = governingRequestDirectives(input.requestHeaders);
   if (has(requestDirectives, 'no-store')) return 'request-no-store';
-  const { directives } = governingDirectives(responseHeaders);
+  const { directives, targeted } = governingDirectives(responseHeaders);
   // §5.2.2.3: must-understand limits storing to statuses whose rules this cache implements, and
   // for those it overrides no-store.
   const mustUnderstand = has(directives, 'must-understand');
@@ -119,11 +121,11 @@ export function notStorableReason(input: StorabilityInput): NotStoredReason | un
       { shared: true },
     );
     if (policy.storable()) return undefined;
-  } else if (hasExplicitFreshness(directives, responseHeaders)) {
-    // §3: any final status may be stored with explicit freshness, 4xx and 5xx included.
+  } else if (hasExplicitFreshness(directives, responseHeaders, targeted) || has(directives, 'public')) {
+    // §3: any final status may be stored with explicit freshness or `public`, 4xx and 5xx included.
     return undefined;
   }
-  if (!HEURISTIC_STATUSES.has(status) && !hasExplicitFreshness(directives, responseHeaders)) return 'status';
+  if (!HEURISTIC_STATUSES.has(status) && !hasExplicitFreshness(directives, responseHeaders, targeted)) return 'status';
   return 'no-freshness';
 }
 
@@ -141,8 +143,9 @@ function allowsAuthorized(directives: Directives): boolean {
   return has(directives, 'public') || has(directives, 's-maxage') || has(directives, 'must-revalidate');
 }
 
-function hasExplicitFreshness(directives: Directives, headers: HeaderMap): boolean {
-  return has(directives, 's-maxage') || has(directives, 'max-age') || headers['expires'] !== undefined || has(directives, 'public');
+/** §4.2.1: s-maxage, max-age, or Expires (unless a targeted field replaces it, RFC 9213 §2.2). */
+function hasExplicitFreshness(directives: Directives, headers: HeaderMap, targeted: boolean): boolean {
+  return has(directives, 's-maxage') || has(directives, 'max-age') || (!targeted && headers['expires'] !== undefined);
 }
 
 /** Computes the time model of a storable response (§4.2). */

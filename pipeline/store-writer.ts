@@ -42,6 +42,11 @@ export class FillEntry implements CachedEntry {
     return this.stream.meta;
   }
 
+  /** False once the body failed or is no longer held whole: it can then serve nobody new. */
+  get usable(): boolean {
+    return !this.stream.broadcast.failed && this.stream.broadcast.acceptsReaders;
+  }
+
   openBody(range?: { start: number; end: number }): Readable {
     const out = new PassThrough();
     this.stream.broadcast.pipeTo(out, range, () => undefined);
@@ -109,7 +114,14 @@ export class StoreWriter {
    * Starts storing `response` for the request `x`, or says why it may not be stored. The body
    * starts flowing into the store and the broadcast at once.
    */
-  async begin(x: Exchange, l: Lookup, response: UpstreamResponse, times: ResponseTimes): Promise<StreamingResponse | NotStoredReason> {
+  async begin(
+    x: Exchange,
+    l: Lookup,
+    response: UpstreamResponse,
+    times: ResponseTimes,
+    /** True when an invalidation since the fetch began covers the entry: then it is not stored. */
+    invalidated: (key: string, tags: readonly string[]) => boolean,
+  ): Promise<StreamingResponse | NotStoredReason> {
     const status = response.statusCode;
     const headers = response.headers;
     const reason = notStorableReason({
@@ -143,10 +155,11 @@ export class StoreWriter {
       deleteAt: freshness.deleteAt,
       http: record as unknown as Record<string, unknown>,
     };
+    const key = entryKey(x.url, variant);
+    if (invalidated(key, meta.tags)) return 'purged';
     const broadcast = new BodyBroadcast();
     let endCommitWindow!: () => void;
     const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
-    const key = entryKey(x.url, variant);
     this.track(this.pump(key, meta, response.body, broadcast, varyRecord, x.url, endCommitWindow));
     const setCookie = headers['set-cookie'];
     return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
@@ -158,8 +171,6 @@ export class StoreWriter {
    * unstorable (then the stored copy is removed, §3).
    */
   async refresh(x: Exchange, stored: CachedEntry, notModifiedHeaders: HeaderMap, times: ResponseTimes): Promise<CachedEntry | undefined> {
-    // A response still in its commit window is updated once the store has it.
-    if (stored instanceof FillEntry) await stored.stream.committed;
     const record = stored.meta.http as unknown as ResponseRecord;
     const merged = mergeNotModified(record, notModifiedHeaders);
     const reason = notStorableReason({
@@ -170,6 +181,7 @@ export class StoreWriter {
       allowSetCookie: this.allowsSetCookie(x),
       statuses: this.settings.statuses,
     });
+    if (reason === 'authorization' || reason === 'request-no-store') return undefined;
     if (reason !== undefined) {
       await this.store.delete(stored.key).catch((error) => this.readFailed(error));
       return undefined;
@@ -188,6 +200,18 @@ export class StoreWriter {
       deleteAt: freshness.deleteAt,
       http: updated as unknown as Record<string, unknown>,
     };
+    if (stored instanceof FillEntry) {
+      // Still in its commit window: answer from the fill now, and update the store once it has the
+      // entry. The refreshed entry's own window lasts until that update lands.
+      const landed = stored.stream.committed
+        .then(() => this.store.updateMeta(stored.key, meta, stored.meta.storedAt))
+        .then(
+          () => undefined,
+          (error) => this.readFailed(error),
+        );
+      this.track(landed);
+      return new FillEntry({ ...stored.stream, record: updated, meta, committed: landed });
+    }
     try {
       // Only the version this revalidation started from; a newer body stored meanwhile keeps its own headers.
       if (await this.store.updateMeta(stored.key, meta, stored.meta.storedAt)) return (await this.store.get(stored.key)) ?? undefined;
@@ -223,9 +247,11 @@ export class StoreWriter {
     endCommitWindow: () => void,
   ): Promise<void> {
     let writer: EntryWriter | undefined;
+    let storing = true;
     const stopStoring = (reason: string, error?: unknown): void => {
-      if (writer === undefined) return;
-      writer.abort();
+      if (!storing) return;
+      storing = false;
+      writer?.abort();
       writer = undefined;
       void broadcast.stopRetaining();
       endCommitWindow();

@@ -8,6 +8,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import { request } from 'undici';
+import { entryKey } from '../../storage/keys.js';
 import { cacheStatus, delay, fetchFrom, header, httpDate, send, settle, setup, type Reply } from '../helpers/harness.js';
 
 const WINDOW = 'delayed-commit';
@@ -165,11 +167,12 @@ test('§4.3.4 waiters share a revalidation whose 304 makes the response fresh', 
   const { origin, edge } = await setup(t, async (q, res) => {
     await delay(150);
     if (q.headers['if-none-match'] === '"r"') return void send(res, 304, { 'cache-control': 'max-age=60', etag: '"r"' }, '');
-    send(res, 200, { 'cache-control': 'max-age=1', etag: '"r"' }, 'r-body');
+    // Fresh on arrival despite Date's one-second resolution and the origin's delay; stale 2 s later.
+    send(res, 200, { 'cache-control': 'max-age=2', etag: '"r"' }, 'r-body');
   }, {}, WINDOW);
   await fetchFrom(edge.url, '/r');
   await settle({ commits: true });
-  await delay(1_100);
+  await delay(2_100);
   const replies = await Promise.all(Array.from({ length: 10 }, () => fetchFrom(edge.url, '/r')));
   for (const reply of replies) {
     t.is(reply.text, 'r-body');
@@ -182,11 +185,11 @@ test('§4.3.4 waiters do not share a revalidation whose 304 leaves the response 
   const { origin, edge } = await setup(t, async (q, res, _b, n) => {
     await delay(150);
     if (q.headers['if-none-match'] === '"s"') return void send(res, 304, { 'cache-control': 'no-cache', etag: '"s"' }, '');
-    send(res, 200, { 'cache-control': n === 1 ? 'max-age=1' : 'no-cache', etag: '"s"' }, 's-body');
+    send(res, 200, { 'cache-control': n === 1 ? 'max-age=2' : 'no-cache', etag: '"s"' }, 's-body');
   }, {}, WINDOW);
   await fetchFrom(edge.url, '/s');
   await settle({ commits: true });
-  await delay(1_100);
+  await delay(2_100);
   const replies = await Promise.all(Array.from({ length: 10 }, () => fetchFrom(edge.url, '/s')));
   for (const reply of replies) {
     t.is(reply.text, 's-body');
@@ -209,4 +212,150 @@ test('§4.4 an unsafe request that invalidates the URL closes the commit window:
   await settle({ commits: true });
   t.regex(cacheStatus(await fetchFrom(edge.url, '/inv')), /; hit/, 'the fill that started after the invalidation is stored');
   t.is(header(await fetchFrom(edge.url, '/inv'), 'content-length'), '3');
+});
+
+// ---- found in review: the windows around invalidation, Authorization, Vary and failures ----------
+
+test('§3.5 an authorized request forwards its own request and leaves the shared stored copy alone', async (t) => {
+  const { origin, edge } = await setup(t, (q, res) => {
+    if (q.headers['if-none-match'] === '"a"') return void send(res, 304, { 'cache-control': 'max-age=60', etag: '"a"' }, '');
+    send(res, 200, { 'cache-control': 'max-age=2', etag: '"a"' }, 'shared');
+  }, {}, WINDOW);
+  await fetchFrom(edge.url, '/auth');
+  await settle({ commits: true });
+  await delay(2_100);
+  const authorized = await fetchFrom(edge.url, '/auth', { headers: { authorization: 'Bearer x' } });
+  t.is(authorized.text, 'shared');
+  t.is(origin.requests[1]!.headers['if-none-match'], undefined, 'not conditional on the shared copy');
+  const anonymous = await fetchFrom(edge.url, '/auth');
+  t.is(anonymous.text, 'shared');
+  t.is(origin.requests[2]!.headers['if-none-match'], '"a"', 'the shared copy is still stored and revalidated');
+  t.is(origin.count('/auth'), 3);
+});
+
+for (const who of ['a leading fill', 'an authorized request']) {
+  test(`§4.4 a response fetched by ${who} while an invalidation runs is neither stored nor shared`, async (t) => {
+    let version = 1;
+    const { origin, edge } = await setup(t, async (q, res) => {
+      if (q.method === 'POST') {
+        version = 2;
+        return void send(res, 200, {}, 'posted');
+      }
+      const served = version;
+      await delay(q.headers['x-slow'] ? 300 : 0);
+      send(res, 200, { 'cache-control': 'public, max-age=60' }, `v${served}`);
+    }, {}, WINDOW);
+    const headers: Record<string, string> = { 'x-slow': '1', ...(who === 'an authorized request' ? { authorization: 'Bearer x' } : {}) };
+    const slow = fetchFrom(edge.url, '/doc', { headers });
+    await delay(100);
+    await fetchFrom(edge.url, '/doc', { method: 'POST', body: 'x' });
+    t.is((await slow).text, 'v1', 'the request gets its own response');
+    await settle({ commits: true });
+    const after = await fetchFrom(edge.url, '/doc');
+    t.is(after.text, 'v2');
+    notFromCache(t, after);
+    t.is(origin.requests.filter((r) => r.method === 'GET').length, 2);
+  });
+}
+
+test('§4.1 a variant whose fill began before the URL had a Vary record stays findable after another variant commits', async (t) => {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const { origin, edge } = await setup(t, async (q, res) => {
+    const language = String(q.headers['accept-language']);
+    res.writeHead(200, { 'cache-control': 'max-age=60', vary: 'Accept-Language', 'content-length': 5 });
+    res.write(language);
+    if (language === 'de') await released;
+    res.end('-ok');
+  }, {}, WINDOW);
+  const de = request(`${edge.url}/vk`, { headers: { 'accept-language': 'de' } });
+  const deBody = (await de).body.text();
+  t.is((await fetchFrom(edge.url, '/vk', { headers: { 'accept-language': 'fr' } })).text, 'fr-ok');
+  // fr commits and writes the URL's Vary record while de is still streaming in.
+  const primary = entryKey(`http://${new URL(edge.url).host}/vk`, '');
+  const deadline = Date.now() + 5_000;
+  while ((await edge.store.get(primary)) === undefined && Date.now() < deadline) await delay(20);
+  t.truthy(await edge.store.get(primary), 'the Vary record is stored');
+  release();
+  t.is(await deBody, 'de-ok');
+  const again = await fetchFrom(edge.url, '/vk', { headers: { 'accept-language': 'de' } });
+  t.is(again.text, 'de-ok');
+  t.is(origin.requests.filter((r) => r.headers['accept-language'] === 'de').length, 1);
+});
+
+test('§4.3.4 a 304 for a response still streaming in is answered at once, not after its body ends', async (t) => {
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const { edge } = await setup(t, async (q, res) => {
+    if (q.headers['if-none-match'] === '"t"') return void send(res, 304, { 'cache-control': 'no-cache', etag: '"t"' }, '');
+    res.writeHead(200, { 'cache-control': 'no-cache', etag: '"t"', 'content-length': 10 });
+    res.write('first');
+    await released;
+    res.end('-last');
+  }, {}, WINDOW);
+  t.teardown(() => release());
+  const first = await request(`${edge.url}/t`);
+  const firstBody = first.body.text();
+  const second = await Promise.race([request(`${edge.url}/t`), delay(3_000).then(() => undefined)]);
+  t.truthy(second, 'the revalidated response started while the first body was still arriving');
+  t.is(second?.statusCode, 200);
+  release();
+  t.is(await second!.body.text(), 'first-last');
+  t.is(await firstBody, 'first-last');
+});
+
+test('RFC 5861 §4 stale-if-error never serves a fill that stopped being stored: the error is answered', async (t) => {
+  const { edge } = await setup(t, async (_q, res, _b, n) => {
+    if (n === 1) {
+      res.writeHead(200, { 'cache-control': 'max-age=0, stale-if-error=60', etag: '"big"' });
+      res.write(Buffer.alloc(8 * 1024, 'a'));
+      await delay(300);
+      res.end(Buffer.alloc(32 * 1024, 'b'));
+      return;
+    }
+    await delay(600);
+    send(res, 503, {}, 'down');
+  }, { maxObjectSize: '16KB' }, WINDOW);
+  const first = fetchFrom(edge.url, '/sie');
+  await delay(100);
+  const second = await fetchFrom(edge.url, '/sie');
+  t.is(second.status, 503, 'answered, not reset mid-body');
+  t.is((await first).body.length, 40 * 1024);
+});
+
+test('RFC 5861 §3 a stale-while-revalidate response in its commit window is served stale and revalidated once', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res, _b, n) => send(res, 200, { 'cache-control': 'max-age=0, stale-while-revalidate=60' }, `v${n}`), {}, WINDOW);
+  await fetchFrom(edge.url, '/swr');
+  const stale = await fetchFrom(edge.url, '/swr');
+  t.is(stale.text, 'v1');
+  t.regex(cacheStatus(stale), /detail=background-revalidate/);
+  await settle();
+  t.is(origin.count('/swr'), 2, 'one background revalidation');
+});
+
+test('waiters whose clients left send nothing upstream when the shared response turns out not to be theirs', async (t) => {
+  const { handler } = slowOrigin(300, (_q, res) => send(res, 200, { 'cache-control': 'private, max-age=60' }, 'mine'));
+  const { origin, edge } = await setup(t, handler, {}, WINDOW);
+  const leader = fetchFrom(edge.url, '/gone');
+  await delay(50);
+  const controllers = Array.from({ length: 5 }, () => new AbortController());
+  const waiters = controllers.map((c) => request(`${edge.url}/gone`, { signal: c.signal }).catch(() => undefined));
+  await delay(50);
+  for (const c of controllers) c.abort();
+  await Promise.all(waiters);
+  t.is((await leader).text, 'mine');
+  await settle();
+  t.is(origin.count('/gone'), 1);
+});
+
+test('§4.3.1 waiters refused a stale-on-arrival response revalidate with its validator', async (t) => {
+  const { handler } = slowOrigin(150, (q, res) => {
+    if (q.headers['if-none-match'] === '"w"') return void send(res, 304, { 'cache-control': 'no-cache', etag: '"w"' }, '');
+    send(res, 200, { 'cache-control': 'no-cache', etag: '"w"' }, 'w-body');
+  });
+  const { origin, edge } = await setup(t, handler, {}, WINDOW);
+  const replies = await Promise.all(Array.from({ length: 10 }, () => fetchFrom(edge.url, '/w')));
+  for (const reply of replies) t.is(reply.text, 'w-body');
+  t.is(origin.count('/w'), 10);
+  t.is(origin.requests.filter((r) => r.headers['if-none-match'] === '"w"').length, 9);
 });

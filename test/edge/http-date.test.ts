@@ -51,3 +51,9 @@ for (const text of INVALID) {
     t.is(parseHttpDate(text), undefined);
   });
 }
+
+test('§5.6.7 the 50-year rule compares dates, not years: in June 2026, 06-Nov-76 is 1976', (t) => {
+  const june2026 = Date.UTC(2026, 5, 1);
+  t.is(new Date(parseHttpDate('Saturday, 06-Nov-76 00:00:00 GMT', june2026)!).getUTCFullYear(), 1976);
+  t.is(new Date(parseHttpDate('Monday, 01-Jun-76 00:00:00 GMT', june2026)!).getUTCFullYear(), 2076);
+});

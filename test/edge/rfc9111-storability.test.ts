@@ -2,7 +2,7 @@
  * RFC 9111 §3 (storing responses) against a real edge and a real origin on 127.0.0.1.
  */
 import test from 'ava';
-import { cacheStatus, fetchFrom, header, httpDate, raw, send, settle, setup } from '../helpers/harness.js';
+import { cacheStatus, fetchFrom, header, httpDate, raw, send, settle, setup, startTestEdge } from '../helpers/harness.js';
 
 
 test('§3 a cacheable 200 GET is stored (control)', async (t) => {
@@ -234,4 +234,29 @@ test('RFC 9110 §15.2 no interim response is sent to an HTTP/1.0 client', async 
   const reply = await raw(edge.url, 'GET /early10 HTTP/1.0\r\nHost: a.test\r\n\r\n');
   t.true(reply.startsWith('HTTP/1.0 200') || reply.startsWith('HTTP/1.1 200'), reply.slice(0, 100));
   t.false(reply.includes(' 103 '));
+});
+
+test('RFC 9110 §15.2 a 103 with several links, or one node:http refuses, never costs the final response', async (t) => {
+  const { createServer } = await import('node:net');
+  const links = ['</a.css>; rel=preload; as=style, </b.js>; rel=preload; as=script', '</c.css>; rel=preload; title="a, b"', '<bad link'];
+  let served = 0;
+  const origin = createServer((socket) => {
+    socket.once('data', () => {
+      const link = links[served++ % links.length]!;
+      socket.end(`HTTP/1.1 103 Early Hints\r\nLink: ${link}\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 5\r\n\r\nfinal`);
+    });
+  });
+  await new Promise<void>((resolve) => origin.listen(0, '127.0.0.1', resolve));
+  const edge = await startTestEdge(`http://127.0.0.1:${(origin.address() as import('node:net').AddressInfo).port}`);
+  t.teardown(async () => {
+    await edge.close();
+    origin.close();
+  });
+  const multi = await raw(edge.url, 'GET /m1 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n');
+  t.regex(multi, /^HTTP\/1\.1 103 Early Hints\r\nlink: <\/a\.css>; rel=preload; as=style, <\/b\.js>; rel=preload; as=script\r\n/i);
+  t.regex(multi, /HTTP\/1\.1 200 OK[\s\S]*\r\n\r\nfinal$/);
+  for (const path of ['/m2', '/m3']) {
+    const reply = await raw(edge.url, `GET ${path} HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n`);
+    t.regex(reply, /HTTP\/1\.1 200 OK[\s\S]*\r\n\r\nfinal$/, path);
+  }
 });

@@ -189,3 +189,26 @@ test('RFC 9112 §3.2.4 OPTIONS * is answered by the node itself; another method 
   t.regex(get, /^HTTP\/1\.1 400 /);
   t.is(origin.count(), 0, 'nothing reached the origin');
 });
+
+/** A real memory store that cannot open writers, as a store whose disk is gone. */
+class NoWriters extends MemoryStore {
+  override openWriter(): never {
+    throw new Error('cannot open a writer');
+  }
+}
+
+test('a store that cannot open a writer still delivers the response, counts it, and keeps serving', async (t) => {
+  const origin = await startOrigin((_req, res) => {
+    res.writeHead(200, { 'cache-control': 'max-age=60', 'content-length': 4 });
+    res.end('body');
+  });
+  const edge = await startTestEdge(origin.url, {}, new NoWriters({ maxBytes: 1 << 24 }));
+  t.teardown(async () => {
+    await edge.close();
+    await origin.close();
+  });
+  t.is((await fetchFrom(edge.url, '/w')).text, 'body');
+  t.is((await fetchFrom(edge.url, '/w')).text, 'body');
+  t.is(edge.metrics.get('not_stored_total', { reason: 'store-error' }), 2);
+  t.is(edge.pipeline.fills.inFlight, 0, 'no commit window left open');
+});
