@@ -116,9 +116,10 @@ const INVALID_ARGUMENT = '<invalid>';
  * ignored like any unknown directive.
  */
 export function parseTargetedField(field: string | string[]): Directives | undefined {
+  const text = Array.isArray(field) ? field.join(', ') : field;
   let dictionary: Dictionary;
   try {
-    dictionary = parseDictionary(Array.isArray(field) ? field.join(', ') : field);
+    dictionary = parseDictionary(text);
   } catch {
     return undefined;
   }
@@ -127,7 +128,7 @@ export function parseTargetedField(field: string | string[]): Directives | undef
   for (const [name, member] of dictionary) {
     const value = member[0];
     if (INTEGER_DIRECTIVES.has(name)) {
-      values.set(name, typeof value === 'number' && Number.isInteger(value) && value >= 0 ? String(value) : INVALID_ARGUMENT);
+      values.set(name, typeof value === 'number' && value >= 0 && !isDecimal(text, name) ? String(value) : INVALID_ARGUMENT);
     } else if (value === true) {
       values.set(name, true);
     } else if (typeof value === 'string' && LIST_DIRECTIVES.has(name)) {
@@ -138,6 +139,16 @@ export function parseTargetedField(field: string | string[]): Directives | undef
     }
   }
   return { values, conflicting: new Set() };
+}
+
+/**
+ * structured-headers hands Integers and Decimals back alike as numbers (`10.0` as 10): whether
+ * the member that won (the last of its name) was written as a Decimal is read from the field.
+ */
+function isDecimal(text: string, name: string): boolean {
+  let written: string | undefined;
+  for (const match of text.matchAll(new RegExp(`(?:^|,)[ \\t]*${name}=(-?[0-9.]+)`, 'g'))) written = match[1];
+  return written === undefined || written.includes('.');
 }
 
 /** Directives without an argument (RFC 9111 §5.2.2, RFC 8246, RFC 9213): only Boolean true turns them on. */
