@@ -240,14 +240,19 @@ export class CachePipeline {
     if (record.kind === 'response') return { entry, variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
     const key = entryKey(x.url, variant);
-    // A variant's fill is registered under the variant key, or under the URL's own key when it
-    // began before the URL had a Vary record.
-    const committing = (): FillEntry | undefined => this.fills.committing(x, key) ?? this.fills.committing(x, entryKey(x.url, ''));
     const second = this.store.get(key);
     if (second instanceof Promise) {
-      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? committing(), variant, vary: record }));
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.committingVariant(x, key), variant, vary: record }));
     }
-    return { entry: second ?? committing(), variant, vary: record };
+    return { entry: second ?? this.committingVariant(x, key), variant, vary: record };
+  }
+
+  /**
+   * A variant's fill is registered under the variant key, or under the URL's own key when it
+   * began before the URL had a Vary record.
+   */
+  private committingVariant(x: Exchange, key: string): FillEntry | undefined {
+    return this.fills.committing(x, key) ?? this.fills.committing(x, entryKey(x.url, ''));
   }
 
   private afterLookup(x: Exchange, l: Lookup): void | Promise<void> {
