@@ -108,7 +108,7 @@ export class CachePipeline {
     this.trusted = deps.settings.trustForwardedFrom.length > 0 ? buildBlockList(deps.settings.trustForwardedFrom) : undefined;
     const track = (task: Promise<unknown>): void => this.track(this.background, task);
     const writer = new StoreWriter({
-      settings: { ...deps.settings, statuses: deps.settings.storeStatuses },
+      settings: deps.settings,
       store: this.store,
       logger: this.logger,
       metrics: this.metrics,

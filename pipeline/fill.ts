@@ -271,7 +271,7 @@ export class Fills {
     // Its commit window is open to later requests, unless another fill for the key is still
     // fetching, or the URL was invalidated while it ran.
     const current = this.flights.get(key);
-    const committing = result.kind === 'response' ? undefined : inCommitWindow(result);
+    const committing = inCommitWindow(result);
     if (committing !== undefined && (current === undefined || current.result !== undefined) && !this.removals.removedSince(mark, committing.key, committing.meta.tags)) {
       this.settle(key, this.open(key, l, undefined), result);
     }
@@ -415,7 +415,7 @@ export class Fills {
  * The response a settled fill holds until the store has it, if any: a body being stored, or a
  * 304's update of a response that was itself still committing.
  */
-function inCommitWindow(result: SharedResult | undefined): StreamingResponse | undefined {
+function inCommitWindow(result: FillResult | SharedResult | undefined): StreamingResponse | undefined {
   if (result?.kind === 'stream') return result.stream;
   if (result?.kind === 'entry' && result.entry instanceof FillEntry) return result.entry.stream;
   return undefined;

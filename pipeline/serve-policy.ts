@@ -43,7 +43,9 @@ export function verdict(d: Directives, record: ResponseRecord, meta: EntryMeta, 
 /**
  * Fresh when it arrived (§4.2): false for a zero lifetime, `no-cache`, an Expires at or before
  * Date, an invalid Expires, or an Age beyond the lifetime. Such a response may be stored for
- * conditional revalidation, but never handed to a request that did not forward it.
+ * conditional revalidation (and, stored or committing, served stale where the request or
+ * stale-while-revalidate allows), but is never shared with requests waiting on its fetch, and
+ * makes its key hit-for-miss.
  */
 export function freshOnArrival(meta: EntryMeta): boolean {
   return meta.staleAt > meta.storedAt;

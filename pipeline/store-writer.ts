@@ -73,7 +73,7 @@ export interface StoreWriterSettings {
   role: 'edge' | 'shield';
   nodeName: string;
   freshness: FreshnessConfig;
-  statuses: StatusPolicy;
+  storeStatuses: StatusPolicy;
   maxVariantsPerUrl: number;
   maxObjectSize: number;
   cacheSetCookiePaths: readonly string[];
@@ -130,7 +130,7 @@ export class StoreWriter {
       status,
       responseHeaders: headers,
       allowSetCookie: this.allowsSetCookie(x),
-      statuses: this.settings.statuses,
+      statuses: this.settings.storeStatuses,
     });
     if (reason) return reason;
     const declared = Number(headerText(headers['content-length']));
@@ -179,7 +179,7 @@ export class StoreWriter {
       status: record.status,
       responseHeaders: merged,
       allowSetCookie: this.allowsSetCookie(x),
-      statuses: this.settings.statuses,
+      statuses: this.settings.storeStatuses,
     });
     if (reason === 'authorization' || reason === 'request-no-store') return undefined;
     if (reason !== undefined) {

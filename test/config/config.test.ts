@@ -37,6 +37,8 @@ test('a bad value names the field and where it came from', (t) => {
     [() => loadConfig('edge', { fileContents: { listen: 'nowhere' } }), 'listen', /host:port/],
     [() => loadConfig('edge', { fileContents: { heuristicFraction: 2 } }), 'heuristicFraction', /at most 1/],
     [() => loadConfig('edge', { fileContents: { bogus: 1 } }), 'bogus', /unknown field/],
+    [() => loadConfig('edge', { flags: { storeStatuses: ['200,2xx'] } }), 'storeStatuses', /not a final status code.*2xx/],
+    [() => loadConfig('edge', { fileContents: { storeStatuses: [200, 101] } }), 'storeStatuses', /not a final status code.*101/],
     [() => loadConfig('edge', { fileContents: { origins: ['http://x'] } }), 'origins', /not an option of the edge/],
     [() => loadConfig('shield', { fileContents: { balance: 'random' } }), 'balance', /one of/],
     [() => loadConfig('edge', { fileContents: { trustForwardedFrom: ['10.0.0.0/33'] } }), 'trustForwardedFrom', /CIDR/],
@@ -66,4 +68,10 @@ test('sizes take units', (t) => {
   t.is(parseBytes('256mb'), 256 * 1024 ** 2);
   t.is(parseBytes('1.5K'), 1536);
   t.is(parseBytes('12XB'), undefined);
+});
+
+test('storeStatuses takes a list of final statuses from any source', (t) => {
+  t.deepEqual(loadConfig('edge').storeStatuses, []);
+  t.deepEqual(loadConfig('edge', { env: { OUTPOST_STORE_STATUSES: '200, 301,404' } }).storeStatuses, [200, 301, 404]);
+  t.deepEqual(loadConfig('shield', { fileContents: { storeStatuses: [200, '410'] } }).storeStatuses, [200, 410]);
 });

@@ -254,6 +254,7 @@ for (const who of ['a leading fill', 'an authorized request']) {
     const after = await fetchFrom(edge.url, '/doc');
     t.is(after.text, 'v2');
     notFromCache(t, after);
+    t.regex(cacheStatus(after), /fwd=uri-miss/, 'an invalidation does not make the key hit-for-miss');
     t.is(origin.requests.filter((r) => r.method === 'GET').length, 2);
   });
 }
