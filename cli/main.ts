@@ -9,6 +9,11 @@ import { ConfigError, OPTIONS, envName, flagName, loadConfig, optionsFor, option
 import { startDemoOrigin, demoIndex } from '../demo-origin/demo-origin.js';
 import { startEdge } from '../edge/edge.js';
 import type { RunningNode } from '../pipeline/node-server.js';
+import cluster from 'node:cluster';
+import { Primary } from '../cluster/primary.js';
+import { startAdmin } from '../admin/admin-server.js';
+import { runWorker, type Starter } from '../cluster/worker.js';
+import { createLogger } from '../pipeline/logger.js';
 import { startShield } from '../origin-shield/shield.js';
 
 const USAGE = `outpost — a caching edge node (CDN point of presence) with an origin-shield tier
@@ -141,6 +146,28 @@ async function runStart(argv: readonly string[]): Promise<void> {
   );
 }
 
+/**
+ * An edge or a shield: a primary that supervises `workers` worker processes (cluster/), or, in a
+ * worker, that worker. Both re-read the same flags, environment and config file.
+ */
+async function runNode(config: Readonly<Config>, start: Starter, upstreams: string): Promise<void> {
+  if (cluster.isWorker) return runWorker(config, start);
+  mkdirSync(config.dataDir, { recursive: true });
+  const logger = createLogger(config.logLevel, config.nodeName, { buffered: false }).child({ primary: true });
+  const primary = new Primary({
+    config,
+    count: config.workers,
+    logger,
+    onReady: (url) =>
+      process.stderr.write(`outpost ${config.role} listening on ${url}, ${upstreams}; ${config.workers} worker${config.workers === 1 ? '' : 's'} (${config.workerScheduling})\n`),
+  });
+  primary.start();
+  if (config.adminListen !== undefined) {
+    const admin = await startAdmin(config.adminListen, primary, logger);
+    process.stderr.write(`outpost ${config.role} admin API on ${admin.url}\n`);
+  }
+}
+
 async function runOrigin(argv: readonly string[]): Promise<void> {
   let listen = '127.0.0.1:7001';
   for (let i = 0; i < argv.length; i++) {
@@ -169,21 +196,13 @@ export async function main(argv: readonly string[]): Promise<void> {
         const config = configFor('edge', rest);
         if (!config) return;
         if (config.upstreams.length === 0) throw new ConfigError('upstreams', 'flag --upstream', 'the edge needs at least one --upstream URL');
-        mkdirSync(config.dataDir, { recursive: true });
-        const node = await startEdge(config);
-        onSignals([node]);
-        process.stderr.write(`outpost edge listening on ${node.url}, upstream ${config.upstreams.join(', ')}\n`);
-        return;
+        return await runNode(config, startEdge, `upstream ${config.upstreams.join(', ')}`);
       }
       case 'shield': {
         const config = configFor('shield', rest);
         if (!config) return;
         if (config.origins.length === 0 && config.routes.length === 0) throw new ConfigError('origins', 'flag --origin', 'the shield needs at least one --origin URL');
-        mkdirSync(config.dataDir, { recursive: true });
-        const node = await startShield(config);
-        onSignals([node]);
-        process.stderr.write(`outpost shield listening on ${node.url}, origins ${config.origins.join(', ')}\n`);
-        return;
+        return await runNode(config, startShield, `origins ${config.origins.join(', ')}`);
       }
       case 'start':
         return await runStart(rest);

@@ -5,10 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
 
 export type Role = 'edge' | 'shield';
 
-type Kind = 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
+type Kind = 'workers' | 'optional-listen' | 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
 
 interface OptionSpec {
   kind: Kind;
@@ -34,7 +35,14 @@ export const OPTIONS = {
   origins: { kind: 'url-list', default: [], flag: 'origin', roles: ['shield'], help: 'origin URL; repeat for a load-balanced pool' },
   balance: { kind: 'enum', default: 'round-robin', choices: ['round-robin', 'least-request', 'consistent-hash'], roles: ['shield'], help: 'origin load-balancing algorithm' },
   routes: { kind: 'routes', default: [], roles: ['shield'], help: 'config file only: [{ "host": "a.example", "pathPrefix": "/api", "origins": ["http://…"] }] routes to other pools' },
-  dataDir: { kind: 'string', default: (r: Role) => `./data/${r}`, help: 'folder for the disk cache (LevelDB); one per process' },
+  workers: { kind: 'workers', default: 'auto', help: 'worker processes under one supervising primary; auto: one per core (os.availableParallelism)' },
+  workerScheduling: {
+    kind: 'enum',
+    default: 'round-robin',
+    choices: ['round-robin', 'kernel'],
+    help: 'how workers share new connections: the primary hands them out in turn, or every worker accepts and the kernel picks',
+  },
+  dataDir: { kind: 'string', default: (r: Role) => `./data/${r}`, help: 'folder for the disk cache (LevelDB); each worker keeps its shard in worker-K inside it' },
   memorySize: { kind: 'bytes', default: 256 * 1024 ** 2, min: 1024 * 1024, help: 'memory tier budget (e.g. 256MB)' },
   diskSize: { kind: 'bytes', default: 10 * 1024 ** 3, min: 1024 * 1024, help: 'disk tier budget (e.g. 10GB)' },
   memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
@@ -61,6 +69,12 @@ export const OPTIONS = {
   cacheSetCookiePaths: { kind: 'string-list', default: [], help: 'path prefixes whose Set-Cookie responses may be stored (the cookie is never served from cache)' },
   trustForwardedFrom: { kind: 'address-list', default: [], help: 'peer addresses/CIDRs whose X-Forwarded-* headers are trusted' },
   cacheStatusKey: { kind: 'bool', default: false, help: 'debug: add key= to Cache-Status' },
+  servedBy: { kind: 'bool', default: false, help: 'debug: add X-Served-By: <node-name>/worker-K, the worker that answered' },
+  adminListen: {
+    kind: 'optional-listen',
+    default: '',
+    help: 'address:port of the admin API (stats, metrics, purge); loopback only, as it has no authentication yet; empty: off',
+  },
   upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
   connectTimeoutMs: ms('upstream connect timeout', 5_000),
   firstByteTimeoutMs: ms('time to upstream response headers', 30_000),
@@ -95,6 +109,8 @@ export interface Config {
   origins: string[];
   balance: 'round-robin' | 'least-request' | 'consistent-hash';
   routes: Route[];
+  workers: number;
+  workerScheduling: 'round-robin' | 'kernel';
   dataDir: string;
   memorySize: number;
   diskSize: number;
@@ -118,6 +134,8 @@ export interface Config {
   cacheSetCookiePaths: string[];
   trustForwardedFrom: string[];
   cacheStatusKey: boolean;
+  servedBy: boolean;
+  adminListen: { host: string; port: number } | undefined;
   upstreamConnections: number;
   connectTimeoutMs: number;
   firstByteTimeoutMs: number;
@@ -185,6 +203,12 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
     return n;
   };
   switch (spec.kind) {
+    case 'workers': {
+      if (raw === 'auto') return availableParallelism();
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\d+$/.test(raw.trim()) ? Number(raw) : Number.NaN;
+      if (!Number.isInteger(n) || n < 1 || n > 1024) return fail(`must be auto or a whole number from 1 to 1024, got ${JSON.stringify(raw)}`);
+      return n;
+    }
     case 'string':
       if (typeof raw !== 'string') fail('must be a string');
       return raw;
@@ -208,12 +232,16 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
     case 'enum':
       if (typeof raw !== 'string' || !spec.choices!.includes(raw)) fail(`must be one of ${spec.choices!.join(', ')}, got ${JSON.stringify(raw)}`);
       return raw;
+    case 'optional-listen':
     case 'listen': {
+      if (spec.kind === 'optional-listen' && raw === '') return undefined;
       if (typeof raw !== 'string') return fail('must be host:port');
       const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]+)):(\d{1,5})$/.exec(raw) ?? /^()()(\d{1,5})$/.exec(raw);
       const port = match ? Number(match[3]) : Number.NaN;
       if (!match || port > 65535) return fail(`must be host:port (port 0-65535), got ${JSON.stringify(raw)}`);
-      return { host: match[1] || match[2] || '127.0.0.1', port };
+      const host = match[1] || match[2] || '127.0.0.1';
+      if (spec.kind === 'optional-listen' && !isLoopback(host)) return fail(`the admin API has no authentication yet, so it listens on loopback addresses only, got ${JSON.stringify(raw)}`);
+      return { host, port };
     }
     case 'string-list': {
       const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list');
@@ -248,6 +276,10 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
     case 'routes':
       return parseRoutes(raw, source);
   }
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
 function checkUrl(item: unknown, field: string, source: string): string {
@@ -298,7 +330,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   const values: Record<string, unknown> = { role };
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     values[name] = typeof spec.default === 'function' ? (spec.default as (r: Role) => unknown)(role) : spec.default;
-    if (spec.kind === 'listen') values[name] = convert(name, values[name], 'default');
+    if (spec.kind === 'listen' || spec.kind === 'optional-listen' || spec.kind === 'workers') values[name] = convert(name, values[name], 'default');
   }
   const accepts = (name: OptionName): boolean => {
     const roles = (OPTIONS[name] as OptionSpec).roles;

@@ -11,14 +11,19 @@ import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
 import type { Upstream } from '../pipeline/upstream.js';
+import type { WorkerRouting } from '../pipeline/cache-pipeline.js';
 import type { CacheStore } from '../storage/cache-store.js';
 import { openStore } from '../storage/open-store.js';
 import { ShieldRing } from '../origin-shield/shield-ring.js';
 
 export interface StartOptions {
   logger?: Logger;
-  /** A store to use instead of the configured tiered store (tests, embedding). */
+  /** A store to use instead of the configured tiered store (tests, embedding, a worker's shard). */
   store?: CacheStore;
+  /** A worker of a multi-worker node: key ownership and the hop to owners (cluster/worker.ts). */
+  routing?: WorkerRouting;
+  /** A worker's own Unix socket, for requests the other workers send it as a key's owner. */
+  internalSocket?: string;
 }
 
 export function upstreamTimeouts(config: Readonly<Config>) {
@@ -45,5 +50,5 @@ export async function startEdge(config: Readonly<Config>, options: StartOptions 
   const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
   const store = options.store ?? (await openStore(config));
   const upstream = edgeUpstream(config);
-  return startNode({ config, upstream, store, logger, filters: [healthFilter] });
+  return startNode({ config, upstream, store, logger, filters: [healthFilter], routing: options.routing, internalSocket: options.internalSocket });
 }

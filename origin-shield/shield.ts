@@ -3,7 +3,6 @@
  * (balancer, health checks, outlier ejection, retries, circuit breaking) as its upstream.
  * Routes in the config file send chosen hosts and path prefixes to pools of their own.
  */
-import type { Logger } from 'pino';
 import type { Config, Route } from '../config/config.js';
 import { upstreamTimeouts, type StartOptions } from '../edge/edge.js';
 import { healthFilter } from '../pipeline/health-filter.js';
@@ -72,8 +71,16 @@ export function shieldUpstream(config: Readonly<Config>): Upstream {
   );
 }
 
-export async function startShield(config: Readonly<Config>, options: StartOptions & { logger?: Logger } = {}): Promise<RunningNode> {
+export async function startShield(config: Readonly<Config>, options: StartOptions = {}): Promise<RunningNode> {
   const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
   const store = options.store ?? (await openStore(config));
-  return startNode({ config, upstream: shieldUpstream(config), store, logger, filters: [healthFilter] });
+  return startNode({
+    config,
+    upstream: shieldUpstream(config),
+    store,
+    logger,
+    filters: [healthFilter],
+    routing: options.routing,
+    internalSocket: options.internalSocket,
+  });
 }

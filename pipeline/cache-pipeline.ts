@@ -17,10 +17,12 @@ import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, has } from './cache-control.js';
 import { notModified, selectRange } from './conditional.js';
 import {
+  CLIENT_CONDITIONALS,
   NOTHING_FOUND,
   abortOnClientClose,
   asUpstreamError,
   discard,
+  forwardInterim,
   upstreamHeaders,
   type CacheOutcome,
   type Exchange,
@@ -30,6 +32,20 @@ import {
 import { Fills, type Forward } from './fill.js';
 import { appendVia, withoutHopByHop } from './forward-headers.js';
 import type { Metrics } from './metrics.js';
+import {
+  ENTRY_FIELD,
+  HOP_RESPONSE_FIELDS,
+  MEMBER_FIELD,
+  OUTCOME_FIELD,
+  decodeEntry,
+  decodeOutcome,
+  encodeEntry,
+  encodeOutcome,
+  ownerRequestHeaders,
+  readInternalHop,
+  type InternalHop,
+} from './owner-hop.js';
+import { purgeStore, type PurgeRequest } from './purge.js';
 import { governingRequestDirectives, headerText, type FreshnessConfig, type StatusPolicy } from './response-policy.js';
 import { staleIfErrorAllowed, verdict } from './serve-policy.js';
 import { FillEntry, StoreWriter } from './store-writer.js';
@@ -61,8 +77,22 @@ export interface PipelineSettings {
   accessLog: boolean;
 }
 
+/** Upstream response fields the edge never delivers: surrogate control, and the hop's own between workers. */
+const EDGE_DROPPED_FIELDS: ReadonlySet<string> = new Set([...SURROGATE_FIELDS, ...HOP_RESPONSE_FIELDS]);
+
 /** Fields left out of a 304 from the cache (RFC 9110 §15.4.5: representation metadata). */
 const NOT_IN_304 = new Set(['content-type', 'content-encoding', 'content-language', 'content-range', 'content-length']);
+
+/** A worker of a multi-worker node (issue 9): which keys it owns, and the hop to their owners. */
+export interface WorkerRouting {
+  ownership: { readonly self: number; ownsUrl(url: string): boolean; ownerOfUrl(url: string): number };
+  /** The hop to each worker's Unix socket, by worker index. */
+  owners: readonly Upstream[];
+  /** Larger bodies stream from the owner without a memory copy. */
+  memoryMaxEntryBytes: number;
+  /** Applies a purge on every worker of the node (memory tiers and disk shards) before resolving. */
+  purge(request: PurgeRequest): Promise<number>;
+}
 
 export interface PipelineDeps {
   settings: PipelineSettings;
@@ -72,6 +102,8 @@ export interface PipelineDeps {
   metrics: Metrics;
   filters?: RequestFilter[];
   now?: () => number;
+  /** Set in a worker of a multi-worker node; a single process owns every key. */
+  routing?: WorkerRouting;
 }
 
 export class CachePipeline {
@@ -85,6 +117,10 @@ export class CachePipeline {
   private readonly metrics: Metrics;
   private readonly filters: RequestFilter[];
   private readonly now: () => number;
+  private readonly routing: WorkerRouting | undefined;
+  private readonly writer: StoreWriter;
+  /** Keys this worker is refreshing from their owner in the background (stale-while-revalidate). */
+  private readonly ownerRefreshes = new Set<string>();
   private readonly trusted: BlockList | undefined;
   private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
@@ -105,9 +141,10 @@ export class CachePipeline {
     this.metrics = deps.metrics;
     this.filters = deps.filters ?? [];
     this.now = deps.now ?? Date.now;
+    this.routing = deps.routing;
     this.trusted = deps.settings.trustForwardedFrom.length > 0 ? buildBlockList(deps.settings.trustForwardedFrom) : undefined;
     const track = (task: Promise<unknown>): void => this.track(this.background, task);
-    const writer = new StoreWriter({
+    const writer = (this.writer = new StoreWriter({
       settings: deps.settings,
       store: this.store,
       logger: this.logger,
@@ -115,7 +152,7 @@ export class CachePipeline {
       now: this.now,
       track: (task) => this.track(this.commits, task),
       readFailed: (error) => this.storeReadFailed(error),
-    });
+    }));
     this.fills = new Fills({ settings: deps.settings, upstream: this.upstream, writer, logger: this.logger, now: this.now, track });
     const outcomes: CacheOutcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
     this.requestCounters = Object.fromEntries(
@@ -125,7 +162,16 @@ export class CachePipeline {
 
   /** node:http request handler. */
   readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
-    const x = this.identify(req, res);
+    this.run(this.identify(req, res, undefined));
+  };
+
+  /** Handler for the worker's own Unix socket: requests another worker sent to this one, the key's owner. */
+  readonly handleInternal = (req: IncomingMessage, res: ServerResponse): void => {
+    this.run(this.identify(req, res, readInternalHop(req)));
+  };
+
+  private run(x: Exchange): void {
+    const { res } = x;
     let pending: void | Promise<void> = undefined;
     try {
       pending = this.process(x);
@@ -136,7 +182,7 @@ export class CachePipeline {
     // A memory hit has ended its response by now: log it at once, with no listener per request.
     if (!pending && res.writableEnded) this.log(x, true);
     else res.once('close', () => this.log(x, res.writableFinished));
-  };
+  }
 
   /**
    * Waits for fills, revalidations and store commits (graceful shutdown). With `commits: false`
@@ -150,19 +196,28 @@ export class CachePipeline {
 
   // ---- identify -------------------------------------------------------------------------
 
-  private identify(req: IncomingMessage, res: ServerResponse): Exchange {
-    const peer = req.socket.remoteAddress ?? '';
-    const peerTrusted = this.trusted !== undefined && this.trusted.check(peer, isIPv6(peer) ? 'ipv6' : 'ipv4');
-    const forwardedProto = peerTrusted ? headerText(req.headers['x-forwarded-proto']) : undefined;
-    const proto = forwardedProto === 'https' || forwardedProto === 'http' ? forwardedProto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+  private identify(req: IncomingMessage, res: ServerResponse, internal: InternalHop | undefined): Exchange {
+    let clientAddress: string;
+    let peerTrusted: boolean;
+    let proto: 'http' | 'https';
+    if (internal !== undefined) {
+      // The worker that received it from the client has identified the client already.
+      ({ clientAddress, peerTrusted, proto } = internal);
+    } else {
+      clientAddress = req.socket.remoteAddress ?? '';
+      peerTrusted = this.trusted !== undefined && this.trusted.check(clientAddress, isIPv6(clientAddress) ? 'ipv6' : 'ipv4');
+      const forwardedProto = peerTrusted ? headerText(req.headers['x-forwarded-proto']) : undefined;
+      proto = forwardedProto === 'https' || forwardedProto === 'http' ? forwardedProto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
+    }
     const target = requestTarget(req);
     return {
       req,
       res,
-      id: this.idPrefix + (++this.sequence).toString(36),
+      id: internal?.id ?? this.idPrefix + (++this.sequence).toString(36),
       startedAt: performance.now(),
       method: req.method ?? 'GET',
-      clientAddress: peer,
+      httpVersion: internal?.httpVersion ?? req.httpVersion,
+      clientAddress,
       peerTrusted,
       proto,
       host: target.host,
@@ -172,12 +227,13 @@ export class CachePipeline {
       outcome: 'miss',
       detail: undefined,
       bytes: 0,
+      internal,
     };
   }
 
   private process(x: Exchange): void | Promise<void> {
     // RFC 9112 §3.2: more than one Host field line (or none, for HTTP/1.1) is a 400, never a cache-key guess.
-    if ((x.host === '' && x.req.httpVersion !== '1.0') || hostLines(x.req.rawHeaders) > 1) {
+    if ((x.host === '' && x.httpVersion !== '1.0') || hostLines(x.req.rawHeaders) > 1) {
       x.outcome = 'synthetic';
       x.detail = 'bad-host';
       return this.deliverError(x, 400, 'exactly one valid Host header is required', 'detail=bad-request');
@@ -190,8 +246,8 @@ export class CachePipeline {
       x.res.end();
       return;
     }
-    // requestFilter
-    for (const filter of this.filters) if (filter(x)) return;
+    // requestFilter: the worker that received the request from the client has run them already.
+    if (x.internal === undefined) for (const filter of this.filters) if (filter(x)) return;
     // cacheKey
     x.url = cacheKey(x.proto, x.host, x.path, this.settings.key);
     if (x.method !== 'GET' && x.method !== 'HEAD') return this.pass(x);
@@ -271,7 +327,8 @@ export class CachePipeline {
         case 'stale-while-revalidate':
           x.outcome = 'stale';
           x.detail = 'background-revalidate';
-          this.fills.revalidateInBackground(x, l);
+          if (this.ownsKey(x)) this.fills.revalidateInBackground(x, l);
+          else this.refreshFromOwner(x);
           return this.deliverEntry(x, entry, 'fwd=stale; detail=background-revalidate');
         case 'request':
           // A fresh response the request's own directives refuse (RFC 9211 §2.2).
@@ -281,7 +338,7 @@ export class CachePipeline {
           break;
       }
     }
-    if (has(x.directives, 'only-if-cached')) {
+    if (has(x.directives, 'only-if-cached') && this.ownsKey(x)) {
       // §5.2.1.7: nothing stored fits and the client forbids forwarding.
       x.outcome = 'synthetic';
       return this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
@@ -293,6 +350,7 @@ export class CachePipeline {
 
   /** A miss, or a stored response that needs validation: the fill module decides who fetches and who shares. */
   private async fetch(x: Exchange, l: Lookup, fwd: Forward): Promise<void> {
+    if (!this.ownsKey(x) && (await this.viaOwner(x, l))) return;
     const obtained = await this.fills.obtain(x, l, fwd);
     switch (obtained.kind) {
       case 'stream': {
@@ -301,13 +359,13 @@ export class CachePipeline {
         if (source === 'late') {
           // It arrived while the response was committing: a hit in all but name.
           x.outcome = 'hit';
-          return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, `hit; ttl=${ttl(stream.meta, now)}`);
+          return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, `hit; ttl=${ttl(stream.meta, now)}`);
         }
         x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
         const detail = source === 'waited' ? '; detail=collapsed' : '';
         const member = `fwd=${obtained.fwd}; fwd-status=${stream.record.status}; stored; ttl=${ttl(stream.meta, now)}${detail}`;
         // The upstream's Set-Cookie goes to the request that caused the fetch, never to one that joined it.
-        return this.respond(x, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
+        return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
       }
       case 'entry': {
         if (obtained.source === 'late') {
@@ -329,6 +387,111 @@ export class CachePipeline {
         return this.deliverUpstream(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}; detail=${obtained.reason}`);
       }
     }
+  }
+
+  // ---- the hop to the key's owner worker (issue 9) ---------------------------------------
+
+  /** True in a single process, and in the worker that owns the request's key. */
+  private ownsKey(x: Exchange): boolean {
+    // A request sent here over the hop is this worker's by definition: it never travels on.
+    return this.routing === undefined || x.internal !== undefined || this.routing.ownership.ownsUrl(x.url);
+  }
+
+  /**
+   * A key another worker owns, not answered from this worker's memory: the owner answers it
+   * (disk, its fill, upstream) and this worker keeps a memory copy of what the owner stores.
+   * False when the owner cannot be reached (it is restarting): the request is then fetched here,
+   * as a single process would, and kept in memory only.
+   */
+  private async viaOwner(x: Exchange, l: Lookup): Promise<boolean> {
+    const routing = this.routing!;
+    const owner = routing.ownership.ownerOfUrl(x.url);
+    // A purge that lands while the owner answers keeps its answer out of this worker's memory.
+    const mark = this.fills.mark();
+    let response: UpstreamResponse;
+    try {
+      response = await routing.owners[owner]!.request({
+        method: x.method,
+        path: x.path,
+        headers: ownerRequestHeaders(x, undefined),
+        body: null,
+        cacheKey: x.url,
+        idempotent: true,
+        signal: abortOnClientClose(x),
+        onInterim: (status, headers) => forwardInterim(x, status, headers),
+      });
+    } catch (error) {
+      const failure = asUpstreamError(error);
+      if (x.res.destroyed) return true;
+      if (failure.code !== 'UPSTREAM_CONNECT') {
+        this.upstreamFailed(x, l, failure, undefined);
+        return true;
+      }
+      this.metrics.inc('owner_unreachable_total', 'requests whose owner worker could not be reached, fetched by the receiving worker');
+      this.logger.warn({ id: x.id, owner, err: failure.message }, 'owner worker unreachable; fetching in this worker');
+      return false;
+    }
+    const owned = decodeOutcome(response.headers[OUTCOME_FIELD]);
+    x.outcome = owned?.outcome ?? 'miss';
+    x.detail = owned?.detail === undefined ? `owner-${owner}` : `owner-${owner},${owned.detail}`;
+    const entry = x.method === 'GET' ? decodeEntry(response.headers[ENTRY_FIELD], x.url) : undefined;
+    const member = headerText(response.headers[MEMBER_FIELD]);
+    if (entry === undefined || member === undefined) {
+      this.deliverVerbatim(x, response);
+      return true;
+    }
+    const keep = entry.meta.size <= routing.memoryMaxEntryBytes && !this.fills.purgedSince(mark, entry.key, entry.meta.tags);
+    const cookies = response.headers['set-cookie'];
+    const stream = this.writer.copy(x, entry.key, entry.meta, response.body, keep, cookies === undefined ? undefined : ([] as string[]).concat(cookies));
+    this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, setCookieHeaders(stream.setCookie));
+    return true;
+  }
+
+  /** stale-while-revalidate on a key owned elsewhere: one background request to the owner refreshes the memory copy. */
+  private refreshFromOwner(x: Exchange): void {
+    const routing = this.routing!;
+    if (this.ownerRefreshes.has(x.url)) return;
+    this.ownerRefreshes.add(x.url);
+    const mark = this.fills.mark();
+    const task = routing.owners[routing.ownership.ownerOfUrl(x.url)]!.request({
+      method: 'GET',
+      path: x.path,
+      headers: ownerRequestHeaders(x, CLIENT_CONDITIONALS),
+      body: null,
+      cacheKey: x.url,
+      idempotent: true,
+    }).then((response) => {
+      const entry = decodeEntry(response.headers[ENTRY_FIELD], x.url);
+      if (entry === undefined || entry.meta.size > routing.memoryMaxEntryBytes || this.fills.purgedSince(mark, entry.key, entry.meta.tags)) {
+        discard(response.body);
+        return undefined;
+      }
+      return this.writer.copy(x, entry.key, entry.meta, response.body, true, undefined).committed;
+    });
+    const done = task.finally(() => this.ownerRefreshes.delete(x.url));
+    this.track(this.background, done);
+  }
+
+  /** The owner's answer when it did not come from its cache (a pass, an error): already complete for the client. */
+  private deliverVerbatim(x: Exchange, response: UpstreamResponse): void {
+    x.res.writeHead(response.statusCode, withoutHopByHop(response.headers, HOP_RESPONSE_FIELDS));
+    if (x.method === 'HEAD' || response.statusCode === 204 || response.statusCode === 304) {
+      discard(response.body);
+      x.res.end();
+      return;
+    }
+    this.pipeBody(x, response.body);
+  }
+
+  /**
+   * Applies a purge to this process: its fills, its memory tier and its disk (shard). A node of
+   * several workers runs it on every worker (`WorkerRouting.purge`). Returns the entries affected.
+   */
+  async purgeHere(p: PurgeRequest): Promise<number> {
+    if (p.url !== undefined) this.fills.forget({ url: p.url });
+    else if (p.tags !== undefined) for (const tag of p.tags) this.fills.forget({ tag });
+    else if (p.prefix !== undefined || p.all === true) this.fills.forget({ prefix: p.prefix ?? '' });
+    return purgeStore(this.store, p);
   }
 
   // ---- pass (unsafe and other methods) ----------------------------------------------------
@@ -373,9 +536,9 @@ export class CachePipeline {
       urls.push(cacheKey(x.proto, x.host, target.pathname + target.search, this.settings.key));
     }
     for (const url of urls) {
-      this.fills.forget(url);
       try {
-        await this.store.purgeUrl(url);
+        // Every worker of the node forgets the URL before the response goes out.
+        await (this.routing ? this.routing.purge({ url }) : this.purgeHere({ url }));
       } catch (error) {
         this.logger.warn({ key: url, err: (error as Error).message }, 'invalidation failed');
       }
@@ -386,7 +549,7 @@ export class CachePipeline {
 
   private deliverEntry(x: Exchange, entry: CachedEntry, member: string): void {
     const record = entry.meta.http as unknown as ResponseRecord;
-    this.respond(x, record, entry.meta, entry.meta.size, entry, member);
+    this.respond(x, entry.key, record, entry.meta, entry.meta.size, entry, member);
   }
 
   /**
@@ -395,6 +558,7 @@ export class CachePipeline {
    */
   private respond(
     x: Exchange,
+    key: string,
     record: ResponseRecord,
     meta: EntryMeta,
     size: number,
@@ -409,8 +573,13 @@ export class CachePipeline {
     if (extraHeaders) headers.push(...extraHeaders);
     headers.push('age', String(Math.floor(record.initialAgeSec + Math.max(0, now - meta.storedAt) / 1000)));
     headers.push('cache-status', this.cacheStatus(x, record.upstreamCacheStatus, member));
-    const ifNoneMatch = req.headers['if-none-match'];
-    const ifModifiedSince = req.headers['if-modified-since'];
+    // Over the hop, the asking worker gets the whole stored response and its meta (owner-hop.ts):
+    // it keeps a copy, and answers its client's conditionals and ranges itself.
+    const wholeEntry = x.internal?.wantEntry === true && x.method === 'GET';
+    if (x.internal !== undefined) headers.push(OUTCOME_FIELD, encodeOutcome(x));
+    if (wholeEntry) headers.push(ENTRY_FIELD, encodeEntry(key, meta), MEMBER_FIELD, member);
+    const ifNoneMatch = wholeEntry ? undefined : req.headers['if-none-match'];
+    const ifModifiedSince = wholeEntry ? undefined : req.headers['if-modified-since'];
     if ((ifNoneMatch !== undefined || ifModifiedSince !== undefined) && record.status === 200 && notModified(ifNoneMatch, ifModifiedSince, record.etag, lastModifiedOf(record, meta))) {
       res.writeHead(304, headers.filter((_, i, all) => !NOT_IN_304.has(all[i - (i % 2)]!)));
       res.end();
@@ -418,7 +587,7 @@ export class CachePipeline {
     }
     let status = record.status;
     let range: { start: number; end: number } | undefined;
-    if (req.headers.range !== undefined && status === 200 && size !== UNKNOWN_SIZE) {
+    if (req.headers.range !== undefined && !wholeEntry && status === 200 && size !== UNKNOWN_SIZE) {
       const selected = selectRange(headerText(req.headers.range), headerText(req.headers['if-range']), size, record.etag, record.lastModified);
       if (selected.kind === 'unsatisfiable') {
         res.writeHead(416, ['content-range', `bytes */${size}`, 'content-length', '0', 'cache-status', headers[headers.length - 1]!]);
@@ -456,9 +625,10 @@ export class CachePipeline {
   /** Sends an upstream response that is not (or not yet) stored. */
   private deliverUpstream(x: Exchange, response: UpstreamResponse, member: string): void {
     const { res } = x;
-    const headers = withoutHopByHop(response.headers, this.settings.role === 'edge' ? SURROGATE_FIELDS : undefined);
+    const headers = withoutHopByHop(response.headers, this.settings.role === 'edge' ? EDGE_DROPPED_FIELDS : HOP_RESPONSE_FIELDS);
     headers['via'] = appendVia(headers['via'], '1.1', this.settings.nodeName);
     headers['cache-status'] = this.cacheStatus(x, headerText(response.headers['cache-status']), member);
+    if (x.internal !== undefined) headers[OUTCOME_FIELD] = encodeOutcome(x);
     res.writeHead(response.statusCode, headers);
     if (x.method === 'HEAD' || response.statusCode === 204 || response.statusCode === 304) {
       // A HEAD client may have been answered from a GET: drop its body rather than download it.
@@ -523,6 +693,7 @@ export class CachePipeline {
       'cache-control': 'no-store',
       'x-request-id': x.id,
       'cache-status': this.cacheStatus(x, undefined, member ?? (x.outcome === 'synthetic' ? 'fwd=miss; detail=only-if-cached' : `fwd=miss; detail=${x.detail ?? 'error'}`)),
+      ...(x.internal !== undefined ? { [OUTCOME_FIELD]: encodeOutcome(x) } : {}),
     });
     x.bytes = Buffer.byteLength(body);
     res.end(x.method === 'HEAD' ? undefined : body);
@@ -552,6 +723,11 @@ export class CachePipeline {
   // ---- log ------------------------------------------------------------------------------
 
   private log(x: Exchange, complete: boolean): void {
+    if (x.internal !== undefined) {
+      // The worker that received the request from the client counts and logs it, with this outcome.
+      this.metrics.inc('owner_requests_total', 'requests answered for another worker of the node, as the key\'s owner', { outcome: x.outcome });
+      return;
+    }
     this.requestCounters[x.outcome].inc();
     if (!this.accessLog.enabled || !this.settings.accessLog) return;
     this.accessLog.write({

@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type { CachedEntry } from '../storage/cache-store.js';
 import type { Directives } from './cache-control.js';
 import { appendVia, setForwarded, withoutHopByHop } from './forward-headers.js';
+import type { InternalHop } from './owner-hop.js';
 import type { VaryRecord } from './stored-response.js';
 import { UpstreamError, type HeaderMap } from './upstream.js';
 
@@ -20,6 +21,8 @@ export interface Exchange {
   readonly id: string;
   readonly startedAt: number;
   readonly method: string;
+  /** The client's HTTP version (Via, interim responses, Host rules). */
+  readonly httpVersion: string;
   readonly clientAddress: string;
   readonly peerTrusted: boolean;
   readonly proto: 'http' | 'https';
@@ -31,6 +34,8 @@ export interface Exchange {
   outcome: CacheOutcome;
   detail: string | undefined;
   bytes: number;
+  /** Set when another worker of this node sent the request to this one, the key's owner (issue 9). */
+  readonly internal?: InternalHop;
 }
 
 /**
@@ -63,7 +68,7 @@ export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet
   const headers = withoutHopByHop(x.req.headers, drop);
   delete headers['expect'];
   if (x.host !== '') headers['host'] = x.host;
-  headers['via'] = appendVia(headers['via'], x.req.httpVersion, nodeName);
+  headers['via'] = appendVia(headers['via'], x.httpVersion, nodeName);
   setForwarded(headers, { clientAddress: x.clientAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
   return headers;
 }
@@ -89,7 +94,7 @@ export function abortOnClientClose(x: Exchange): AbortSignal {
  */
 export function forwardInterim(x: Exchange, status: number, headers: HeaderMap): void {
   const { res } = x;
-  if (res.headersSent || res.destroyed || x.req.httpVersion === '1.0') return;
+  if (res.headersSent || res.destroyed || x.httpVersion === '1.0') return;
   try {
     if (status === 103) {
       const hints = withoutHopByHop(headers);

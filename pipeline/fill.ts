@@ -22,7 +22,7 @@
  */
 import type { Logger } from 'pino';
 import type { CachedEntry, EntryMeta } from '../storage/cache-store.js';
-import { entryKey, urlKeyPrefix } from '../storage/keys.js';
+import { entryKey, primaryKeyPrefix, urlKeyPrefix } from '../storage/keys.js';
 import { RemovalLog } from '../storage/removal-log.js';
 import { has } from './cache-control.js';
 import { weakTag } from './conditional.js';
@@ -80,6 +80,9 @@ interface Flight {
   /** Started because nothing was stored for the URL: requests for it may skip their store lookup. */
   missFill: boolean;
 }
+
+/** What a purge covers: one URL (every variant), a URL prefix, or a surrogate key. */
+export type Purge = { url: string; prefix?: undefined; tag?: undefined } | { prefix: string; url?: undefined; tag?: undefined } | { tag: string; url?: undefined; prefix?: undefined };
 
 /** Statuses that count as an upstream error for stale-if-error (RFC 5861 §4). */
 const ERROR_STATUSES = new Set([500, 502, 503, 504]);
@@ -153,15 +156,36 @@ export class Fills {
   }
 
   /**
-   * A purge or an invalidation of `url` (§4.4): its fills are no longer joined or found by
-   * lookups, and a fetch for it that began before now neither stores nor shares its response
-   * (a store commit already under way is refused by the store). Requests already waiting on a
-   * fill still get its result: they arrived before the invalidation.
+   * A purge or an invalidation (§4.4): the fills it covers are no longer joined or found by
+   * lookups, and a fetch that began before now neither stores nor shares its response (a store
+   * commit already under way is refused by the store). Requests already waiting on a fill still
+   * get its result: they arrived before the purge. A tag purge drops every fill still fetching,
+   * since their tags are not known yet.
    */
-  forget(url: string): void {
-    this.removals.purgedUrl(url);
-    const prefix = urlKeyPrefix(url);
-    for (const key of this.flights.keys()) if (key.startsWith(prefix)) this.flights.delete(key);
+  forget(purge: Purge): void {
+    if (purge.url !== undefined) {
+      this.removals.purgedUrl(purge.url);
+      this.dropFlights((key) => key.startsWith(urlKeyPrefix(purge.url!)));
+    } else if (purge.prefix !== undefined) {
+      this.removals.purgedPrefix(purge.prefix);
+      this.dropFlights((key) => key.startsWith(primaryKeyPrefix(purge.prefix!)));
+    } else if (purge.tag !== undefined) {
+      this.removals.purgedTag(purge.tag);
+      this.dropFlights((_key, flight) => flight.result === undefined || (inCommitWindow(flight.result)?.meta.tags.includes(purge.tag!) ?? false));
+    }
+  }
+
+  /** A position in the purge log: `purgedSince` tells whether a purge covering an entry ran after it. */
+  mark(): number {
+    return this.removals.mark();
+  }
+
+  purgedSince(mark: number, key: string, tags: readonly string[]): boolean {
+    return this.removals.removedSince(mark, key, tags);
+  }
+
+  private dropFlights(matches: (key: string, flight: Flight) => boolean): void {
+    for (const [key, flight] of this.flights) if (matches(key, flight)) this.flights.delete(key);
   }
 
   /** The fetch phase for a request the store could not satisfy: lead, join or fetch alone. */

@@ -17,6 +17,10 @@ export interface HttpUpstreamOptions {
   /** Longest pause between body bytes. */
   bodyTimeoutMs?: number;
   keepAliveTimeoutMs?: number;
+  /** Connect to this Unix socket instead of the URL's host and port (the hop between workers). */
+  socketPath?: string;
+  /** Largest response header section accepted (bytes). */
+  maxHeaderSize?: number;
 }
 
 export const HTTP_UPSTREAM_DEFAULTS = {
@@ -25,9 +29,11 @@ export const HTTP_UPSTREAM_DEFAULTS = {
   headersTimeoutMs: 30_000,
   bodyTimeoutMs: 30_000,
   keepAliveTimeoutMs: 4_000,
+  maxHeaderSize: 16 * 1024,
 } as const;
 
-const CONNECT_FAILURES = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
+// ENOENT: a worker's Unix socket is gone while it restarts.
+const CONNECT_FAILURES = new Set(['ENOENT', 'ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EADDRNOTAVAIL']);
 const RESETS = new Set(['ECONNRESET', 'EPIPE', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED']);
 const TIMEOUTS = new Set(['UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'ETIMEDOUT']);
 
@@ -58,7 +64,7 @@ export function toUpstreamError(error: unknown, member: string, idempotent: bool
 export class HttpUpstream implements Upstream {
   readonly url: string;
   private readonly pool: Pool;
-  private readonly options: Required<Omit<HttpUpstreamOptions, 'url'>>;
+  private readonly options: Required<Omit<HttpUpstreamOptions, 'url' | 'socketPath'>>;
 
   constructor(options: HttpUpstreamOptions) {
     const parsed = new URL(options.url);
@@ -71,6 +77,8 @@ export class HttpUpstream implements Upstream {
       headersTimeout: this.options.headersTimeoutMs,
       bodyTimeout: this.options.bodyTimeoutMs,
       keepAliveTimeout: this.options.keepAliveTimeoutMs,
+      maxHeaderSize: this.options.maxHeaderSize,
+      ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
     });
   }
 

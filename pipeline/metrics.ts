@@ -3,6 +3,8 @@
  * small enums that appear in Cache-Status and logs.
  */
 
+export type MetricsSnapshot = Record<string, { help: string; values: Record<string, number> }>;
+
 export class Metrics {
   private readonly counters = new Map<string, { help: string; values: Map<string, number> }>();
 
@@ -28,6 +30,22 @@ export class Metrics {
 
   get(name: string, labels: Record<string, string> = {}): number {
     return this.counters.get(name)?.values.get(labelText(labels)) ?? 0;
+  }
+
+  /** Every counter's values, for summing over workers (plain data: it crosses IPC). */
+  snapshot(): MetricsSnapshot {
+    const out: MetricsSnapshot = {};
+    for (const [name, counter] of this.counters) out[name] = { help: counter.help, values: Object.fromEntries(counter.values) };
+    return out;
+  }
+
+  /** Adds a snapshot's values to this set (the primary sums its workers' counters). */
+  absorb(snapshot: MetricsSnapshot): void {
+    for (const [name, { help, values }] of Object.entries(snapshot)) {
+      let counter = this.counters.get(name);
+      if (!counter) this.counters.set(name, (counter = { help, values: new Map() }));
+      for (const [labels, value] of Object.entries(values)) counter.values.set(labels, (counter.values.get(labels) ?? 0) + value);
+    }
   }
 
   /** Prometheus exposition text; `gauges` adds point-in-time values (store size, in-flight fetches). */

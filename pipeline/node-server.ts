@@ -8,7 +8,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CacheStore } from '../storage/cache-store.js';
-import { CachePipeline, type PipelineSettings, type RequestFilter } from './cache-pipeline.js';
+import { rmSync } from 'node:fs';
+import { CachePipeline, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
 import { Metrics } from './metrics.js';
 import type { Upstream } from './upstream.js';
 
@@ -29,6 +30,10 @@ export interface NodeOptions {
   store: CacheStore;
   logger: Logger;
   filters?: RequestFilter[];
+  /** A worker of a multi-worker node: key ownership and the hop to owners (issue 9). */
+  routing?: WorkerRouting;
+  /** A worker's Unix socket, where the other workers send requests for keys it owns. */
+  internalSocket?: string;
 }
 
 export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
@@ -59,10 +64,19 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { config, upstream, store, logger } = options;
   const metrics = new Metrics();
-  const pipeline = new CachePipeline({ settings: pipelineSettings(config), store, upstream, logger, metrics, filters: options.filters ?? [] });
+  const pipeline = new CachePipeline({
+    settings: pipelineSettings(config),
+    store,
+    upstream,
+    logger,
+    metrics,
+    filters: options.filters ?? [],
+    ...(options.routing ? { routing: options.routing } : {}),
+  });
   // Open connections (tracked per connection, not per request), so shutdown can reach the
   // response each one is writing and mark it Connection: close.
   const connections = new Set<Socket>();
+  const servedBy = config.servedBy ? (options.routing === undefined ? config.nodeName : `${config.nodeName}/worker-${options.routing.ownership.self}`) : undefined;
   let shuttingDown = false;
   const server = createServer(
     {
@@ -73,6 +87,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     },
     (req, res) => {
       if (shuttingDown) res.shouldKeepAlive = false;
+      if (servedBy !== undefined) res.setHeader('x-served-by', servedBy);
       pipeline.handle(req, res);
     },
   );
@@ -98,6 +113,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       resolve();
     });
   });
+  const internal = options.internalSocket === undefined ? undefined : await listenInternal(options.internalSocket, pipeline);
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   let closing: Promise<void> | undefined;
@@ -117,16 +133,37 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         }
         // Connections whose response already went out close as soon as they turn idle.
         server.keepAliveTimeout = 1;
+        if (internal) internal.keepAliveTimeout = 1;
       }
-      return (closing ??= shutdown(server, pipeline, upstream, store, config.shutdownTimeoutMs));
+      return (closing ??= shutdown(server, internal, pipeline, upstream, store, config.shutdownTimeoutMs));
     },
   };
 }
 
-async function shutdown(server: Server, pipeline: CachePipeline, upstream: Upstream, store: CacheStore, timeoutMs: number): Promise<void> {
-  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  server.closeIdleConnections();
-  const timer = setTimeout(() => server.closeAllConnections(), timeoutMs);
+/**
+ * The worker's own Unix socket: requests the other workers send for keys this one owns. A
+ * socket file left by a worker that died before it is replaced.
+ */
+async function listenInternal(path: string, pipeline: CachePipeline): Promise<Server> {
+  rmSync(path, { force: true });
+  const server = createServer({ keepAliveTimeout: 60_000, headersTimeout: 20_000, requestTimeout: 0, maxHeaderSize: 64 * 1024 }, pipeline.handleInternal);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+async function shutdown(server: Server, internal: Server | undefined, pipeline: CachePipeline, upstream: Upstream, store: CacheStore, timeoutMs: number): Promise<void> {
+  const servers = internal ? [server, internal] : [server];
+  const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  for (const s of servers) s.closeIdleConnections();
+  const timer = setTimeout(() => {
+    for (const s of servers) s.closeAllConnections();
+  }, timeoutMs);
   timer.unref();
   await closed;
   clearTimeout(timer);

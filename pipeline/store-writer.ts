@@ -157,12 +157,29 @@ export class StoreWriter {
     };
     const key = entryKey(x.url, variant);
     if (invalidated(key, meta.tags)) return 'purged';
+    const setCookie = headers['set-cookie'];
+    return this.stream(x, key, meta, response.body, varyRecord, true, setCookie === undefined ? undefined : ([] as string[]).concat(setCookie));
+  }
+
+  /**
+   * Keeps a copy of the owner worker's entry (issue 9): the same meta, streamed into this
+   * worker's store (its memory tier, for a key it does not own) as the body arrives. `keep`
+   * false streams without storing (a body too large for memory).
+   */
+  copy(x: Exchange, key: string, meta: EntryMeta, body: Readable, keep: boolean, setCookie: string[] | undefined): StreamingResponse {
+    const record = meta.http as unknown as ResponseRecord;
+    const variant = key.slice(key.indexOf('\u0000') + 1);
+    const vary: VaryRecord | undefined = record.vary.length > 0 ? { kind: 'vary', fields: record.vary, variants: [variant] } : undefined;
+    return this.stream(x, key, meta, body, vary, keep, setCookie);
+  }
+
+  private stream(x: Exchange, key: string, meta: EntryMeta, body: Readable, vary: VaryRecord | undefined, keep: boolean, setCookie: string[] | undefined): StreamingResponse {
+    const record = meta.http as unknown as ResponseRecord;
     const broadcast = new BodyBroadcast();
     let endCommitWindow!: () => void;
     const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
-    this.track(this.pump(key, meta, response.body, broadcast, varyRecord, x.url, endCommitWindow));
-    const setCookie = headers['set-cookie'];
-    return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie: setCookie === undefined ? undefined : ([] as string[]).concat(setCookie) };
+    this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow));
+    return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie };
   }
 
   /**
@@ -244,6 +261,7 @@ export class StoreWriter {
     broadcast: BodyBroadcast,
     vary: VaryRecord | undefined,
     url: string,
+    keep: boolean,
     endCommitWindow: () => void,
   ): Promise<void> {
     let writer: EntryWriter | undefined;
@@ -258,10 +276,13 @@ export class StoreWriter {
       this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
       if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
     };
-    try {
-      writer = this.store.openWriter(key, meta);
-    } catch (error) {
-      stopStoring('store-error', error);
+    if (!keep) stopStoring('too-large-for-memory');
+    else {
+      try {
+        writer = this.store.openWriter(key, meta);
+      } catch (error) {
+        stopStoring('store-error', error);
+      }
     }
     let received = 0;
     try {

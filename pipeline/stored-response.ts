@@ -5,6 +5,7 @@
 import type { Freshness } from './response-policy.js';
 import { headerText } from './response-policy.js';
 import { withoutHopByHop } from './forward-headers.js';
+import { HOP_RESPONSE_FIELDS } from './owner-hop.js';
 import type { HeaderMap } from './upstream.js';
 
 export interface ResponseRecord {
@@ -35,8 +36,8 @@ export interface VaryRecord {
 
 export type HttpRecord = ResponseRecord | VaryRecord;
 
-/** Fields never stored: per-hop, per-delivery, or per-client. */
-const NOT_STORED = new Set(['content-length', 'age', 'cache-status', 'set-cookie', 'date-received']);
+/** Fields never stored: per-hop, per-delivery, per-client, or this node's own between workers. */
+const NOT_STORED = new Set(['content-length', 'age', 'cache-status', 'set-cookie', 'date-received', ...HOP_RESPONSE_FIELDS]);
 /** Fields for this cache only, removed before delivery at the edge. */
 export const SURROGATE_FIELDS = new Set(['surrogate-control', 'surrogate-key']);
 

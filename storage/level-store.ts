@@ -710,7 +710,15 @@ export class LevelStore implements CacheStore {
     }
   }
 
-  private purgeRange(prefix: Buffer, options?: PurgeOptions): Promise<number> {
+  /**
+   * Removes every entry whose key `keep` rejects (a worker's disk shard after the worker count
+   * changed drops the keys another worker now owns). Returns the number removed.
+   */
+  retain(keep: (key: string) => boolean): Promise<number> {
+    return this.purgeRange(META, undefined, (rec) => !keep(rec.key));
+  }
+
+  private purgeRange(prefix: Buffer, options?: PurgeOptions, matches?: (rec: MetaRecord) => boolean): Promise<number> {
     return this.mutate('purge', async () => {
       let count = 0;
       let after: Buffer | undefined;
@@ -722,8 +730,8 @@ export class LevelStore implements CacheStore {
         for (const [key, value] of rows) {
           const k = key.subarray(META.length);
           const rec = decodeRecord(value, k);
-          if (rec) hits.push([k, rec]);
-          else await this.dropCorruptNow(k, value);
+          if (!rec) await this.dropCorruptNow(k, value);
+          else if (matches === undefined || matches(rec)) hits.push([k, rec]);
         }
         count += await this.purgeRecords(hits, options);
       }

@@ -1,0 +1,42 @@
+/**
+ * What the primary and its workers say to each other over the node:cluster IPC channel. Every
+ * question carries an id; its answer carries the same id.
+ */
+import type { MetricsSnapshot } from '../pipeline/metrics.js';
+import type { PurgeRequest } from '../pipeline/purge.js';
+import type { StoreStats } from '../storage/cache-store.js';
+
+/** Environment a worker is forked with. */
+export const WORKER_ENV = {
+  index: 'OUTPOST_WORKER_INDEX',
+  count: 'OUTPOST_WORKER_COUNT',
+  runDir: 'OUTPOST_RUN_DIR',
+} as const;
+
+export interface WorkerStats {
+  metrics: MetricsSnapshot;
+  /** The worker's disk shard. */
+  disk: StoreStats;
+  memory: StoreStats;
+  fillsInFlight: number;
+}
+
+export type WorkerMessage =
+  /** The shard is open; the primary answers with `go` and the purges it missed while down. */
+  | { type: 'store-open'; id: number }
+  | { type: 'ready'; url: string }
+  /** The worker cannot start (bad shard, port in use): the node stops with this message. */
+  | { type: 'fatal'; message: string }
+  /** A purge the worker needs node-wide (§4.4 invalidation); answered with `purged`. */
+  | { type: 'purge'; id: number; request: PurgeRequest }
+  | { type: 'purge-done'; id: number; affected: number; error?: string }
+  | { type: 'stats-reply'; id: number; stats: WorkerStats }
+  | { type: 'reloaded' };
+
+export type PrimaryMessage =
+  | { type: 'go'; id: number; purges: PurgeRequest[] }
+  | { type: 'purge'; id: number; request: PurgeRequest }
+  | { type: 'purged'; id: number; affected: number; error?: string }
+  | { type: 'stats'; id: number }
+  | { type: 'reload' }
+  | { type: 'shutdown' };

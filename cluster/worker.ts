@@ -1,0 +1,184 @@
+/**
+ * One worker of a multi-worker node (issue 9). It opens its own disk shard (`dataDir/worker-K`),
+ * accepts on the public listener it shares with the other workers, listens on its own Unix socket
+ * for requests the others send for keys it owns, and answers the primary: purges, stats, reload
+ * and shutdown. Signals are the primary's business; a worker acts on its messages only.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { Config } from '../config/config.js';
+import type { StartOptions } from '../edge/edge.js';
+import type { WorkerRouting } from '../pipeline/cache-pipeline.js';
+import { HttpUpstream } from '../pipeline/http-upstream.js';
+import { createLogger } from '../pipeline/logger.js';
+import type { RunningNode } from '../pipeline/node-server.js';
+import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
+import { LevelStore } from '../storage/level-store.js';
+import { ShardStore } from '../storage/shard-store.js';
+import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
+import { WORKER_ENV, type PrimaryMessage, type WorkerMessage, type WorkerStats } from './messages.js';
+import { Ownership } from './ownership.js';
+
+export type Starter = (config: Readonly<Config>, options: StartOptions) => Promise<RunningNode>;
+
+/** The worker's own Unix socket, where the others reach it as a key's owner. */
+export function ownerSocket(runDir: string, index: number): string {
+  return join(runDir, `worker-${index}.sock`);
+}
+
+export function shardDir(dataDir: string, index: number): string {
+  return join(dataDir, `worker-${index}`);
+}
+
+/** Hop connections from one worker to another. */
+const OWNER_CONNECTIONS = 128;
+
+export async function runWorker(config: Readonly<Config>, start: Starter): Promise<void> {
+  const index = Number(process.env[WORKER_ENV.index]);
+  const count = Number(process.env[WORKER_ENV.count]);
+  const runDir = process.env[WORKER_ENV.runDir]!;
+  const logger = createLogger(config.logLevel, config.nodeName).child({ worker: index });
+  // Ctrl-C and kill -TERM of the process group reach workers too: the primary decides what happens.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => undefined);
+  const send = (message: WorkerMessage): void => {
+    if (process.connected) process.send!(message);
+  };
+  const ownership = new Ownership(index, count);
+  // Questions this worker asks the primary, by id.
+  const pending = new Map<number, (message: PrimaryMessage) => void>();
+  let nextId = 0;
+  const ask = (message: Extract<WorkerMessage, { id: number }>): Promise<PrimaryMessage> =>
+    new Promise((resolve) => {
+      pending.set(message.id, resolve);
+      send(message);
+    });
+  let node: RunningNode | undefined;
+  let store: ShardStore | undefined;
+  const owners = Array.from(
+    { length: count },
+    (_, k) =>
+      new HttpUpstream({
+        url: `http://worker-${k}.outpost`,
+        socketPath: ownerSocket(runDir, k),
+        connections: OWNER_CONNECTIONS,
+        connectTimeoutMs: config.connectTimeoutMs,
+        // The owner may wait on its own fill (lockWaitMs) before its upstream answers.
+        headersTimeoutMs: config.firstByteTimeoutMs + config.lockWaitMs + 5_000,
+        bodyTimeoutMs: config.idleBodyTimeoutMs + 5_000,
+        maxHeaderSize: 256 * 1024,
+      }),
+  );
+  const routing: WorkerRouting = {
+    ownership,
+    owners,
+    memoryMaxEntryBytes: Math.min(config.memoryMaxObjectSize, Math.floor(config.memorySize / count)),
+    purge: async (request) => {
+      const answer = await ask({ type: 'purge', id: ++nextId, request });
+      if (answer.type !== 'purged') throw new Error(`unexpected answer ${answer.type}`);
+      if (answer.error !== undefined) throw new Error(answer.error);
+      return answer.affected;
+    },
+  };
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      if (node) await node.close();
+      else await store?.close();
+      await Promise.all(owners.map((owner) => owner.close()));
+      process.exit(0);
+    })());
+
+  process.on('message', (message: PrimaryMessage) => {
+    switch (message.type) {
+      case 'go':
+      case 'purged': {
+        const resolve = pending.get(message.id);
+        pending.delete(message.id);
+        resolve?.(message);
+        return;
+      }
+      case 'purge':
+        // Purges come once the shard is open (after `store-open`).
+        void (node ? node.pipeline.purgeHere(message.request) : purgeStore(store!, message.request)).then(
+          (affected) => send({ type: 'purge-done', id: message.id, affected }),
+          (error: Error) => send({ type: 'purge-done', id: message.id, affected: 0, error: error.message }),
+        );
+        return;
+      case 'stats':
+        send({ type: 'stats-reply', id: message.id, stats: workerStats(node, store!) });
+        return;
+      case 'reload':
+        logger.info('SIGHUP: reload');
+        send({ type: 'reloaded' });
+        return;
+      case 'shutdown':
+        void stop();
+        return;
+    }
+  });
+  // The primary is gone (killed): finish what is in flight and leave, rather than serve orphaned.
+  process.on('disconnect', () => void stop());
+
+  let tiered: TieredStore;
+  try {
+    tiered = await openTieredStore({
+      dataDir: shardDir(config.dataDir, index),
+      memoryBytes: Math.floor(config.memorySize / count),
+      diskBytes: Math.floor(config.diskSize / count),
+      memoryMaxEntryBytes: config.memoryMaxObjectSize,
+    });
+  } catch (error) {
+    send({ type: 'fatal', message: `worker ${index} cannot open its disk shard ${shardDir(config.dataDir, index)}: ${(error as Error).message}` });
+    process.exit(1);
+  }
+  store = new ShardStore(tiered, (key) => ownership.ownsKey(key));
+  dropForeignKeys(tiered, ownership, shardDir(config.dataDir, index), logger);
+
+  // Purges the node ran while this worker was down reach its shard before it serves anything.
+  const go = await ask({ type: 'store-open', id: ++nextId });
+  if (go.type === 'go') for (const request of go.purges) await purgeStore(store, request as PurgeRequest);
+  try {
+    node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index) });
+  } catch (error) {
+    const code = (error as { code?: string }).code;
+    send({ type: 'fatal', message: `worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}` });
+    process.exit(1);
+  }
+  send({ type: 'ready', url: node.url });
+}
+
+function workerStats(node: RunningNode | undefined, store: ShardStore): WorkerStats {
+  return {
+    metrics: node?.metrics.snapshot() ?? {},
+    disk: store.stats(),
+    memory: store.memoryStats(),
+    fillsInFlight: node?.pipeline.fills.inFlight ?? 0,
+  };
+}
+
+/**
+ * After the worker count changed, keys this shard held may belong to another worker now. They
+ * are never looked up here again; they are removed in the background so that they cannot come
+ * back, out of date, if the count changes back. `layout.json` records the count swept for.
+ */
+function dropForeignKeys(tiered: TieredStore, ownership: Ownership, dir: string, logger: Logger): void {
+  const marker = join(dir, 'layout.json');
+  let sweptFor: number | undefined;
+  try {
+    sweptFor = (JSON.parse(readFileSync(marker, 'utf8')) as { workers?: number }).workers;
+  } catch {
+    // no marker: a new shard, or one written before workers existed
+  }
+  if (sweptFor === ownership.workers) return;
+  const disk = tiered.disk;
+  const sweep = disk instanceof LevelStore ? disk.retain((key) => ownership.ownsKey(key)) : Promise.resolve(0);
+  void sweep.then(
+    (dropped) => {
+      writeFileSync(marker, JSON.stringify({ workers: ownership.workers }));
+      if (dropped > 0) logger.info({ dropped, workers: ownership.workers }, 'worker count changed: dropped keys another worker now owns');
+    },
+    (error: Error) => logger.warn({ err: error.message }, 'could not drop keys another worker now owns; they stay unreachable'),
+  );
+}

@@ -1,0 +1,150 @@
+/**
+ * A real multi-worker node for tests: `outpost edge --workers N` as a child process (a primary and
+ * N workers) on 127.0.0.1, with its admin API, X-Served-By on, and a temp data folder.
+ */
+import type { ExecutionContext } from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Client } from 'undici';
+import type { NodeStats } from '../../cluster/primary.js';
+import { delay } from './harness.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+export const BIN = join(ROOT, 'bin', 'outpost');
+
+export interface RunningCluster {
+  url: string;
+  admin: string;
+  dataDir: string;
+  child: ChildProcess;
+  stderr(): string;
+  stdout(): string;
+  exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  stats(): Promise<NodeStats>;
+  purge(body: unknown): Promise<{ status: number; json: Record<string, unknown> }>;
+  /** A one-connection client whose connection a given worker accepted. */
+  clientOn(worker: number): Promise<Client>;
+  /** The worker that answered a request on this client. */
+  workerOf(client: Client): Promise<number>;
+  /** Waits until every worker serves and the node has restarted `restarts` workers in all. */
+  waitReady(restarts: number, timeoutMs?: number): Promise<NodeStats>;
+}
+
+export interface ClusterOptions {
+  workers: number;
+  args?: string[];
+  /** Reuse a data folder (restart scenarios); removed by the caller. */
+  dataDir?: string;
+  role?: 'edge' | 'shield';
+}
+
+export async function startCluster(t: ExecutionContext, upstream: string, options: ClusterOptions): Promise<RunningCluster> {
+  const ownDir = options.dataDir === undefined;
+  const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'outpost-cluster-'));
+  const role = options.role ?? 'edge';
+  const env = { ...process.env };
+  for (const name of Object.keys(env)) if (name.startsWith('OUTPOST_')) delete env[name];
+  const child = spawn(
+    process.execPath,
+    [
+      BIN,
+      role,
+      role === 'edge' ? '--upstream' : '--origin',
+      upstream,
+      '--listen',
+      '127.0.0.1:0',
+      '--admin-listen',
+      '127.0.0.1:0',
+      '--workers',
+      String(options.workers),
+      '--data-dir',
+      dataDir,
+      '--served-by',
+      '--access-log',
+      'false',
+      ...(options.args ?? []),
+    ],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  let stdout = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) => child.once('exit', (code, signal) => done({ code, signal })));
+  const clients = new Set<Client>();
+  t.teardown(async () => {
+    for (const client of clients) await client.destroy().catch(() => undefined);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exit;
+    }
+    // Workers whose primary was SIGKILLed notice the lost channel and leave; give them a moment.
+    await delay(100);
+    if (ownDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+  const deadline = Date.now() + 20_000;
+  let url: string | undefined;
+  let admin: string | undefined;
+  while (url === undefined || admin === undefined) {
+    url = new RegExp(`outpost ${role} listening on (http://[^,\\s]+)`).exec(stderr)?.[1];
+    admin = /admin API on (http:\/\/\S+)/.exec(stderr)?.[1];
+    if (child.exitCode !== null) throw new Error(`outpost exited ${child.exitCode}: ${stderr}`);
+    if (Date.now() > deadline) throw new Error(`outpost did not start: ${stderr}`);
+    await delay(20);
+  }
+  const base = url;
+  const adminBase = admin;
+  const workerOf = async (client: Client): Promise<number> => {
+    const reply = await client.request({ method: 'GET', path: '/__outpost/health' });
+    await reply.body.text();
+    const servedBy = String(reply.headers['x-served-by'] ?? '');
+    const match = /\/worker-(\d+)$/.exec(servedBy);
+    if (!match) throw new Error(`no worker in X-Served-By: ${JSON.stringify(servedBy)}`);
+    return Number(match[1]);
+  };
+  const cluster: RunningCluster = {
+    url: base,
+    admin: adminBase,
+    dataDir,
+    child,
+    stderr: () => stderr,
+    stdout: () => stdout,
+    exit,
+    stats: async () => (await (await fetch(`${adminBase}/stats`)).json()) as NodeStats,
+    purge: async (body) => {
+      const response = await fetch(`${adminBase}/purge`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+      return { status: response.status, json: (await response.json()) as Record<string, unknown> };
+    },
+    workerOf,
+    clientOn: async (worker) => {
+      for (let attempt = 0; attempt < 200; attempt++) {
+        const client = new Client(base, { pipelining: 1 });
+        if ((await workerOf(client)) === worker) {
+          clients.add(client);
+          return client;
+        }
+        await client.close();
+      }
+      throw new Error(`no connection reached worker ${worker}`);
+    },
+    waitReady: async (restarts, timeoutMs = 15_000) => {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const stats = await cluster.stats();
+        if (stats.workersReady === stats.workers && stats.restarts >= restarts) return stats;
+        if (Date.now() > until) throw new Error(`workers not ready: ${JSON.stringify(stats)}`);
+        await delay(50);
+      }
+    },
+  };
+  return cluster;
+}
+
+/** GET on one client; the body as text. */
+export async function getOn(client: Client, path: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
+  const reply = await client.request({ method: 'GET', path, headers });
+  return { status: reply.statusCode, headers: reply.headers, text: await reply.body.text() };
+}
