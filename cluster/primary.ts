@@ -165,7 +165,17 @@ export class Primary implements NodeControl {
 
   private fork(slot: Slot): void {
     slot.state = 'starting';
-    slot.worker = cluster.fork({ [WORKER_ENV.index]: String(slot.index), [WORKER_ENV.count]: String(this.slots.length), [WORKER_ENV.runDir]: this.runDir });
+    const worker = cluster.fork({ [WORKER_ENV.index]: String(slot.index), [WORKER_ENV.count]: String(this.slots.length), [WORKER_ENV.runDir]: this.runDir });
+    // A send to a worker that is dying fails on its channel; its exit is handled in onExit.
+    worker.on('error', (error) => this.logger.warn({ worker: slot.index, err: error.message }, 'worker channel error'));
+    slot.worker = worker;
+  }
+
+  /** False when the worker's channel is already closed (it is dying; onExit follows). */
+  private send(worker: Worker | undefined, message: PrimaryMessage): boolean {
+    if (worker === undefined || !worker.isConnected()) return false;
+    worker.send(message);
+    return true;
   }
 
   private slotOf(worker: Worker): Slot | undefined {
@@ -175,8 +185,12 @@ export class Primary implements NodeControl {
   /** Sends a question; a worker that dies before answering answers with nothing (purges are queued). */
   private ask(slot: Slot, message: Extract<PrimaryMessage, { id: number }>, purge: PurgeRequest | undefined): Promise<WorkerMessage> {
     return new Promise((resolve) => {
+      if (!this.send(slot.worker, message)) {
+        if (purge) slot.queued.push(purge);
+        resolve({ type: 'purge-done', id: message.id, affected: 0 });
+        return;
+      }
       this.questions.set(message.id, { slot, resolve, ...(purge ? { purge } : {}) });
-      slot.worker!.send(message);
     });
   }
 
@@ -187,7 +201,7 @@ export class Primary implements NodeControl {
       case 'store-open': {
         const purges = slot.queued.splice(0);
         slot.state = 'open';
-        worker.send({ type: 'go', id: message.id, purges } satisfies PrimaryMessage);
+        this.send(worker, { type: 'go', id: message.id, purges });
         return;
       }
       case 'ready':
@@ -208,8 +222,8 @@ export class Primary implements NodeControl {
         return;
       case 'purge':
         void this.purge(message.request).then(
-          (affected) => worker.send({ type: 'purged', id: message.id, affected } satisfies PrimaryMessage),
-          (error: Error) => worker.send({ type: 'purged', id: message.id, affected: 0, error: error.message } satisfies PrimaryMessage),
+          (affected) => this.send(worker, { type: 'purged', id: message.id, affected }),
+          (error: Error) => this.send(worker, { type: 'purged', id: message.id, affected: 0, error: error.message }),
         );
         return;
       case 'purge-done':
@@ -257,7 +271,7 @@ export class Primary implements NodeControl {
   private reload(): void {
     const live = this.slots.filter((s) => s.state === 'ready');
     this.logger.info({ workers: live.length }, 'SIGHUP: reloading every worker');
-    for (const slot of live) slot.worker!.send({ type: 'reload' } satisfies PrimaryMessage);
+    for (const slot of live) this.send(slot.worker, { type: 'reload' });
   }
 
   /** SIGTERM: every worker stops accepting, finishes what is in flight, and exits; then the primary. */
@@ -280,7 +294,7 @@ export class Primary implements NodeControl {
   private async stopWorkers(timeoutMs: number): Promise<void> {
     const live = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined && !w.isDead());
     const exited = Promise.all(live.map((w) => new Promise<void>((resolve) => (w.isDead() ? resolve() : w.once('exit', () => resolve())))));
-    for (const worker of live) if (worker.isConnected()) worker.send({ type: 'shutdown' } satisfies PrimaryMessage);
+    for (const worker of live) this.send(worker, { type: 'shutdown' });
     const timer = setTimeout(() => {
       for (const worker of live) if (!worker.isDead()) worker.process.kill('SIGKILL');
     }, timeoutMs);

@@ -128,7 +128,7 @@ test.serial('a memory hit is served by the worker that holds it, with its owner 
   // A key the dead owner owns and nobody holds is fetched by the worker that got the request.
   const cold = pathOwnedBy(node, 2, 0, '/cold/');
   const fallback = await getOn(client, cold);
-  t.is(fallback.status, 200);
+  t.is(fallback.status, 200, `${fallback.text} ${JSON.stringify(fallback.headers)}`);
   t.is(fallback.text, `${cold} v1`);
   t.is(origin.count(path), 1);
   const stats = await node.waitReady(1);
@@ -181,12 +181,16 @@ test.serial('killing one worker under load loses no request on the others, and i
       }
     }
   });
-  await delay(300);
-  process.kill(victim, 'SIGKILL');
-  const stats = await node.waitReady(1);
-  await delay(200);
-  running = false;
-  await Promise.all(load);
+  let stats;
+  try {
+    await delay(300);
+    process.kill(victim, 'SIGKILL');
+    stats = await node.waitReady(1);
+    await delay(200);
+  } finally {
+    running = false;
+    await Promise.all(load);
+  }
   t.is(failures, 0);
   t.true(served > 50, `served ${served}`);
   t.is(stats.restarts, 1);

@@ -113,7 +113,13 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
     stderr: () => stderr,
     stdout: () => stdout,
     exit,
-    stats: async () => (await (await fetch(`${adminBase}/stats`)).json()) as NodeStats,
+    stats: async () => {
+      try {
+        return (await (await fetch(`${adminBase}/stats`)).json()) as NodeStats;
+      } catch (error) {
+        throw new Error(`admin API unreachable (${(error as Error).message}); node stderr:\n${stderr}\nstdout:\n${stdout.slice(-4000)}`);
+      }
+    },
     purge: async (body) => {
       const response = await fetch(`${adminBase}/purge`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
       return { status: response.status, json: (await response.json()) as Record<string, unknown> };
