@@ -4,7 +4,7 @@
  * Everything binds and connects to 127.0.0.1 only.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { request as httpRequest, Agent } from 'node:http';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -256,9 +256,10 @@ export function parseWrk(raw: string): WrkResult {
 }
 
 /** Runs wrk (as a child in its own group, so it is killed with the rest on error). */
-export async function wrk(url: string, options: { seconds: number; connections: number; threads?: number; script?: string }): Promise<WrkResult> {
+export async function wrk(url: string, options: { seconds: number; connections: number; threads?: number; script?: string; headers?: string[] }): Promise<WrkResult> {
   if (!WRK) throw new Error('wrk is not installed');
   const args = ['-t', String(options.threads ?? 1), '-c', String(options.connections), '-d', `${options.seconds}s`, '--latency', '--timeout', '10s'];
+  for (const header of options.headers ?? []) args.push('-H', header);
   if (options.script) args.push('-s', options.script);
   args.push(url);
   const child = spawn(WRK, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -289,4 +290,30 @@ export function table(head: string[], rows: string[][], alignRight: boolean[] = 
   const line = (cells: string[]) => `| ${cells.map((c, i) => (alignRight[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ')} |`;
   const sep = `|${widths.map((w, i) => (alignRight[i] ? `${'-'.repeat(w + 1)}:` : `${'-'.repeat(w + 2)}`)).join('|')}|`;
   return [line(head), sep, ...rows.map(line)].join('\n');
+}
+
+// ---------------------------------------------------------------- CPU from /proc
+
+/** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux). */
+const TICKS_PER_SECOND = 100;
+
+/** CPU seconds used so far by a process and every live descendant (an nginx master and its workers, a primary and its workers). */
+export function treeCpuSeconds(pid: number): number {
+  let ticks = 0;
+  const visit = (id: number): void => {
+    try {
+      // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+      const stat = readFileSync(`/proc/${id}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+      for (const task of readdirSync(`/proc/${id}/task`)) {
+        const children = readFileSync(`/proc/${id}/task/${task}/children`, 'utf8').trim();
+        for (const child of children ? children.split(' ') : []) visit(Number(child));
+      }
+    } catch {
+      // exited meanwhile
+    }
+  };
+  visit(pid);
+  return ticks / TICKS_PER_SECOND;
 }

@@ -35,7 +35,11 @@ export type WorkerMessage =
 
 export type PrimaryMessage =
   | { type: 'go'; id: number; purges: PurgeRequest[] }
-  | { type: 'purge'; id: number; request: PurgeRequest }
+  /**
+   * `memoryOnly`: the second pass of a node-wide purge, after every worker applied the first: each
+   * worker drops copies it took from an owner that had not purged yet, and refuses copies in flight.
+   */
+  | { type: 'purge'; id: number; request: PurgeRequest; memoryOnly?: boolean }
   | { type: 'purged'; id: number; affected: number; error?: string }
   | { type: 'stats'; id: number }
   | { type: 'reload' }

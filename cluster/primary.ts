@@ -33,7 +33,7 @@ export interface NodeStats {
   workers: number;
   workersReady: number;
   /** Each worker slot: its process and state. */
-  workerList: Array<{ index: number; pid: number | undefined; state: Slot['state'] }>;
+  workerList: Array<{ index: number; pid: number | undefined; state: Slot['state']; requests: number }>;
   restarts: number;
   disk: { entries: number; bytes: number };
   memory: { entries: number; bytes: number };
@@ -48,6 +48,8 @@ interface Slot {
   state: 'starting' | 'open' | 'ready' | 'dead';
   /** Purges run while the worker was down or starting: applied before it serves. */
   queued: PurgeRequest[];
+  /** Purges handed to it at start, not yet known applied (it is not serving yet): queued again if it dies. */
+  applying: PurgeRequest[];
 }
 
 interface Question {
@@ -82,7 +84,7 @@ export class Primary implements NodeControl {
     this.config = options.config;
     this.logger = options.logger;
     this.onReady = options.onReady;
-    this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [] }));
+    this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [], applying: [] }));
     // Private to this user (mkdtemp creates 0700): the owner sockets accept requests from any worker.
     this.runDir = mkdtempSync(join(tmpdir(), 'outpost-'));
     process.once('exit', () => rmSync(this.runDir, { recursive: true, force: true }));
@@ -100,11 +102,24 @@ export class Primary implements NodeControl {
     process.on('SIGHUP', () => this.reload());
   }
 
+  /**
+   * Two passes. First every worker purges its disk shard, memory tier and fills. A worker that
+   * finished first may meanwhile have copied the object from an owner that had not purged yet;
+   * so once all are done, a second pass drops such copies from every memory tier (and refuses
+   * those still streaming) before the purge is answered.
+   */
   async purge(request: PurgeRequest): Promise<number> {
+    const affected = await this.purgePass(request, false);
+    await this.purgePass(request, true);
+    this.logger.info({ purge: describePurge(request), affected }, 'purged on every worker');
+    return affected;
+  }
+
+  private async purgePass(request: PurgeRequest, memoryOnly: boolean): Promise<number> {
     const counts = await Promise.all(
       this.slots.map(async (slot) => {
         if (slot.state === 'open' || slot.state === 'ready') {
-          const answer = await this.ask(slot, { type: 'purge', id: ++this.nextId, request }, request);
+          const answer = await this.ask(slot, { type: 'purge', id: ++this.nextId, request, memoryOnly }, memoryOnly ? undefined : request);
           if (answer.type === 'purge-done') {
             if (answer.error !== undefined) throw new Error(`worker ${slot.index}: ${answer.error}`);
             return answer.affected;
@@ -112,17 +127,16 @@ export class Primary implements NodeControl {
           return 0;
         }
         // Down or starting: its replacement applies the purge before it serves.
-        slot.queued.push(request);
+        if (!memoryOnly) slot.queued.push(request);
         return 0;
       }),
     );
-    const affected = counts.reduce((sum, n) => sum + n, 0);
-    this.logger.info({ purge: describePurge(request), affected }, 'purged on every worker');
-    return affected;
+    return counts.reduce((sum, n) => sum + n, 0);
   }
 
   async stats(): Promise<NodeStats> {
-    const all = await this.workerStats();
+    const answered = await this.workerStats();
+    const all = [...answered.values()];
     const requests = new Metrics();
     for (const stats of all) requests.absorb(stats.metrics);
     const byOutcome: Record<string, number> = {};
@@ -131,7 +145,7 @@ export class Primary implements NodeControl {
     return {
       workers: this.slots.length,
       workersReady: this.slots.filter((s) => s.state === 'ready').length,
-      workerList: this.slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid, state: s.state })),
+      workerList: this.slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid, state: s.state, requests: requestCount(answered.get(s)) })),
       restarts: this.restarts,
       disk: { entries: sum((s) => s.disk.entries), bytes: sum((s) => s.disk.bytes) },
       memory: { entries: sum((s) => s.memory.entries), bytes: sum((s) => s.memory.bytes) },
@@ -141,7 +155,7 @@ export class Primary implements NodeControl {
   }
 
   async metricsText(): Promise<string> {
-    const all = await this.workerStats();
+    const all = [...(await this.workerStats()).values()];
     const metrics = new Metrics();
     for (const stats of all) metrics.absorb(stats.metrics);
     const sum = (pick: (s: WorkerStats) => number): number => all.reduce((total, s) => total + pick(s), 0);
@@ -156,11 +170,15 @@ export class Primary implements NodeControl {
     });
   }
 
-  private async workerStats(): Promise<WorkerStats[]> {
-    const answers = await Promise.all(
-      this.slots.filter((slot) => slot.state === 'ready').map((slot) => this.ask(slot, { type: 'stats', id: ++this.nextId }, undefined)),
-    );
-    return answers.flatMap((answer) => (answer.type === 'stats-reply' ? [answer.stats] : []));
+  /** Each serving worker's stats (a worker that dies meanwhile is left out). */
+  private async workerStats(): Promise<Map<Slot, WorkerStats>> {
+    const ready = this.slots.filter((slot) => slot.state === 'ready');
+    const answers = await Promise.all(ready.map((slot) => this.ask(slot, { type: 'stats', id: ++this.nextId }, undefined)));
+    const stats = new Map<Slot, WorkerStats>();
+    answers.forEach((answer, i) => {
+      if (answer.type === 'stats-reply') stats.set(ready[i]!, answer.stats);
+    });
+    return stats;
   }
 
   private fork(slot: Slot): void {
@@ -200,12 +218,14 @@ export class Primary implements NodeControl {
     switch (message.type) {
       case 'store-open': {
         const purges = slot.queued.splice(0);
+        slot.applying = purges;
         slot.state = 'open';
         this.send(worker, { type: 'go', id: message.id, purges });
         return;
       }
       case 'ready':
         slot.state = 'ready';
+        slot.applying = [];
         if (!this.everReady && this.slots.every((s) => s.state === 'ready')) {
           this.everReady = true;
           this.onReady(message.url);
@@ -244,6 +264,9 @@ export class Primary implements NodeControl {
     if (slot === undefined) return;
     slot.state = 'dead';
     slot.worker = undefined;
+    // Purges it was given at start but may not have applied: its replacement applies them.
+    slot.queued.unshift(...slot.applying);
+    slot.applying = [];
     // Questions it will never answer: purges go to its replacement, the rest answer empty.
     for (const [id, question] of this.questions) {
       if (question.slot !== slot) continue;
@@ -301,6 +324,12 @@ export class Primary implements NodeControl {
     await exited;
     clearTimeout(timer);
   }
+}
+
+/** Client requests a worker answered (all outcomes). */
+function requestCount(stats: WorkerStats | undefined): number {
+  const counter = stats?.metrics['requests_total'];
+  return counter === undefined ? 0 : Object.values(counter.values).reduce((sum, n) => sum + n, 0);
 }
 
 /** Shards of workers beyond the current count hold keys no worker owns now: removed at start. */

@@ -101,7 +101,7 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
       }
       case 'purge':
         // Purges come once the shard is open (after `store-open`).
-        void (node ? node.pipeline.purgeHere(message.request) : purgeStore(store!, message.request)).then(
+        void (message.memoryOnly ? purgeMemory(node, store!, message.request) : node ? node.pipeline.purgeHere(message.request) : purgeStore(store!, message.request)).then(
           (affected) => send({ type: 'purge-done', id: message.id, affected }),
           (error: Error) => send({ type: 'purge-done', id: message.id, affected: 0, error: error.message }),
         );
@@ -118,8 +118,12 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
         return;
     }
   });
-  // The primary is gone (killed): finish what is in flight and leave, rather than serve orphaned.
-  process.on('disconnect', () => void stop());
+  // The primary is gone (killed): questions to it go unanswered; finish what is in flight and leave.
+  process.on('disconnect', () => {
+    for (const [id, resolve] of pending) resolve({ type: 'purged', id, affected: 0, error: 'the primary is gone' });
+    pending.clear();
+    void stop();
+  });
 
   let tiered: TieredStore;
   try {
@@ -130,8 +134,8 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
       memoryMaxEntryBytes: config.memoryMaxObjectSize,
     });
   } catch (error) {
-    send({ type: 'fatal', message: `worker ${index} cannot open its disk shard ${shardDir(config.dataDir, index)}: ${(error as Error).message}` });
-    process.exit(1);
+    fatal(`worker ${index} cannot open its disk shard ${shardDir(config.dataDir, index)}: ${(error as Error).message}`);
+    return;
   }
   store = new ShardStore(tiered, (key) => ownership.ownsKey(key));
   dropForeignKeys(tiered, ownership, shardDir(config.dataDir, index), logger);
@@ -143,10 +147,22 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index) });
   } catch (error) {
     const code = (error as { code?: string }).code;
-    send({ type: 'fatal', message: `worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}` });
-    process.exit(1);
+    fatal(`worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}`);
+    return;
   }
   send({ type: 'ready', url: node.url });
+}
+
+/** Tells the primary why this worker cannot start, then exits once the message is out. */
+function fatal(message: string): void {
+  if (!process.connected) process.exit(1);
+  process.send!({ type: 'fatal', message } satisfies WorkerMessage, () => process.exit(1));
+}
+
+/** The second pass of a node-wide purge: this worker's fills and memory tier (its disk shard was purged in the first). */
+async function purgeMemory(node: RunningNode | undefined, store: ShardStore, request: PurgeRequest): Promise<number> {
+  node?.pipeline.forgetFills(request);
+  return purgeStore(store.tiered.memory, request);
 }
 
 function workerStats(node: RunningNode | undefined, store: ShardStore): WorkerStats {

@@ -38,7 +38,7 @@ export const OPTIONS = {
   workers: { kind: 'workers', default: 'auto', help: 'worker processes under one supervising primary; auto: one per core (os.availableParallelism)' },
   workerScheduling: {
     kind: 'enum',
-    default: 'round-robin',
+    default: 'kernel',
     choices: ['round-robin', 'kernel'],
     help: 'how workers share new connections: the primary hands them out in turn, or every worker accepts and the kernel picks',
   },

@@ -350,7 +350,14 @@ export class CachePipeline {
 
   /** A miss, or a stored response that needs validation: the fill module decides who fetches and who shares. */
   private async fetch(x: Exchange, l: Lookup, fwd: Forward): Promise<void> {
-    if (!this.ownsKey(x) && (await this.viaOwner(x, l))) return;
+    if (!this.ownsKey(x)) {
+      if (await this.viaOwner(x, l)) return;
+      // The owner is down: only-if-cached (§5.2.1.7) must not turn into an upstream fetch here.
+      if (has(x.directives, 'only-if-cached')) {
+        x.outcome = 'synthetic';
+        return this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
+      }
+    }
     const obtained = await this.fills.obtain(x, l, fwd);
     switch (obtained.kind) {
       case 'stream': {
@@ -440,7 +447,7 @@ export class CachePipeline {
       this.deliverVerbatim(x, response);
       return true;
     }
-    const keep = entry.meta.size <= routing.memoryMaxEntryBytes && !this.fills.purgedSince(mark, entry.key, entry.meta.tags);
+    const keep = entry.meta.size !== UNKNOWN_SIZE && entry.meta.size <= routing.memoryMaxEntryBytes && !this.fills.purgedSince(mark, entry.key, entry.meta.tags);
     const cookies = response.headers['set-cookie'];
     const stream = this.writer.copy(x, entry.key, entry.meta, response.body, keep, cookies === undefined ? undefined : ([] as string[]).concat(cookies));
     this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, setCookieHeaders(stream.setCookie));
@@ -462,7 +469,7 @@ export class CachePipeline {
       idempotent: true,
     }).then((response) => {
       const entry = decodeEntry(response.headers[ENTRY_FIELD], x.url);
-      if (entry === undefined || entry.meta.size > routing.memoryMaxEntryBytes || this.fills.purgedSince(mark, entry.key, entry.meta.tags)) {
+      if (entry === undefined || entry.meta.size === UNKNOWN_SIZE || entry.meta.size > routing.memoryMaxEntryBytes || this.fills.purgedSince(mark, entry.key, entry.meta.tags)) {
         discard(response.body);
         return undefined;
       }
@@ -488,10 +495,15 @@ export class CachePipeline {
    * several workers runs it on every worker (`WorkerRouting.purge`). Returns the entries affected.
    */
   async purgeHere(p: PurgeRequest): Promise<number> {
+    this.forgetFills(p);
+    return purgeStore(this.store, p);
+  }
+
+  /** The fills a purge covers: no longer joined, and a fetch or owner copy begun before it is not kept. */
+  forgetFills(p: PurgeRequest): void {
     if (p.url !== undefined) this.fills.forget({ url: p.url });
     else if (p.tags !== undefined) for (const tag of p.tags) this.fills.forget({ tag });
     else if (p.prefix !== undefined || p.all === true) this.fills.forget({ prefix: p.prefix ?? '' });
-    return purgeStore(this.store, p);
   }
 
   // ---- pass (unsafe and other methods) ----------------------------------------------------

@@ -161,9 +161,12 @@ test.serial('a purge is applied on every worker before it answers: by URL, prefi
   t.regex(String(reply.json['error']), /exactly one/);
 });
 
-test.serial('killing one worker under load loses no request on the others, and its restart is seen', async (t) => {
+// Kernel scheduling (the default) only: with round-robin, the primary may hand a connection to a
+// worker that just died, and that client waits (seen once in four runs; README, "Workers").
+for (const scheduling of ['kernel']) {
+test.serial(`${scheduling} scheduling: killing one worker under load loses no request on the others nor on new connections, and its restart is seen`, async (t) => {
   const origin = await versionedOrigin(t);
-  const node = await startCluster(t, origin.url, { workers: 2 });
+  const node = await startCluster(t, origin.url, { workers: 2, args: ['--worker-scheduling', scheduling] });
   const survivors = await Promise.all(Array.from({ length: 4 }, () => node.clientOn(1)));
   const victim = (await node.stats()).workerList[0]!.pid!;
   let failures = 0;
@@ -185,6 +188,12 @@ test.serial('killing one worker under load loses no request on the others, and i
   try {
     await delay(300);
     process.kill(victim, 'SIGKILL');
+    // Clients that connect while the worker is dead or restarting are answered by a live one.
+    const meanwhile = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => getFresh(node.url, `/meanwhile/${i}`)));
+    t.deepEqual(
+      meanwhile.map((r) => (r.status === 'fulfilled' ? r.value.status : (r.reason as Error).message)).filter((s) => s !== 200),
+      [],
+    );
     stats = await node.waitReady(1);
     await delay(200);
   } finally {
@@ -199,6 +208,7 @@ test.serial('killing one worker under load loses no request on the others, and i
   t.true(after.every((r) => r.status === 200));
   t.is(new Set(after.map((r) => r.worker)).size, 2);
 });
+}
 
 test.serial('SIGTERM finishes the requests in flight on every worker, then the node exits 0', async (t) => {
   const origin = await versionedOrigin(t);
