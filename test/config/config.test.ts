@@ -1,7 +1,7 @@
 /** One schema: file < environment < flags; a bad value is rejected at start-up naming the field and its source. */
 import test from 'ava';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig, parseBytes } from '../../config/config.js';
 
@@ -74,4 +74,15 @@ test('storeStatuses takes a list of final statuses from any source', (t) => {
   t.deepEqual(loadConfig('edge').storeStatuses, []);
   t.deepEqual(loadConfig('edge', { env: { OUTPOST_STORE_STATUSES: '200, 301,404' } }).storeStatuses, [200, 301, 404]);
   t.deepEqual(loadConfig('shield', { fileContents: { storeStatuses: [200, '410'] } }).storeStatuses, [200, 410]);
+});
+
+test('workers: auto is one per core; a count outside 1..1024 is rejected naming the field; the admin API is loopback only', (t) => {
+  t.is(loadConfig('edge').workers, availableParallelism());
+  t.is(loadConfig('shield', { flags: { workers: ['3'] } }).workers, 3);
+  t.is(loadConfig('edge').workerScheduling, 'kernel');
+  t.throws(() => loadConfig('edge', { flags: { workers: ['0'] } }), { instanceOf: ConfigError, message: /invalid workers \(flag --workers\): must be auto or a whole number from 1 to 1024/ });
+  t.throws(() => loadConfig('edge', { env: { OUTPOST_WORKERS: 'many' } }), { message: /invalid workers \(environment OUTPOST_WORKERS\)/ });
+  t.is(loadConfig('edge').adminListen, undefined);
+  t.deepEqual(loadConfig('edge', { flags: { adminListen: ['127.0.0.1:8081'] } }).adminListen, { host: '127.0.0.1', port: 8081 });
+  t.throws(() => loadConfig('edge', { flags: { adminListen: ['0.0.0.0:8081'] } }), { message: /invalid adminListen \(flag --admin-listen\): the admin API has no authentication yet/ });
 });
