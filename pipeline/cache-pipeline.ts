@@ -267,16 +267,22 @@ export class CachePipeline {
   private lookup(x: Exchange, key: string): Lookup | Promise<Lookup> {
     // Concurrent lookups of one key share one disk read: in a stampede the fill starts after one
     // read, not after a thousand queued ones.
+    // A response committing when the disk read starts may land before the read answers, and the
+    // read may not see it: then it is the stored response this request gets.
     const pending = this.pendingLookups.get(key);
-    if (pending !== undefined) return pending.then((entry) => this.selectVariant(x, entry));
+    if (pending !== undefined) {
+      const committing = this.fills.committing(x, key);
+      return pending.then((entry) => this.selectVariant(x, entry, committing));
+    }
     const first = this.store.get(key);
     if (first instanceof Promise) {
+      const committing = this.fills.committing(x, key);
       const read = first.catch((error) => this.storeReadFailed(error));
       this.pendingLookups.set(key, read);
       read.then(() => this.pendingLookups.delete(key));
-      return read.then((entry) => this.selectVariant(x, entry));
+      return read.then((entry) => this.selectVariant(x, entry, committing));
     }
-    return this.selectVariant(x, first);
+    return this.selectVariant(x, first, undefined);
   }
 
   /** A failing disk read is a miss (counted and logged), never a failed request. */
@@ -290,8 +296,8 @@ export class CachePipeline {
    * The entry for this request's variant. Where the store has none, a response in its commit
    * window counts as stored (fill.ts): the store will have it in a moment.
    */
-  private selectVariant(x: Exchange, entry: CachedEntry | undefined): Lookup | Promise<Lookup> {
-    if (entry === undefined) return { entry: this.fills.committing(x, entryKey(x.url, '')), variant: '', vary: undefined };
+  private selectVariant(x: Exchange, entry: CachedEntry | undefined, committedMeanwhile: FillEntry | undefined): Lookup | Promise<Lookup> {
+    if (entry === undefined) return { entry: this.fills.committing(x, entryKey(x.url, '')) ?? usable(committedMeanwhile), variant: '', vary: undefined };
     const record = entry.meta.http as unknown as HttpRecord;
     if (record.kind === 'response') return { entry, variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
@@ -755,6 +761,11 @@ export class CachePipeline {
       complete,
     });
   }
+}
+
+/** A fill entry that can still serve a new reader (its body whole and held). */
+function usable(entry: FillEntry | undefined): FillEntry | undefined {
+  return entry?.usable ? entry : undefined;
 }
 
 function setCookieHeaders(values: string[] | undefined): string[] | undefined {
