@@ -256,13 +256,14 @@ export function parseWrk(raw: string): WrkResult {
 }
 
 /** Runs wrk (as a child in its own group, so it is killed with the rest on error). */
-export async function wrk(url: string, options: { seconds: number; connections: number; threads?: number; script?: string; headers?: string[] }): Promise<WrkResult> {
+export async function wrk(url: string, options: { seconds: number; connections: number; threads?: number; script?: string; headers?: string[]; cpu?: number }): Promise<WrkResult> {
   if (!WRK) throw new Error('wrk is not installed');
   const args = ['-t', String(options.threads ?? 1), '-c', String(options.connections), '-d', `${options.seconds}s`, '--latency', '--timeout', '10s'];
   for (const header of options.headers ?? []) args.push('-H', header);
   if (options.script) args.push('-s', options.script);
   args.push(url);
-  const child = spawn(WRK, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  // `cpu`: run wrk on that core only (taskset), so it does not share the server's core.
+  const child = options.cpu === undefined ? spawn(WRK, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] }) : spawn('taskset', ['-c', String(options.cpu), WRK, ...args], { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(child);
   let out = '';
   child.stdout.on('data', (c: Buffer) => (out += c.toString()));
@@ -296,6 +297,22 @@ export function table(head: string[], rows: string[][], alignRight: boolean[] = 
 
 /** Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux). */
 const TICKS_PER_SECOND = 100;
+
+/** Pins a process, its threads and every live descendant to one core (taskset). */
+export function pinTree(pid: number, cpu: number): void {
+  const visit = (id: number): void => {
+    spawnSync('taskset', ['-a', '-c', '-p', String(cpu), String(id)], { stdio: 'ignore' });
+    try {
+      for (const task of readdirSync(`/proc/${id}/task`)) {
+        const children = readFileSync(`/proc/${id}/task/${task}/children`, 'utf8').trim();
+        for (const child of children ? children.split(' ') : []) visit(Number(child));
+      }
+    } catch {
+      // exited meanwhile
+    }
+  };
+  visit(pid);
+}
 
 /** CPU seconds used so far by a process and every live descendant (an nginx master and its workers, a primary and its workers). */
 export function treeCpuSeconds(pid: number): number {

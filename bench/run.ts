@@ -35,7 +35,7 @@ import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
   HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
-  originStats, percentile, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
+  originStats, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
 
 const HIT_SECONDS = Number(process.env.BENCH_HIT_SECONDS ?? 10);
@@ -694,10 +694,10 @@ interface Measured {
 }
 
 /** wrk against `url` while reading the CPU of the server's process tree (`pid` and its children) from /proc. */
-async function measure(pid: number, url: string, headers: string[] = []): Promise<Measured> {
+async function measure(pid: number, url: string, headers: string[] = [], pinned = false): Promise<Measured> {
   const cpuBefore = treeCpuSeconds(pid);
   const started = performance.now();
-  const r = await wrk(url, { seconds: WORKER_SECONDS, connections: 50, headers });
+  const r = await wrk(url, { seconds: WORKER_SECONDS, connections: 50, headers, ...(pinned ? { cpu: 0 } : {}) });
   const wall = (performance.now() - started) / 1000;
   const cpu = treeCpuSeconds(pid) - cpuBefore;
   const requests = r.rps * wall;
@@ -763,6 +763,31 @@ async function workers(): Promise<void> {
     out(`per-core efficiency ${path}: 2 workers ${fmtInt(two)} / 1 worker ${fmtInt(one)} requests per CPU-second = ${fmtRatio(two / one)} → target ≥ 0.90× ${two / one >= 0.9 ? 'MET' : 'MISSED'}`);
   }
   out('wrk needs one of the two cores, so 2 workers share the other core with it: the claim is per-core efficiency, not requests/s.');
+  out();
+
+  // The same, pinned: wrk on core 0, each server's whole process tree on core 1. Every worker is
+  // then busy (they take turns on one core), as on a machine with a core per worker and load enough.
+  out('### pinned — wrk on core 0 (taskset), each server\'s whole process tree on core 1');
+  out();
+  const pinnedRows: string[][] = [];
+  const pinnedPerCpu = new Map<string, number>();
+  for (const [, , server] of servers) pinTree(server.child.pid!, 1);
+  for (const path of paths) {
+    for (const [name, , server] of servers) {
+      const m = await measure(server.child.pid!, `http://${HOST}:${server.port}${path}`, [], true);
+      pinnedPerCpu.set(`${path} ${name}`, m.perCpuSecond);
+      pinnedRows.push([path === '/1k' ? '1 KiB' : '100 KiB', name, fmtInt(m.rps), fmtMs(m.p99), m.cores.toFixed(2), fmtInt(m.perCpuSecond), m.errors]);
+    }
+  }
+  out(table(['body', 'server', 'requests/s', 'p99', 'CPU (cores)', 'requests per CPU-second', 'errors'], pinnedRows, [false, false, true, true, true, true, false]));
+  out();
+  for (const path of paths) {
+    const one = pinnedPerCpu.get(`${path} outpost edge, 1 worker`)!;
+    const two = pinnedPerCpu.get(`${path} outpost edge, 2 workers`)!;
+    const nginxOne = pinnedPerCpu.get(`${path} nginx proxy_cache, 1 worker`);
+    const nginxTwo = pinnedPerCpu.get(`${path} nginx proxy_cache, 2 workers`);
+    out(`pinned ${path}: outpost 2 workers / 1 worker per CPU-second = ${fmtRatio(two / one)} → target ≥ 0.90× ${two / one >= 0.9 ? 'MET' : 'MISSED'}; vs nginx: 1 worker ${nginxOne ? fmtRatio(one / nginxOne) : '—'}, 2 workers ${nginxTwo ? fmtRatio(two / nginxTwo) : '—'}`);
+  }
   out();
 
   // Scheduling: the primary hands out connections in turn, or every worker accepts and the kernel picks.
