@@ -15,7 +15,6 @@ import { createLogger } from '../pipeline/logger.js';
 import type { RunningNode } from '../pipeline/node-server.js';
 import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
 import { LevelStore } from '../storage/level-store.js';
-import { ShardStore } from '../storage/shard-store.js';
 import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
 import { WORKER_ENV, type PrimaryMessage, type WorkerMessage, type WorkerStats } from './messages.js';
 import { Ownership } from './ownership.js';
@@ -54,7 +53,7 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
       send(message);
     });
   let node: RunningNode | undefined;
-  let store: ShardStore | undefined;
+  let store: TieredStore | undefined;
   const owners = Array.from(
     { length: count },
     (_, k) =>
@@ -125,20 +124,20 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     void stop();
   });
 
-  let tiered: TieredStore;
   try {
-    tiered = await openTieredStore({
+    // The disk shard holds the keys this worker owns; copies of the others' stay in memory.
+    store = await openTieredStore({
       dataDir: shardDir(config.dataDir, index),
       memoryBytes: Math.floor(config.memorySize / count),
       diskBytes: Math.floor(config.diskSize / count),
       memoryMaxEntryBytes: config.memoryMaxObjectSize,
+      diskKeys: (key) => ownership.ownsKey(key),
     });
   } catch (error) {
     fatal(`worker ${index} cannot open its disk shard ${shardDir(config.dataDir, index)}: ${(error as Error).message}`);
     return;
   }
-  store = new ShardStore(tiered, (key) => ownership.ownsKey(key));
-  dropForeignKeys(tiered, ownership, shardDir(config.dataDir, index), logger);
+  dropForeignKeys(store, ownership, shardDir(config.dataDir, index), logger);
 
   // Purges the node ran while this worker was down reach its shard before it serves anything.
   const go = await ask({ type: 'store-open', id: ++nextId });
@@ -160,12 +159,12 @@ function fatal(message: string): void {
 }
 
 /** The second pass of a node-wide purge: this worker's fills and memory tier (its disk shard was purged in the first). */
-async function purgeMemory(node: RunningNode | undefined, store: ShardStore, request: PurgeRequest): Promise<number> {
-  node?.pipeline.forgetFills(request);
-  return purgeStore(store.tiered.memory, request);
+async function purgeMemory(node: RunningNode | undefined, store: TieredStore, request: PurgeRequest): Promise<number> {
+  node?.pipeline.fills.forget(request);
+  return purgeStore(store.memory, request);
 }
 
-function workerStats(node: RunningNode | undefined, store: ShardStore): WorkerStats {
+function workerStats(node: RunningNode | undefined, store: TieredStore): WorkerStats {
   return {
     metrics: node?.metrics.snapshot() ?? {},
     disk: store.stats(),

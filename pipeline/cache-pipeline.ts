@@ -304,7 +304,8 @@ export class CachePipeline {
     const key = entryKey(x.url, variant);
     const second = this.store.get(key);
     if (second instanceof Promise) {
-      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.committingVariant(x, key), variant, vary: record }));
+      const committing = this.committingVariant(x, key);
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.committingVariant(x, key) ?? usable(committing), variant, vary: record }));
     }
     return { entry: second ?? this.committingVariant(x, key), variant, vary: record };
   }
@@ -344,12 +345,15 @@ export class CachePipeline {
           break;
       }
     }
-    if (has(x.directives, 'only-if-cached') && this.ownsKey(x)) {
-      // §5.2.1.7: nothing stored fits and the client forbids forwarding.
-      x.outcome = 'synthetic';
-      return this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
-    }
+    // A key owned elsewhere: its owner decides (it may hold the key on disk).
+    if (has(x.directives, 'only-if-cached') && this.ownsKey(x)) return this.onlyIfCachedMiss(x);
     return this.fetch(x, l, fwd);
+  }
+
+  /** §5.2.1.7: nothing stored fits and the client forbids forwarding. */
+  private onlyIfCachedMiss(x: Exchange): void {
+    x.outcome = 'synthetic';
+    this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
   }
 
   // ---- fetch ----------------------------------------------------------------------------
@@ -358,11 +362,8 @@ export class CachePipeline {
   private async fetch(x: Exchange, l: Lookup, fwd: Forward): Promise<void> {
     if (!this.ownsKey(x)) {
       if (await this.viaOwner(x, l)) return;
-      // The owner is down: only-if-cached (§5.2.1.7) must not turn into an upstream fetch here.
-      if (has(x.directives, 'only-if-cached')) {
-        x.outcome = 'synthetic';
-        return this.deliverError(x, 504, 'only-if-cached: no stored response fits', undefined);
-      }
+      // The owner is down: only-if-cached must not turn into an upstream fetch here.
+      if (has(x.directives, 'only-if-cached')) return this.onlyIfCachedMiss(x);
     }
     const obtained = await this.fills.obtain(x, l, fwd);
     switch (obtained.kind) {
@@ -453,7 +454,7 @@ export class CachePipeline {
       this.deliverVerbatim(x, response);
       return true;
     }
-    const keep = entry.meta.size !== UNKNOWN_SIZE && entry.meta.size <= routing.memoryMaxEntryBytes && !this.fills.purgedSince(mark, entry.key, entry.meta.tags);
+    const keep = this.mayKeepCopy(entry, mark);
     const cookies = response.headers['set-cookie'];
     const stream = this.writer.copy(x, entry.key, entry.meta, response.body, keep, cookies === undefined ? undefined : ([] as string[]).concat(cookies));
     this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, setCookieHeaders(stream.setCookie));
@@ -475,7 +476,7 @@ export class CachePipeline {
       idempotent: true,
     }).then((response) => {
       const entry = decodeEntry(response.headers[ENTRY_FIELD], x.url);
-      if (entry === undefined || entry.meta.size === UNKNOWN_SIZE || entry.meta.size > routing.memoryMaxEntryBytes || this.fills.purgedSince(mark, entry.key, entry.meta.tags)) {
+      if (entry === undefined || !this.mayKeepCopy(entry, mark)) {
         discard(response.body);
         return undefined;
       }
@@ -483,6 +484,12 @@ export class CachePipeline {
     });
     const done = task.finally(() => this.ownerRefreshes.delete(x.url));
     this.track(this.background, done);
+  }
+
+  /** A copy of an owner's entry fits this worker's memory (known size) and no purge covered it since `mark`. */
+  private mayKeepCopy(entry: { key: string; meta: EntryMeta }, mark: number): boolean {
+    const { size, tags } = entry.meta;
+    return size !== UNKNOWN_SIZE && size <= this.routing!.memoryMaxEntryBytes && !this.fills.purgedSince(mark, entry.key, tags);
   }
 
   /** The owner's answer when it did not come from its cache (a pass, an error): already complete for the client. */
@@ -501,15 +508,8 @@ export class CachePipeline {
    * several workers runs it on every worker (`WorkerRouting.purge`). Returns the entries affected.
    */
   async purgeHere(p: PurgeRequest): Promise<number> {
-    this.forgetFills(p);
+    this.fills.forget(p);
     return purgeStore(this.store, p);
-  }
-
-  /** The fills a purge covers: no longer joined, and a fetch or owner copy begun before it is not kept. */
-  forgetFills(p: PurgeRequest): void {
-    if (p.url !== undefined) this.fills.forget({ url: p.url });
-    else if (p.tags !== undefined) for (const tag of p.tags) this.fills.forget({ tag });
-    else if (p.prefix !== undefined || p.all === true) this.fills.forget({ prefix: p.prefix ?? '' });
   }
 
   // ---- pass (unsafe and other methods) ----------------------------------------------------

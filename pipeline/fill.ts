@@ -39,6 +39,7 @@ import {
 } from './exchange.js';
 import { headerText, type NotStoredReason, type ResponseTimes } from './response-policy.js';
 import { freshOnArrival, refusesShared, staleIfErrorAllowed, verdict } from './serve-policy.js';
+import type { PurgeRequest } from './purge.js';
 import { FillEntry, type StoreWriter, type StreamingResponse } from './store-writer.js';
 import type { ResponseRecord } from './stored-response.js';
 import { UpstreamError, type Upstream, type UpstreamResponse } from './upstream.js';
@@ -80,9 +81,6 @@ interface Flight {
   /** Started because nothing was stored for the URL: requests for it may skip their store lookup. */
   missFill: boolean;
 }
-
-/** What a purge covers: one URL (every variant), a URL prefix, or a surrogate key. */
-export type Purge = { url: string; prefix?: undefined; tag?: undefined } | { prefix: string; url?: undefined; tag?: undefined } | { tag: string; url?: undefined; prefix?: undefined };
 
 /** Statuses that count as an upstream error for stale-if-error (RFC 5861 §4). */
 const ERROR_STATUSES = new Set([500, 502, 503, 504]);
@@ -162,16 +160,20 @@ export class Fills {
    * get its result: they arrived before the purge. A tag purge drops every fill still fetching,
    * since their tags are not known yet.
    */
-  forget(purge: Purge): void {
+  forget(purge: PurgeRequest): void {
     if (purge.url !== undefined) {
+      const prefix = urlKeyPrefix(purge.url);
       this.removals.purgedUrl(purge.url);
-      this.dropFlights((key) => key.startsWith(urlKeyPrefix(purge.url!)));
-    } else if (purge.prefix !== undefined) {
-      this.removals.purgedPrefix(purge.prefix);
-      this.dropFlights((key) => key.startsWith(primaryKeyPrefix(purge.prefix!)));
-    } else if (purge.tag !== undefined) {
-      this.removals.purgedTag(purge.tag);
-      this.dropFlights((_key, flight) => flight.result === undefined || (inCommitWindow(flight.result)?.meta.tags.includes(purge.tag!) ?? false));
+      this.dropFlights((key) => key.startsWith(prefix));
+    } else if (purge.tags !== undefined) {
+      for (const tag of purge.tags) this.removals.purgedTag(tag);
+      const tags = purge.tags;
+      this.dropFlights((_key, flight) => flight.result === undefined || tags.some((tag) => inCommitWindow(flight.result)?.meta.tags.includes(tag)));
+    } else {
+      // A prefix, or everything (the empty prefix).
+      const prefix = purge.prefix ?? '';
+      this.removals.purgedPrefix(prefix);
+      this.dropFlights((key) => key.startsWith(primaryKeyPrefix(prefix)));
     }
   }
 

@@ -28,6 +28,12 @@ export interface TieredStoreOptions {
   disk: CacheStore;
   /** Bodies larger than this live on disk only. Defaults to (and is capped at) memory.maxEntryBytes. */
   memoryMaxEntryBytes?: number;
+  /**
+   * Keys the disk tier holds (default: all). Any other key lives in memory only and is never read
+   * from disk: a worker's shard holds the keys it owns, and copies of other workers' keys stay in
+   * its memory (issue 9). Asked only past a memory hit, so hits pay nothing for it.
+   */
+  diskKeys?: (key: string) => boolean;
 }
 
 export interface TieredCounters {
@@ -53,6 +59,7 @@ export class TieredStore implements CacheStore {
   readonly memory: MemoryStore;
   readonly disk: CacheStore;
   readonly memoryMaxEntryBytes: number;
+  private readonly diskKeys: ((key: string) => boolean) | undefined;
   readonly counters: TieredCounters = {
     memoryHits: 0,
     diskHits: 0,
@@ -82,6 +89,11 @@ export class TieredStore implements CacheStore {
     const limit = options.memoryMaxEntryBytes ?? this.memory.maxEntryBytes;
     if (!(limit >= 0)) throw new StoreError('STORE_CONFIG', 'memoryMaxEntryBytes must be >= 0');
     this.memoryMaxEntryBytes = Math.min(limit, this.memory.maxEntryBytes);
+    this.diskKeys = options.diskKeys;
+  }
+
+  private onDisk(key: string): boolean {
+    return this.diskKeys === undefined || this.diskKeys(key);
   }
 
   get(key: string): CachedEntry | undefined | Promise<CachedEntry | undefined> {
@@ -90,6 +102,10 @@ export class TieredStore implements CacheStore {
       this.counters.memoryHits++;
       this.disk.noteAccess?.(key);
       return hit;
+    }
+    if (!this.onDisk(key)) {
+      this.counters.misses++;
+      return undefined;
     }
     const fromDisk = this.disk.get(key);
     if (fromDisk instanceof Promise) {
@@ -127,6 +143,7 @@ export class TieredStore implements CacheStore {
    * A size mismatch is the caller's error and always rejects, leaving both tiers untouched.
    */
   openWriter(key: string, meta: EntryMeta): EntryWriter {
+    if (!this.onDisk(key)) return this.memory.openWriter(key, meta);
     const limit = this.memoryMaxEntryBytes;
     const diskWriter = this.disk.openWriter(key, meta);
     // A hard purge or delete after this write began wins: its content is not brought back by the commit.
@@ -242,6 +259,7 @@ export class TieredStore implements CacheStore {
   }
 
   async updateMeta(key: string, meta: EntryMeta, ifStoredAt?: number): Promise<boolean> {
+    if (!this.onDisk(key)) return this.memory.updateMeta(key, meta, ifStoredAt);
     return this.mutating(key, async () => {
       const [onDisk, inMemory] = await Promise.all([this.disk.updateMeta(key, meta, ifStoredAt), this.memory.updateMeta(key, meta, ifStoredAt)]);
       return onDisk || inMemory;
@@ -249,6 +267,7 @@ export class TieredStore implements CacheStore {
   }
 
   async delete(key: string): Promise<boolean> {
+    if (!this.onDisk(key)) return this.memory.delete(key);
     this.removals.deleted(key);
     await this.commitsLanded();
     return this.mutating(key, async () => {
@@ -402,6 +421,7 @@ export interface OpenTieredStoreOptions {
   memoryBytes: number;
   diskBytes: number;
   memoryMaxEntryBytes?: number;
+  diskKeys?: (key: string) => boolean;
   /** Clock shared by both tiers, for tests. */
   now?: () => number;
 }
@@ -426,5 +446,6 @@ export async function openTieredStore(options: OpenTieredStoreOptions): Promise<
     memory,
     disk,
     ...(options.memoryMaxEntryBytes !== undefined ? { memoryMaxEntryBytes: options.memoryMaxEntryBytes } : {}),
+    ...(options.diskKeys !== undefined ? { diskKeys: options.diskKeys } : {}),
   });
 }

@@ -296,3 +296,58 @@ test.serial('changing the worker count keeps what it can and never serves a copy
   for (const [i, path] of paths.entries()) t.is(third.texts[i], stayed.includes(path) ? `${path} v1` : `${path} v3`, path);
   t.false(existsSync(join(dataDir, 'worker-2')), 'shards of workers the node no longer runs are removed');
 });
+
+test.serial('the hop to the owner is invisible: a worker answers as one process would, from its copy of the owner\'s entry', async (t) => {
+  const origin = await startOrigin((req, res) => {
+    const path = (req.url ?? '/').split('?')[0]!;
+    const body = 'x'.repeat(1000);
+    if (path.startsWith('/vary/')) {
+      const lang = String(req.headers['accept-language'] ?? 'none');
+      send(res, 200, { 'cache-control': 'max-age=300', vary: 'Accept-Language' }, `${path} in ${lang}`);
+    } else if (path.startsWith('/private/')) {
+      send(res, 200, { 'cache-control': 'private, max-age=300' }, 'for one client');
+    } else {
+      send(res, 200, { 'cache-control': 'max-age=300', etag: '"v1"' }, body);
+    }
+  });
+  t.teardown(() => origin.close());
+  const node = await startCluster(t, origin.url, { workers: 2 });
+  const client = await node.clientOn(1);
+  const plain = pathOwnedBy(node, 2, 0, '/plain/');
+  const first = await getOn(client, plain);
+  t.is(first.headers['cache-status'], 'outpost-edge; fwd=uri-miss; fwd-status=200; stored; ttl=299', 'one member, the owner\'s, as from one process');
+  t.is(first.headers['via'], '1.1 outpost-edge');
+  t.is(first.text.length, 1000);
+  // Conditionals, ranges and HEAD are answered by worker 1 from its copy (§4.3.2, RFC 9110 §14).
+  const hops = async (): Promise<number> =>
+    [...(await (await fetch(`${node.admin}/metrics`)).text()).matchAll(/^outpost_owner_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+  const hopsBefore = await hops();
+  const conditional = await getOn(client, plain, { 'if-none-match': '"v1"' });
+  t.is(conditional.status, 304);
+  const range = await getOn(client, plain, { range: 'bytes=0-9' });
+  t.is(range.status, 206);
+  t.is(range.text, 'xxxxxxxxxx');
+  const head = await client.request({ method: 'HEAD', path: plain });
+  await head.body.text();
+  t.is(head.statusCode, 200);
+  t.is(head.headers['content-length'], '1000');
+  t.is(origin.count(plain), 1);
+  t.is(await hops(), hopsBefore, 'no request went to the owner');
+  // Vary (§4.1): each variant is copied with its own key; the owner holds the Vary record.
+  const vary = pathOwnedBy(node, 2, 0, '/vary/');
+  t.is((await getOn(client, vary, { 'accept-language': 'fr' })).text, `${vary} in fr`);
+  t.is((await getOn(client, vary, { 'accept-language': 'de' })).text, `${vary} in de`);
+  const again = await getOn(client, vary, { 'accept-language': 'fr' });
+  t.is(again.text, `${vary} in fr`);
+  t.regex(String(again.headers['cache-status']), /outpost-edge; hit/);
+  t.is(origin.count(vary), 2);
+  // A private response (§5.2.2.7) passes through the owner to this client and is kept by no one.
+  const priv = pathOwnedBy(node, 2, 0, '/private/');
+  for (let i = 0; i < 2; i++) {
+    const reply = await getOn(client, priv);
+    t.is(reply.text, 'for one client');
+    t.notRegex(String(reply.headers['cache-status']), /hit/);
+    t.is(reply.headers['x-outpost-outcome'], undefined, 'the hop\'s own fields never reach a client');
+  }
+  t.is(origin.count(priv), 2);
+});

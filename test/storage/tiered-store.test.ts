@@ -350,3 +350,24 @@ test('tiered: memory hits keep the disk copy warm in the disk tier LRU order', a
   t.truthy(await level.get(key('a')), 'the memory-hot entry stays on disk');
   t.is(await level.get(key('b')), undefined, 'the least recently used entry went');
 });
+
+test('tiered: keys outside diskKeys live in memory only and are never read from disk (a worker\'s copies of keys it does not own)', async (t) => {
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024 });
+  const memory = new MemoryStore({ maxBytes: 16 * 1024 * 1024 });
+  const store = new TieredStore({ memory, disk: level, diskKeys: (k) => k.startsWith('https://mine/') });
+  t.teardown(() => store.close());
+  const mine = entryKey('https://mine/a', '');
+  const theirs = entryKey('https://theirs/a', '');
+  const body = bodyOf(1000);
+  // A copy left on this disk from before (another worker count) must not be served for a key owned elsewhere.
+  await putEntry(level, theirs, meta(body.length), bodyOf(1000, 9));
+  await putEntry(store, mine, meta(body.length), body);
+  await putEntry(store, theirs, meta(body.length), body);
+  t.not(await level.get(mine), undefined, 'an owned key goes to disk');
+  t.true((await readAll((await level.get(theirs))!.openBody())).equals(bodyOf(1000, 9)), 'the other key is not written to disk');
+  t.true((store.get(theirs) as CachedEntry).body!.equals(body), 'served from memory');
+  await store.delete(theirs);
+  t.is(store.get(theirs), undefined, 'a memory miss for a key outside diskKeys is a miss, synchronously, whatever the disk holds');
+  t.true(await store.updateMeta(mine, meta(body.length, { staleAt: 1 })));
+  t.is((await level.get(mine))?.meta.staleAt, 1);
+});
