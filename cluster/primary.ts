@@ -134,14 +134,19 @@ export class Primary implements NodeControl {
     return counts.reduce((sum, n) => sum + n, 0);
   }
 
-  async stats(): Promise<NodeStats> {
+  /** Every serving worker's stats, their counters summed, and a summing helper. */
+  private async gather(): Promise<{ answered: Map<Slot, WorkerStats>; metrics: Metrics; sum: (pick: (s: WorkerStats) => number) => number }> {
     const answered = await this.workerStats();
     const all = [...answered.values()];
-    const requests = new Metrics();
-    for (const stats of all) requests.absorb(stats.metrics);
+    const metrics = new Metrics();
+    for (const stats of all) metrics.absorb(stats.metrics);
+    return { answered, metrics, sum: (pick) => all.reduce((total, s) => total + pick(s), 0) };
+  }
+
+  async stats(): Promise<NodeStats> {
+    const { answered, metrics, sum } = await this.gather();
     const byOutcome: Record<string, number> = {};
-    for (const outcome of ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic']) byOutcome[outcome] = requests.get('requests_total', { outcome });
-    const sum = (pick: (s: WorkerStats) => number): number => all.reduce((total, s) => total + pick(s), 0);
+    for (const outcome of ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic']) byOutcome[outcome] = metrics.get('requests_total', { outcome });
     return {
       workers: this.slots.length,
       workersReady: this.slots.filter((s) => s.state === 'ready').length,
@@ -155,10 +160,7 @@ export class Primary implements NodeControl {
   }
 
   async metricsText(): Promise<string> {
-    const all = [...(await this.workerStats()).values()];
-    const metrics = new Metrics();
-    for (const stats of all) metrics.absorb(stats.metrics);
-    const sum = (pick: (s: WorkerStats) => number): number => all.reduce((total, s) => total + pick(s), 0);
+    const { metrics, sum } = await this.gather();
     return metrics.render({
       workers_ready: { help: 'workers serving requests', value: this.slots.filter((s) => s.state === 'ready').length },
       worker_restarts: { help: 'workers restarted after dying, since start', value: this.restarts },

@@ -123,6 +123,8 @@ export class CachePipeline {
   private readonly ownerRefreshes = new Set<string>();
   private readonly trusted: BlockList | undefined;
   private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
+  /** Requests this worker answered for another, as a key's owner (those count where the client is). */
+  private readonly ownerCounters: Record<CacheOutcome, { inc(): void }> | undefined;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
   /** Disk lookups in progress, by entry key. */
@@ -155,9 +157,10 @@ export class CachePipeline {
     }));
     this.fills = new Fills({ settings: deps.settings, upstream: this.upstream, writer, logger: this.logger, now: this.now, track });
     const outcomes: CacheOutcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
-    this.requestCounters = Object.fromEntries(
-      outcomes.map((outcome) => [outcome, this.metrics.bound('requests_total', 'requests by cache outcome', { outcome })]),
-    ) as Record<CacheOutcome, { inc(): void }>;
+    const counters = (name: string, help: string) =>
+      Object.fromEntries(outcomes.map((outcome) => [outcome, this.metrics.bound(name, help, { outcome })])) as Record<CacheOutcome, { inc(): void }>;
+    this.requestCounters = counters('requests_total', 'requests by cache outcome');
+    this.ownerCounters = this.routing === undefined ? undefined : counters('owner_requests_total', "requests answered for another worker of the node, as the key's owner");
   }
 
   /** node:http request handler. */
@@ -743,7 +746,7 @@ export class CachePipeline {
   private log(x: Exchange, complete: boolean): void {
     if (x.internal !== undefined) {
       // The worker that received the request from the client counts and logs it, with this outcome.
-      this.metrics.inc('owner_requests_total', 'requests answered for another worker of the node, as the key\'s owner', { outcome: x.outcome });
+      this.ownerCounters?.[x.outcome].inc();
       return;
     }
     this.requestCounters[x.outcome].inc();
