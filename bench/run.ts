@@ -528,7 +528,7 @@ async function ejection(): Promise<void> {
   });
   const pool = originPool(config, config.origins);
   const logger = pino({ level: 'info' }, pino.destination({ dest: join(dir, 'shield-access.log'), sync: false }));
-  const node = await startNode({ config, upstream: pool, store: await openStore(config), logger, filters: [healthFilter] });
+  const node = await startNode({ config, makeUpstream: () => pool, store: await openStore(config), logger, filters: [healthFilter] });
   const events: OriginPoolEjectedEvent[] = [];
   pool.on('ejected', (event) => events.push(event));
   const port = Number(new URL(node.url).port);

@@ -11,8 +11,13 @@ import { startEdge } from '../edge/edge.js';
 import type { RunningNode } from '../pipeline/node-server.js';
 import cluster from 'node:cluster';
 import { Primary } from '../cluster/primary.js';
-import { startAdmin } from '../admin/admin-server.js';
+import { startAdmin, type AdminServer } from '../admin/admin-server.js';
+import { LocalControl, type NodeControl } from '../admin/node-control.js';
+import { PurgeOutbox } from '../admin/purge-outbox.js';
+import { WORKER_ENV } from '../cluster/messages.js';
 import { runWorker, type Starter } from '../cluster/worker.js';
+import type { Logger } from 'pino';
+import { runPurgeClient } from './purge-client.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startShield } from '../origin-shield/shield.js';
 
@@ -23,6 +28,8 @@ Usage:
   outpost edge   --upstream URL [--upstream URL…] [options]
   outpost shield --origin URL [--origin URL…] [options]
   outpost origin [--listen HOST:PORT]                  the demo origin alone
+  outpost purge  --admin URL [--token T] (--url U | --prefix P | --tag T… | --all) [--soft]
+                                                       purge through a node's admin API
   outpost COMMAND --help                               options of a command
 
 Every option is also a config-file field (--config FILE, JSON) and an OUTPOST_* environment variable.
@@ -86,20 +93,22 @@ function help(role: Role): string {
   return `Usage: outpost ${role} [options]\n\nOptions:\n  --config FILE                          JSON config file (fields are the camelCase option names)\n${lines.join('\n')}\n`;
 }
 
-function configFor(role: Role, argv: readonly string[]): Readonly<Config> | undefined {
+/** The config loader of a role's command line: called at start, and again on SIGHUP. */
+function configLoader(role: Role, argv: readonly string[]): (() => Readonly<Config>) | undefined {
   const parsed = parseFlags(role, argv);
   if (parsed.help) {
     process.stdout.write(help(role));
     return undefined;
   }
-  return loadConfig(role, { flags: parsed.flags, env: process.env, file: parsed.config });
+  return () => loadConfig(role, { flags: parsed.flags, env: process.env, file: parsed.config });
 }
 
-function onSignals(nodes: RunningNode[], extra: Array<() => Promise<void>> = []): void {
+function onSignals(nodes: RunningNode[], extra: Array<() => Promise<void>> = [], control?: LocalControl): void {
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    control?.drain();
     process.stderr.write(`outpost: ${signal}, finishing requests in flight\n`);
     for (const node of nodes) await node.close();
     for (const close of extra) await close();
@@ -132,17 +141,26 @@ async function runStart(argv: readonly string[]): Promise<void> {
   const shield = await startShield(shieldConfig);
   const { dataDir: _ignored, ...edgeFlags } = parsed.flags;
   const edgeConfig = loadConfig('edge', {
-    fileContents: { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [] },
+    fileContents: { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [], adminListen: '127.0.0.1:8081' },
     flags: edgeFlags,
     env: process.env,
     file: parsed.config,
   });
   const edge = await startEdge(edgeConfig);
-  onSignals([edge, shield], closers);
+  // One admin API for the chain: it reports on the edge, and its purges reach the shield too.
+  const control = new LocalControl([edge, shield]);
+  const logger = createLogger(edgeConfig.logLevel, edgeConfig.nodeName, { buffered: false }).child({ admin: true });
+  const admin = await openAdmin(edgeConfig, control, logger);
+  if (admin) closers.unshift(admin.close);
+  onSignals([edge, shield], closers, control);
   process.stderr.write(
-    `\nOutpost is running:\n  edge    ${edge.url}\n  shield  ${shield.url}\n  origin  ${originUrl}${parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : ' (demo origin)'}\n  data    ${baseDir}/\n\n` +
+    `\nOutpost is running:\n  edge    ${edge.url}\n  shield  ${shield.url}\n  origin  ${originUrl}${parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : ' (demo origin)'}\n` +
+      (admin ? `  admin   ${admin.url}\n` : '') +
+      `  data    ${baseDir}/\n\n` +
       (parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : `Demo paths:\n${demoIndex().replace(/^/gm, '  ')}\n\n`) +
-      `Try:\n  curl -si ${edge.url}/hello    # twice: the second answer is a hit (see Cache-Status and Age)\n\nCtrl-C stops everything.\n\n`,
+      `Try:\n  curl -si ${edge.url}/hello    # twice: the second answer is a hit (see Cache-Status and Age)\n` +
+      (admin ? `  curl -s ${admin.url}/stats\n  curl -s -X POST ${admin.url}/purge -d '{"url": "${edge.url}/hello"}'\n` : '') +
+      `\nCtrl-C stops everything.\n\n`,
   );
 }
 
@@ -150,22 +168,58 @@ async function runStart(argv: readonly string[]): Promise<void> {
  * An edge or a shield: a primary that supervises `workers` worker processes (cluster/), or, in a
  * worker, that worker. Both re-read the same flags, environment and config file.
  */
-async function runNode(config: Readonly<Config>, start: Starter, upstreams: string): Promise<void> {
-  if (cluster.isWorker) return runWorker(config, start);
+async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: (config: Readonly<Config>) => string): Promise<void> {
+  // A worker runs the config the primary validated (the file may have changed since).
+  if (cluster.isWorker) return runWorker(JSON.parse(process.env[WORKER_ENV.config]!) as Config, start);
+  let config = load();
   mkdirSync(config.dataDir, { recursive: true });
   const logger = createLogger(config.logLevel, config.nodeName, { buffered: false }).child({ primary: true });
+  let outbox: PurgeOutbox | undefined;
   const primary = new Primary({
     config,
     count: config.workers,
     logger,
     onReady: (url) =>
-      process.stderr.write(`outpost ${config.role} listening on ${url}, ${upstreams}; ${config.workers} worker${config.workers === 1 ? '' : 's'} (${config.workerScheduling})\n`),
+      process.stderr.write(`outpost ${config.role} listening on ${url}, ${upstreams(config)}; ${config.workers} worker${config.workers === 1 ? '' : 's'} (${config.workerScheduling})\n`),
+    reloadConfig: () => checkNode(load()),
+    onReload: (next) => {
+      config = next;
+      logger.level = next.logLevel;
+      outbox?.setPeers(peersOf(next));
+    },
   });
   primary.start();
-  if (config.adminListen !== undefined) {
-    const admin = await startAdmin(config.adminListen, primary, logger);
-    process.stderr.write(`outpost ${config.role} admin API on ${admin.url}\n`);
-  }
+  const admin = await openAdmin(config, primary, logger, () => config);
+  outbox = admin?.outbox;
+  if (admin) process.stderr.write(`outpost ${config.role} admin API on ${admin.url}\n`);
+}
+
+/** Purge peers with their tokens: a peer without its own gets this node's. */
+function peersOf(config: Readonly<Config>) {
+  return config.purgePeers.map((peer) => ({ url: peer.url, token: peer.token ?? (config.adminToken || undefined) }));
+}
+
+/** The admin API when --admin-listen is set, with the purge outbox in the node's data folder. */
+async function openAdmin(config: Readonly<Config>, control: NodeControl, logger: Logger, current: () => Readonly<Config> = () => config): Promise<(AdminServer & { outbox: PurgeOutbox }) | undefined> {
+  if (config.adminListen === undefined) return undefined;
+  if (config.adminToken === '') logger.warn('the admin API has no token: anyone who can reach its loopback address can purge');
+  const outbox = await PurgeOutbox.open({ location: join(config.dataDir, 'purge-outbox'), peers: peersOf(config), retrySec: config.purgeRetrySec, logger });
+  const admin = await startAdmin({ listen: config.adminListen, control, logger, config: current, outbox });
+  return {
+    ...admin,
+    outbox,
+    close: async () => {
+      await admin.close();
+      await outbox.close();
+    },
+  };
+}
+
+/** Checks a role needs beyond the schema: an edge needs upstreams, a shield origins. */
+function checkNode(config: Readonly<Config>): Readonly<Config> {
+  if (config.role === 'edge' && config.upstreams.length === 0) throw new ConfigError('upstreams', 'flag --upstream', 'the edge needs at least one --upstream URL');
+  if (config.role === 'shield' && config.origins.length === 0 && config.routes.length === 0) throw new ConfigError('origins', 'flag --origin', 'the shield needs at least one --origin URL');
+  return config;
 }
 
 async function runOrigin(argv: readonly string[]): Promise<void> {
@@ -192,18 +246,16 @@ export async function main(argv: readonly string[]): Promise<void> {
   const [command, ...rest] = argv;
   try {
     switch (command) {
-      case 'edge': {
-        const config = configFor('edge', rest);
-        if (!config) return;
-        if (config.upstreams.length === 0) throw new ConfigError('upstreams', 'flag --upstream', 'the edge needs at least one --upstream URL');
-        return await runNode(config, startEdge, `upstream ${config.upstreams.join(', ')}`);
-      }
+      case 'edge':
       case 'shield': {
-        const config = configFor('shield', rest);
-        if (!config) return;
-        if (config.origins.length === 0 && config.routes.length === 0) throw new ConfigError('origins', 'flag --origin', 'the shield needs at least one --origin URL');
-        return await runNode(config, startShield, `origins ${config.origins.join(', ')}`);
+        const load = configLoader(command, rest);
+        if (!load) return;
+        const checked = () => checkNode(load());
+        const describe = (config: Readonly<Config>) => (command === 'edge' ? `upstream ${config.upstreams.join(', ')}` : `origins ${config.origins.join(', ')}`);
+        return await runNode(checked, command === 'edge' ? startEdge : startShield, describe);
       }
+      case 'purge':
+        return await runPurgeClient(rest);
       case 'start':
         return await runStart(rest);
       case 'origin':

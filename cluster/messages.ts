@@ -2,24 +2,19 @@
  * What the primary and its workers say to each other over the node:cluster IPC channel. Every
  * question carries an id; its answer carries the same id.
  */
-import type { MetricsSnapshot } from '../pipeline/metrics.js';
+import type { Config } from '../config/config.js';
+import type { NodeSnapshot } from '../pipeline/node-server.js';
 import type { PurgeRequest } from '../pipeline/purge.js';
-import type { StoreStats } from '../storage/cache-store.js';
+import type { StoredVariant } from '../storage/cache-store.js';
 
 /** Environment a worker is forked with. */
 export const WORKER_ENV = {
   index: 'OUTPOST_WORKER_INDEX',
   count: 'OUTPOST_WORKER_COUNT',
   runDir: 'OUTPOST_RUN_DIR',
+  /** The config the primary validated (JSON): a worker forked after a reload runs the reloaded one. */
+  config: 'OUTPOST_WORKER_CONFIG',
 } as const;
-
-export interface WorkerStats {
-  metrics: MetricsSnapshot;
-  /** The worker's disk shard. */
-  disk: StoreStats;
-  memory: StoreStats;
-  fillsInFlight: number;
-}
 
 export type WorkerMessage =
   /** The shard is open; the primary answers with `go` and the purges it missed while down. */
@@ -30,8 +25,10 @@ export type WorkerMessage =
   /** A purge the worker needs node-wide (§4.4 invalidation); answered with `purged`. */
   | { type: 'purge'; id: number; request: PurgeRequest }
   | { type: 'purge-done'; id: number; affected: number; error?: string }
-  | { type: 'stats-reply'; id: number; stats: WorkerStats }
-  | { type: 'reloaded' };
+  | { type: 'stats-reply'; id: number; stats: NodeSnapshot }
+  | { type: 'inspect-reply'; id: number; variants: StoredVariant[] }
+  /** A reload applied, or why it was not. */
+  | { type: 'reloaded'; error?: string };
 
 export type PrimaryMessage =
   | { type: 'go'; id: number; purges: PurgeRequest[] }
@@ -42,5 +39,8 @@ export type PrimaryMessage =
   | { type: 'purge'; id: number; request: PurgeRequest; memoryOnly?: boolean }
   | { type: 'purged'; id: number; affected: number; error?: string }
   | { type: 'stats'; id: number }
-  | { type: 'reload' }
+  /** The stored variants of a URL (its cache key) in this worker's tiers. */
+  | { type: 'inspect'; id: number; url: string }
+  /** SIGHUP: the config the primary re-read and validated, its live options to apply. */
+  | { type: 'reload'; config: Config }
   | { type: 'shutdown' };

@@ -9,10 +9,13 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import type { Config } from '../config/config.js';
-import { Metrics } from '../pipeline/metrics.js';
+import type { InspectedVariant, NodeControl, WorkerState } from '../admin/node-control.js';
+import { ConfigError, type Config } from '../config/config.js';
+import { liveConfig } from '../config/reload.js';
+import type { MetricsJson } from '../pipeline/metrics.js';
+import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
-import { WORKER_ENV, type PrimaryMessage, type WorkerMessage, type WorkerStats } from './messages.js';
+import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { shardDir } from './worker.js';
 
 /** Deaths within this window that count towards a crash loop. */
@@ -20,32 +23,11 @@ const CRASH_WINDOW_MS = 60_000;
 /** Longest a worker may take to drain after the shutdown timeout, before it is killed. */
 const SHUTDOWN_GRACE_MS = 5_000;
 
-/** Node-wide operations, as the admin API and the workers' invalidations use them. */
-export interface NodeControl {
-  /** Runs a purge on every worker (memory tiers, disk shards, fills in flight); resolves once all applied it. */
-  purge(request: PurgeRequest): Promise<number>;
-  stats(): Promise<NodeStats>;
-  /** Prometheus text: every worker's counters summed. */
-  metricsText(): Promise<string>;
-}
-
-export interface NodeStats {
-  workers: number;
-  workersReady: number;
-  /** Each worker slot: its process and state. */
-  workerList: Array<{ index: number; pid: number | undefined; state: Slot['state']; requests: number }>;
-  restarts: number;
-  disk: { entries: number; bytes: number };
-  memory: { entries: number; bytes: number };
-  fillsInFlight: number;
-  requests: Record<string, number>;
-}
-
 interface Slot {
   index: number;
   worker: Worker | undefined;
   /** starting: forked, shard not open (purges wait in `queued`); open: purges go to it; ready: serving. */
-  state: 'starting' | 'open' | 'ready' | 'dead';
+  state: WorkerState['state'];
   /** Purges run while the worker was down or starting: applied before it serves. */
   queued: PurgeRequest[];
   /** Purges handed to it at start, not yet known applied (it is not serving yet): queued again if it dies. */
@@ -65,6 +47,10 @@ export interface PrimaryOptions {
   logger: Logger;
   /** Printed once every worker listens. */
   onReady: (url: string) => void;
+  /** SIGHUP: re-reads flags, environment and config file; throws ConfigError when the new config is invalid. */
+  reloadConfig?: () => Readonly<Config>;
+  /** A reload the workers were given (the admin API takes its new purge peers and token). */
+  onReload?: (config: Readonly<Config>) => void;
 }
 
 export class Primary implements NodeControl {
@@ -76,14 +62,14 @@ export class Primary implements NodeControl {
   private readonly runDir: string;
   private stopping = false;
   private everReady = false;
-  private readonly config: Readonly<Config>;
+  private config: Readonly<Config>;
   private readonly logger: Logger;
-  private readonly onReady: (url: string) => void;
+  private readonly options: PrimaryOptions;
 
   constructor(options: PrimaryOptions) {
+    this.options = options;
     this.config = options.config;
     this.logger = options.logger;
-    this.onReady = options.onReady;
     this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [], applying: [] }));
     // Private to this user (mkdtemp creates 0700): the owner sockets accept requests from any worker.
     this.runDir = mkdtempSync(join(tmpdir(), 'outpost-'));
@@ -134,58 +120,44 @@ export class Primary implements NodeControl {
     return counts.reduce((sum, n) => sum + n, 0);
   }
 
-  /** Every serving worker's stats, their counters summed, and a summing helper. */
-  private async gather(): Promise<{ answered: Map<Slot, WorkerStats>; metrics: Metrics; sum: (pick: (s: WorkerStats) => number) => number }> {
-    const answered = await this.workerStats();
-    const all = [...answered.values()];
-    const metrics = new Metrics();
-    for (const stats of all) metrics.absorb(stats.metrics);
-    return { answered, metrics, sum: (pick) => all.reduce((total, s) => total + pick(s), 0) };
+  async snapshots(): Promise<NodeSnapshot[]> {
+    const answers = await this.askReady((id) => ({ type: 'stats', id }));
+    return answers.flatMap((answer) => (answer.type === 'stats-reply' ? [answer.stats] : []));
   }
 
-  async stats(): Promise<NodeStats> {
-    const { answered, metrics, sum } = await this.gather();
-    const byOutcome: Record<string, number> = {};
-    for (const outcome of ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic']) byOutcome[outcome] = metrics.get('requests_total', { outcome });
-    return {
-      workers: this.slots.length,
-      workersReady: this.slots.filter((s) => s.state === 'ready').length,
-      workerList: this.slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid, state: s.state, requests: requestCount(answered.get(s)) })),
-      restarts: this.restarts,
-      disk: { entries: sum((s) => s.disk.entries), bytes: sum((s) => s.disk.bytes) },
-      memory: { entries: sum((s) => s.memory.entries), bytes: sum((s) => s.memory.bytes) },
-      fillsInFlight: sum((s) => s.fillsInFlight),
-      requests: byOutcome,
-    };
+  async metrics(): Promise<MetricsJson[]> {
+    return (await this.snapshots()).map((snapshot) => snapshot.metrics);
   }
 
-  async metricsText(): Promise<string> {
-    const { metrics, sum } = await this.gather();
-    return metrics.render({
-      workers_ready: { help: 'workers serving requests', value: this.slots.filter((s) => s.state === 'ready').length },
-      worker_restarts: { help: 'workers restarted after dying, since start', value: this.restarts },
-      disk_entries: { help: 'entries on the disk shards', value: sum((s) => s.disk.entries) },
-      disk_bytes: { help: 'bytes on the disk shards', value: sum((s) => s.disk.bytes) },
-      memory_entries: { help: 'entries in worker memory tiers', value: sum((s) => s.memory.entries) },
-      memory_bytes: { help: 'bytes in worker memory tiers', value: sum((s) => s.memory.bytes) },
-      fills_in_flight: { help: 'fills fetching or committing', value: sum((s) => s.fillsInFlight) },
-    });
-  }
-
-  /** Each serving worker's stats (a worker that dies meanwhile is left out). */
-  private async workerStats(): Promise<Map<Slot, WorkerStats>> {
+  async inspect(url: string): Promise<InspectedVariant[]> {
     const ready = this.slots.filter((slot) => slot.state === 'ready');
-    const answers = await Promise.all(ready.map((slot) => this.ask(slot, { type: 'stats', id: ++this.nextId }, undefined)));
-    const stats = new Map<Slot, WorkerStats>();
-    answers.forEach((answer, i) => {
-      if (answer.type === 'stats-reply') stats.set(ready[i]!, answer.stats);
-    });
-    return stats;
+    const answers = await this.askReady((id) => ({ type: 'inspect', id, url }));
+    return answers.flatMap((answer, i) => (answer.type === 'inspect-reply' ? answer.variants.map((v) => ({ ...v, worker: ready[i]!.index })) : []));
+  }
+
+  started(): boolean {
+    return this.everReady && this.slots.some((slot) => slot.state === 'ready');
+  }
+
+  draining(): boolean {
+    return this.stopping;
+  }
+
+  workers(): { list: WorkerState[]; restarts: number } {
+    return { list: this.slots.map((s) => ({ index: s.index, pid: s.worker?.process.pid, state: s.state })), restarts: this.restarts };
+  }
+
+  /** Asks every serving worker the same question (a worker that dies meanwhile answers nothing useful). */
+  private askReady(question: (id: number) => Extract<PrimaryMessage, { id: number }>): Promise<WorkerMessage[]> {
+    const ready = this.slots.filter((slot) => slot.state === 'ready');
+    return Promise.all(ready.map((slot) => this.ask(slot, question(++this.nextId), undefined)));
   }
 
   private fork(slot: Slot): void {
     slot.state = 'starting';
-    const worker = cluster.fork({ [WORKER_ENV.index]: String(slot.index), [WORKER_ENV.count]: String(this.slots.length), [WORKER_ENV.runDir]: this.runDir });
+    // Workers need no admin token: it stays out of their environment.
+    const config = JSON.stringify({ ...this.config, adminToken: '', adminTokenFile: '' });
+    const worker = cluster.fork({ [WORKER_ENV.index]: String(slot.index), [WORKER_ENV.count]: String(this.slots.length), [WORKER_ENV.runDir]: this.runDir, [WORKER_ENV.config]: config });
     // A send to a worker that is dying fails on its channel; its exit is handled in onExit.
     worker.on('error', (error) => this.logger.warn({ worker: slot.index, err: error.message }, 'worker channel error'));
     slot.worker = worker;
@@ -230,7 +202,7 @@ export class Primary implements NodeControl {
         slot.applying = [];
         if (!this.everReady && this.slots.every((s) => s.state === 'ready')) {
           this.everReady = true;
-          this.onReady(message.url);
+          this.options.onReady(message.url);
         } else if (this.everReady) {
           this.logger.info({ worker: slot.index, pid: worker.process.pid }, 'worker restarted and serving');
         }
@@ -249,14 +221,16 @@ export class Primary implements NodeControl {
         );
         return;
       case 'purge-done':
-      case 'stats-reply': {
+      case 'stats-reply':
+      case 'inspect-reply': {
         const question = this.questions.get(message.id);
         this.questions.delete(message.id);
         question?.resolve(message);
         return;
       }
       case 'reloaded':
-        this.logger.info({ worker: slot.index }, 'worker reloaded');
+        if (message.error !== undefined) this.logger.error({ worker: slot.index, err: message.error }, 'worker could not apply the reload');
+        else this.logger.info({ worker: slot.index }, 'worker reloaded');
         return;
     }
   }
@@ -293,10 +267,27 @@ export class Primary implements NodeControl {
     this.fork(slot);
   }
 
+  /**
+   * SIGHUP: the config is re-read and validated here, once; an invalid one is logged with its
+   * field and the node keeps running on the old one. Workers started later fork with the new one.
+   */
   private reload(): void {
+    if (this.options.reloadConfig === undefined) return;
+    let next: Readonly<Config>;
+    try {
+      next = this.options.reloadConfig();
+    } catch (error) {
+      const field = error instanceof ConfigError ? error.field : undefined;
+      this.logger.error({ field, err: (error as Error).message }, 'SIGHUP: the new config is invalid; still running on the old one');
+      return;
+    }
+    const { config, needRestart } = liveConfig(this.config, next);
+    if (needRestart.length > 0) this.logger.warn({ options: needRestart }, 'SIGHUP: these options take effect only at the next start');
+    this.config = config;
+    this.options.onReload?.(config);
     const live = this.slots.filter((s) => s.state === 'ready');
     this.logger.info({ workers: live.length }, 'SIGHUP: reloading every worker');
-    for (const slot of live) this.send(slot.worker, { type: 'reload' });
+    for (const slot of live) this.send(slot.worker, { type: 'reload', config: config as Config });
   }
 
   /** SIGTERM: every worker stops accepting, finishes what is in flight, and exits; then the primary. */
@@ -326,12 +317,6 @@ export class Primary implements NodeControl {
     await exited;
     clearTimeout(timer);
   }
-}
-
-/** Client requests a worker answered (all outcomes). */
-function requestCount(stats: WorkerStats | undefined): number {
-  const counter = stats?.metrics['requests_total'];
-  return counter === undefined ? 0 : Object.values(counter.values).reduce((sum, n) => sum + n, 0);
 }
 
 /** Shards of workers beyond the current count hold keys no worker owns now: removed at start. */

@@ -12,11 +12,11 @@ import type { StartOptions } from '../edge/edge.js';
 import type { WorkerRouting } from '../pipeline/cache-pipeline.js';
 import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
-import type { RunningNode } from '../pipeline/node-server.js';
+import type { NodeSnapshot, RunningNode } from '../pipeline/node-server.js';
 import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
 import { LevelStore } from '../storage/level-store.js';
 import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
-import { WORKER_ENV, type PrimaryMessage, type WorkerMessage, type WorkerStats } from './messages.js';
+import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { Ownership } from './ownership.js';
 
 export type Starter = (config: Readonly<Config>, options: StartOptions) => Promise<RunningNode>;
@@ -106,11 +106,25 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
         );
         return;
       case 'stats':
-        send({ type: 'stats-reply', id: message.id, stats: workerStats(node, store!) });
+        void snapshot(node, store!).then((stats) => send({ type: 'stats-reply', id: message.id, stats }));
+        return;
+      case 'inspect':
+        store!.variants(message.url).then(
+          (variants) => send({ type: 'inspect-reply', id: message.id, variants }),
+          (error: Error) => {
+            logger.warn({ err: error.message }, 'could not list stored variants');
+            send({ type: 'inspect-reply', id: message.id, variants: [] });
+          },
+        );
         return;
       case 'reload':
-        logger.info('SIGHUP: reload');
-        send({ type: 'reloaded' });
+        try {
+          node?.reconfigure(message.config);
+          logger.info('SIGHUP: reloaded');
+          send({ type: 'reloaded' });
+        } catch (error) {
+          send({ type: 'reloaded', error: (error as Error).message });
+        }
         return;
       case 'shutdown':
         void stop();
@@ -164,13 +178,10 @@ async function purgeMemory(node: RunningNode | undefined, store: TieredStore, re
   return purgeStore(store.memory, request);
 }
 
-function workerStats(node: RunningNode | undefined, store: TieredStore): WorkerStats {
-  return {
-    metrics: node?.metrics.snapshot() ?? {},
-    disk: store.stats(),
-    memory: store.memoryStats(),
-    fillsInFlight: node?.pipeline.fills.inFlight ?? 0,
-  };
+/** A worker asked before it serves (it is only asked once ready) has nothing to report but its store. */
+async function snapshot(node: RunningNode | undefined, store: TieredStore): Promise<NodeSnapshot> {
+  if (node) return node.snapshot();
+  return { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store.stats(), memory: store.memoryStats(), fillsInFlight: 0, upstreams: [], draining: false };
 }
 
 /**

@@ -9,7 +9,7 @@ import { availableParallelism } from 'node:os';
 
 export type Role = 'edge' | 'shield';
 
-type Kind = 'workers' | 'optional-listen' | 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
+type Kind = 'purge-peers' | 'workers' | 'optional-listen' | 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
 
 interface OptionSpec {
   kind: Kind;
@@ -73,8 +73,18 @@ export const OPTIONS = {
   adminListen: {
     kind: 'optional-listen',
     default: '',
-    help: 'address:port of the admin API (stats, metrics, purge); loopback only, as it has no authentication yet; empty: off',
+    help: 'address:port of the admin API (purge, inspect, stats, metrics, health); empty: off. Beyond loopback it needs an admin token',
   },
+  adminToken: { kind: 'string', default: '', help: 'bearer token every admin call but /healthz and /readyz must carry (prefer --admin-token-file)' },
+  adminTokenFile: { kind: 'string', default: '', help: 'file holding the admin token (read at start and on SIGHUP)' },
+  purgePeers: {
+    kind: 'purge-peers',
+    default: [],
+    flag: 'purge-peer',
+    help: 'admin URL of another node (edges of the PoP, shields) that gets every purge; repeat. Config file: [{ "url": "http://…", "token": "…" }] for a peer with its own token',
+  },
+  purgeRetrySec: { kind: 'int', default: 600, min: 1, help: 'how long a purge a peer did not take is kept in the outbox and retried' },
+  metrics: { kind: 'bool', default: true, help: 'latency histograms and byte counts on the request path (off only to measure their cost)' },
   upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
   connectTimeoutMs: ms('upstream connect timeout', 5_000),
   firstByteTimeoutMs: ms('time to upstream response headers', 30_000),
@@ -95,6 +105,12 @@ export const OPTIONS = {
 } satisfies Record<string, OptionSpec>;
 
 export type OptionName = keyof typeof OPTIONS;
+
+/** A node that gets this node's purges; `token` undefined: this node's own admin token. */
+export interface PurgePeer {
+  url: string;
+  token?: string;
+}
 
 export interface Route {
   host?: string;
@@ -136,6 +152,12 @@ export interface Config {
   cacheStatusKey: boolean;
   servedBy: boolean;
   adminListen: { host: string; port: number } | undefined;
+  /** The admin token: --admin-token, or the contents of --admin-token-file; '' when none. */
+  adminToken: string;
+  adminTokenFile: string;
+  purgePeers: PurgePeer[];
+  purgeRetrySec: number;
+  metrics: boolean;
   upstreamConnections: number;
   connectTimeoutMs: number;
   firstByteTimeoutMs: number;
@@ -240,7 +262,6 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
       const port = match ? Number(match[3]) : Number.NaN;
       if (!match || port > 65535) return fail(`must be host:port (port 0-65535), got ${JSON.stringify(raw)}`);
       const host = match[1] || match[2] || '127.0.0.1';
-      if (spec.kind === 'optional-listen' && !isLoopback(host)) return fail(`the admin API has no authentication yet, so it listens on loopback addresses only, got ${JSON.stringify(raw)}`);
       return { host, port };
     }
     case 'string-list': {
@@ -275,6 +296,8 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
     }
     case 'routes':
       return parseRoutes(raw, source);
+    case 'purge-peers':
+      return parsePurgePeers(raw, source);
   }
 }
 
@@ -293,6 +316,29 @@ function checkUrl(item: unknown, field: string, source: string): string {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new ConfigError(field, source, `must be http:// or https://, got ${JSON.stringify(item)}`);
   if (url.pathname !== '/' || url.search !== '') throw new ConfigError(field, source, `must have no path or query, got ${JSON.stringify(item)}`);
   return url.origin;
+}
+
+function parsePurgePeers(raw: unknown, source: string): PurgePeer[] {
+  const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+  if (list === undefined) throw new ConfigError('purgePeers', source, 'must be a list of admin URLs or { "url", "token" } objects');
+  return list.map((item: unknown, i) => {
+    const field = `purgePeers[${i}]`;
+    const peer = typeof item === 'string' ? { url: item } : item;
+    if (typeof peer !== 'object' || peer === null || Array.isArray(peer)) throw new ConfigError(field, source, 'must be an admin URL or { "url", "token" }');
+    const p = peer as Record<string, unknown>;
+    for (const key of Object.keys(p)) if (key !== 'url' && key !== 'token') throw new ConfigError(`${field}.${key}`, source, 'unknown field');
+    if (p.token !== undefined && (typeof p.token !== 'string' || p.token === '')) throw new ConfigError(`${field}.token`, source, 'must be a non-empty string');
+    let url: URL;
+    try {
+      url = new URL(String(p.url));
+    } catch {
+      throw new ConfigError(`${field}.url`, source, `not a URL: ${JSON.stringify(p.url)}`);
+    }
+    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.search !== '' || url.hash !== '') {
+      throw new ConfigError(`${field}.url`, source, `must be an http:// or https:// admin URL without query, got ${JSON.stringify(p.url)}`);
+    }
+    return { url: url.href.replace(/\/+$/, ''), ...(p.token !== undefined ? { token: p.token as string } : {}) };
+  });
 }
 
 function parseRoutes(raw: unknown, source: string): Route[] {
@@ -356,10 +402,29 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   for (const [name, raws] of Object.entries(sources.flags ?? {}) as [OptionName, string[]][]) {
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
-    const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list';
+    const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list' || spec.kind === 'purge-peers';
     values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`);
   }
+  checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
   return Object.freeze(values as unknown as Config);
+}
+
+/** The admin token comes from a file when one is named; an admin API beyond loopback needs one. */
+function checkAdmin(config: Config, source: string): void {
+  if (config.adminTokenFile !== '') {
+    let token: string;
+    try {
+      token = readFileSync(config.adminTokenFile, 'utf8').trim();
+    } catch (error) {
+      throw new ConfigError('adminTokenFile', source, `cannot read ${config.adminTokenFile}: ${(error as Error).message}`);
+    }
+    if (token === '') throw new ConfigError('adminTokenFile', source, `${config.adminTokenFile} is empty`);
+    config.adminToken = token;
+  }
+  const listen = config.adminListen;
+  if (listen !== undefined && !isLoopback(listen.host) && config.adminToken === '') {
+    throw new ConfigError('adminToken', source, `the admin API listens on ${listen.host}, beyond loopback: give --admin-token or --admin-token-file`);
+  }
 }
 
 function readConfigFile(path: string): Record<string, unknown> {

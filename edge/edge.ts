@@ -49,6 +49,5 @@ export function edgeUpstream(config: Readonly<Config>): Upstream {
 export async function startEdge(config: Readonly<Config>, options: StartOptions = {}): Promise<RunningNode> {
   const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
   const store = options.store ?? (await openStore(config));
-  const upstream = edgeUpstream(config);
-  return startNode({ config, upstream, store, logger, filters: [healthFilter], routing: options.routing, internalSocket: options.internalSocket });
+  return startNode({ config, makeUpstream: edgeUpstream, store, logger, filters: [healthFilter], routing: options.routing, internalSocket: options.internalSocket });
 }

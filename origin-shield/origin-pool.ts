@@ -14,6 +14,7 @@
  *     and the retry budget, go to 1 with the failed member excluded.
  * 5xx responses are returned, not retried: the origin answered, and the cache policy decides.
  */
+import type { MemberHealth } from '../pipeline/node-upstream.js';
 import { EventEmitter } from 'node:events';
 import type { Readable } from 'node:stream';
 import { HttpUpstream, toUpstreamError, type HttpUpstreamOptions } from '../pipeline/http-upstream.js';
@@ -267,6 +268,11 @@ export class OriginPool extends EventEmitter implements Upstream {
         consecutiveConnectFailures: o?.consecutiveConnectFailures ?? 0,
       };
     });
+  }
+
+  /** Members taking requests: healthy by the active checks and not ejected. */
+  memberHealth(): MemberHealth[] {
+    return this.members().map((m) => ({ member: m.url, healthy: m.healthy && !m.ejected }));
   }
 
   stats(): OriginPoolStats {

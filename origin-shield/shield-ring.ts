@@ -9,6 +9,7 @@
  * When every shield is down the key's owner is tried anyway (panic), so a single-shield ring is
  * simply that shield.
  */
+import type { MemberHealth } from '../pipeline/node-upstream.js';
 import { EventEmitter } from 'node:events';
 import { HttpUpstream, toUpstreamError, type HttpUpstreamOptions } from '../pipeline/http-upstream.js';
 import { UpstreamError, type Upstream, type UpstreamRequest, type UpstreamResponse } from '../pipeline/upstream.js';
@@ -179,6 +180,11 @@ export class ShieldRing extends EventEmitter implements Upstream {
       pending: shield.pending,
       failures: shield.failures,
     }));
+  }
+
+  /** Shields taking requests: healthy by the active checks and not passively marked down. */
+  memberHealth(): MemberHealth[] {
+    return this.members().map((m) => ({ member: m.url, healthy: m.healthy && m.downUntil === null }));
   }
 
   /** Probes every shield now (when active health checks are on). */

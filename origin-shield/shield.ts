@@ -8,6 +8,7 @@ import { upstreamTimeouts, type StartOptions } from '../edge/edge.js';
 import { healthFilter } from '../pipeline/health-filter.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
+import type { HealthReporting, MemberHealth } from '../pipeline/node-upstream.js';
 import type { Upstream, UpstreamRequest, UpstreamResponse } from '../pipeline/upstream.js';
 import { openStore } from '../storage/open-store.js';
 import { OriginPool } from './origin-pool.js';
@@ -56,6 +57,12 @@ export class RoutedUpstream implements Upstream {
     return Promise.reject(new Error(`no route for host ${host} and path ${request.path}`));
   }
 
+  /** Every pool's members (a member in several pools is listed per pool). */
+  memberHealth(): MemberHealth[] {
+    const pools = [...this.routes.map((r) => r.pool), ...(this.fallback ? [this.fallback] : [])];
+    return pools.flatMap((pool) => (pool as Partial<HealthReporting>).memberHealth?.() ?? []);
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.routes.map((r) => r.pool.close()), this.fallback?.close()]);
   }
@@ -76,7 +83,7 @@ export async function startShield(config: Readonly<Config>, options: StartOption
   const store = options.store ?? (await openStore(config));
   return startNode({
     config,
-    upstream: shieldUpstream(config),
+    makeUpstream: shieldUpstream,
     store,
     logger,
     filters: [healthFilter],

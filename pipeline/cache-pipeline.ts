@@ -24,7 +24,6 @@ import {
   discard,
   forwardInterim,
   upstreamHeaders,
-  type CacheOutcome,
   type Exchange,
   type Lookup,
   type RequestFilter,
@@ -121,10 +120,7 @@ export class CachePipeline {
   private readonly writer: StoreWriter;
   /** Keys this worker is refreshing from their owner in the background (stale-while-revalidate). */
   private readonly ownerRefreshes = new Set<string>();
-  private readonly trusted: BlockList | undefined;
-  private readonly requestCounters: Record<CacheOutcome, { inc(): void }>;
-  /** Requests this worker answered for another, as a key's owner (those count where the client is). */
-  private readonly ownerCounters: Record<CacheOutcome, { inc(): void }> | undefined;
+  private trusted: BlockList | undefined;
   private readonly idPrefix = `${process.pid.toString(36)}${Date.now().toString(36)}-`;
   private sequence = 0;
   /** Disk lookups in progress, by entry key. */
@@ -156,11 +152,15 @@ export class CachePipeline {
       readFailed: (error) => this.storeReadFailed(error),
     }));
     this.fills = new Fills({ settings: deps.settings, upstream: this.upstream, writer, logger: this.logger, now: this.now, track });
-    const outcomes: CacheOutcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
-    const counters = (name: string, help: string) =>
-      Object.fromEntries(outcomes.map((outcome) => [outcome, this.metrics.bound(name, help, { outcome })])) as Record<CacheOutcome, { inc(): void }>;
-    this.requestCounters = counters('requests_total', 'requests by cache outcome');
-    this.ownerCounters = this.routing === undefined ? undefined : counters('owner_requests_total', "requests answered for another worker of the node, as the key's owner");
+  }
+
+  /**
+   * SIGHUP: new freshness defaults, key options, trust list and limits for requests that start
+   * from now on. Every phase reads this one settings object, so changing it in place reaches them all.
+   */
+  reconfigure(settings: PipelineSettings): void {
+    Object.assign(this.settings, settings);
+    this.trusted = settings.trustForwardedFrom.length > 0 ? buildBlockList(settings.trustForwardedFrom) : undefined;
   }
 
   /** node:http request handler. */
@@ -746,10 +746,11 @@ export class CachePipeline {
   private log(x: Exchange, complete: boolean): void {
     if (x.internal !== undefined) {
       // The worker that received the request from the client counts and logs it, with this outcome.
-      this.ownerCounters?.[x.outcome].inc();
+      this.metrics.ownerRequest(x.outcome);
       return;
     }
-    this.requestCounters[x.outcome].inc();
+    const ms = performance.now() - x.startedAt;
+    this.metrics.request(x.outcome, x.res.statusCode, x.bytes, ms / 1000, x.detail === 'collapsed');
     if (!this.accessLog.enabled || !this.settings.accessLog) return;
     this.accessLog.write({
       id: x.id,
@@ -758,7 +759,7 @@ export class CachePipeline {
       path: x.path,
       status: x.res.statusCode,
       bytes: x.bytes,
-      ms: Math.round((performance.now() - x.startedAt) * 100) / 100,
+      ms: Math.round(ms * 100) / 100,
       cache: x.outcome,
       detail: x.detail,
       complete,

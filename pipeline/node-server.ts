@@ -7,26 +7,50 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { CacheStore } from '../storage/cache-store.js';
+import type { CacheStore, StoreStats, StoredVariant } from '../storage/cache-store.js';
 import { rmSync } from 'node:fs';
-import { CachePipeline, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
-import { Metrics } from './metrics.js';
+import { CachePipeline, type CacheOutcome, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
+import { Metrics, type MetricsJson } from './metrics.js';
+import { NodeUpstream, type MemberHealth } from './node-upstream.js';
 import type { Upstream } from './upstream.js';
+
+/** What a running node reports: for /stats, /readyz and /metrics (summed over workers by the primary). */
+export interface NodeSnapshot {
+  metrics: MetricsJson;
+  requests: Record<CacheOutcome, number>;
+  collapsed: number;
+  /** The disk tier (or the only tier of a single-tier store). */
+  disk: StoreStats;
+  memory: StoreStats;
+  fillsInFlight: number;
+  upstreams: MemberHealth[];
+  draining: boolean;
+}
 
 export interface RunningNode {
   readonly server: Server;
   readonly pipeline: CachePipeline;
   readonly store: CacheStore;
   readonly metrics: Metrics;
+  readonly upstream: NodeUpstream;
   /** http://host:port the node listens on. */
   readonly url: string;
+  snapshot(): Promise<NodeSnapshot>;
+  /** The stored variants of a URL given as its cache key. */
+  inspect(url: string): Promise<StoredVariant[]>;
+  /**
+   * SIGHUP: applies a new config's live options (config/reload.ts decides which) to requests
+   * that start from now on; new upstreams replace the old ones once their requests finish.
+   */
+  reconfigure(config: Readonly<Config>): void;
   /** Stops accepting, finishes requests in flight (up to shutdownTimeoutMs), closes upstream and store. */
   close(): Promise<void>;
 }
 
 export interface NodeOptions {
   config: Readonly<Config>;
-  upstream: Upstream;
+  /** Builds the upstream from a config: at start, and again when a reload changes upstream options. */
+  makeUpstream: (config: Readonly<Config>) => Upstream;
   store: CacheStore;
   logger: Logger;
   filters?: RequestFilter[];
@@ -62,8 +86,11 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
 }
 
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
-  const { config, upstream, store, logger } = options;
-  const metrics = new Metrics();
+  const { store, logger } = options;
+  let config = options.config;
+  const metrics = new Metrics({ detailed: config.metrics, labels: { role: config.role } });
+  const upstream = new NodeUpstream(options.makeUpstream(config), metrics);
+  registerGauges(metrics, store, upstream, () => pipeline.fills.inFlight);
   const pipeline = new CachePipeline({
     settings: pipelineSettings(config),
     store,
@@ -122,7 +149,25 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     pipeline,
     store,
     metrics,
+    upstream,
     url: `http://${host}:${address.port}`,
+    snapshot: async () => ({
+      metrics: await metrics.json(),
+      requests: metrics.requestsByOutcome(),
+      collapsed: metrics.collapsedRequests(),
+      disk: store.stats(),
+      memory: memoryStats(store),
+      fillsInFlight: pipeline.fills.inFlight,
+      upstreams: upstream.memberHealth(),
+      draining: shuttingDown,
+    }),
+    inspect: (url) => store.variants(url),
+    reconfigure: (next) => {
+      if (upstreamChanged(config, next)) upstream.replace(options.makeUpstream(next));
+      pipeline.reconfigure(pipelineSettings(next));
+      logger.level = next.logLevel;
+      config = next;
+    },
     close: () => {
       if (!shuttingDown) {
         shuttingDown = true;
@@ -138,6 +183,58 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       return (closing ??= shutdown(server, internal, pipeline, upstream, store, config.shutdownTimeoutMs));
     },
   };
+}
+
+/** Options the upstream is built from: a reload that changes none of them keeps its pools and health state. */
+const UPSTREAM_OPTIONS = [
+  'upstreams',
+  'origins',
+  'routes',
+  'balance',
+  'upstreamConnections',
+  'connectTimeoutMs',
+  'firstByteTimeoutMs',
+  'idleBodyTimeoutMs',
+  'maxRequestsPerOrigin',
+  'maxAttempts',
+  'retryBudgetPercent',
+  'healthCheckPath',
+  'healthCheckIntervalMs',
+  'healthCheckTimeoutMs',
+  'healthyThreshold',
+  'unhealthyThreshold',
+  'outlierConsecutive5xx',
+  'outlierConsecutiveConnectFailures',
+  'outlierBaseEjectionMs',
+  'outlierMaxEjectionPercent',
+] as const satisfies ReadonlyArray<keyof Config>;
+
+function upstreamChanged(a: Readonly<Config>, b: Readonly<Config>): boolean {
+  return UPSTREAM_OPTIONS.some((name) => JSON.stringify(a[name]) !== JSON.stringify(b[name]));
+}
+
+function memoryStats(store: CacheStore): StoreStats {
+  const tiered = store as Partial<{ memoryStats(): StoreStats }>;
+  return typeof tiered.memoryStats === 'function' ? tiered.memoryStats() : { entries: 0, bytes: 0 };
+}
+
+/** Point-in-time values read when /metrics is scraped: store tiers, fills, upstream members. */
+function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstream, fillsInFlight: () => number): void {
+  const tiers = (): Array<[string, StoreStats]> => [
+    ['memory', memoryStats(store)],
+    ['disk', store.stats()],
+  ];
+  metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.entries]));
+  metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.bytes]));
+  metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.evictions ?? 0]));
+  metrics.gauge('fills_in_flight', 'upstream fetches filling the cache, and their commits', [], () => [[{}, fillsInFlight()]]);
+  metrics.gauge(
+    'upstream_healthy',
+    'whether an upstream member takes requests (1) or not (0); with several workers, the share of workers that see it healthy',
+    ['member'],
+    () => upstream.memberHealth().map((h) => [{ member: h.member }, h.healthy ? 1 : 0]),
+    'average',
+  );
 }
 
 /**

@@ -70,6 +70,16 @@ export interface PurgeOptions {
 export interface StoreStats {
   entries: number;
   bytes: number;
+  /** Entries dropped to stay within the tier's size budget, since the store opened. */
+  evictions?: number;
+}
+
+/** One stored variant of a URL, for inspection (the admin API's GET /cache). */
+export interface StoredVariant {
+  key: string;
+  meta: EntryMeta;
+  /** Which tiers hold it (a tiered store answers for both). */
+  tiers: Array<'memory' | 'disk'>;
 }
 
 export interface CacheStore {
@@ -94,6 +104,8 @@ export interface CacheStore {
   /** Every entry carrying `tag`. */
   purgeTag(tag: string, options?: PurgeOptions): Promise<number>;
   stats(): StoreStats;
+  /** Every stored variant of one primary key, with its metadata (no body). */
+  variants(url: string): Promise<StoredVariant[]>;
   /** Optional: a hit for `key` was served by a tier above this one (keeps LRU order true below it). */
   noteAccess?(key: string): void;
   close(): Promise<void>;

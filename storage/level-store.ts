@@ -33,6 +33,7 @@ import {
   type EntryWriter,
   type PurgeOptions,
   type StoreStats,
+  type StoredVariant,
 } from './cache-store.js';
 import { BloomFilter } from './bloom-filter.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
@@ -434,7 +435,17 @@ export class LevelStore implements CacheStore {
   }
 
   stats(): StoreStats {
-    return { entries: this.entries, bytes: this.bytes };
+    return { entries: this.entries, bytes: this.bytes, evictions: this.counters.evicted };
+  }
+
+  async variants(url: string): Promise<StoredVariant[]> {
+    const prefix = metaKey(encodeText(urlKeyPrefix(url)));
+    const out: StoredVariant[] = [];
+    for await (const [key, value] of this.db.iterator({ gte: prefix, lt: prefixEnd(prefix) })) {
+      const rec = decodeRecord(value, key.subarray(META.length));
+      if (rec) out.push({ key: rec.key, meta: rec.meta, tiers: ['disk'] });
+    }
+    return out;
   }
 
   /** Drops entries past meta.deleteAt (the timer calls this); returns how many. */

@@ -13,6 +13,7 @@ import {
   type EntryWriter,
   type PurgeOptions,
   type StoreStats,
+  type StoredVariant,
 } from './cache-store.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
 import { RemovalLog } from './removal-log.js';
@@ -47,6 +48,8 @@ export class MemoryStore implements CacheStore {
   readonly maxEntryBytes: number;
   /** Writes skipped because the body was larger than maxEntryBytes. */
   skippedTooLarge = 0;
+  /** Entries dropped to stay within maxBytes. */
+  evictions = 0;
   private readonly lru: LRUCache<string, MemoryEntry>;
   /** urlKeyPrefix(url) -> entry keys, for purge by URL and by prefix. */
   private readonly byUrl = new Map<string, Set<string>>();
@@ -66,6 +69,7 @@ export class MemoryStore implements CacheStore {
       dispose: (entry, key, reason) => {
         // 'set' with the same key re-indexes in insert(); only unlink on real removal.
         if (reason !== 'set') this.unindex(key, entry.meta);
+        if (reason === 'evict') this.evictions++;
       },
     });
     this.sweepTimer = setInterval(() => this.sweepExpired(), SWEEP_INTERVAL_MS);
@@ -170,7 +174,16 @@ export class MemoryStore implements CacheStore {
   }
 
   stats(): StoreStats {
-    return { entries: this.lru.size, bytes: this.lru.calculatedSize };
+    return { entries: this.lru.size, bytes: this.lru.calculatedSize, evictions: this.evictions };
+  }
+
+  async variants(url: string): Promise<StoredVariant[]> {
+    const out: StoredVariant[] = [];
+    for (const key of this.byUrl.get(urlKeyPrefix(url)) ?? []) {
+      const entry = this.lru.peek(key);
+      if (entry !== undefined) out.push({ key, meta: entry.meta, tiers: ['memory'] });
+    }
+    return out;
   }
 
   /** Keys currently held (most recently used first); for tests and inspection. */

@@ -18,6 +18,7 @@ import {
   type EntryWriter,
   type PurgeOptions,
   type StoreStats,
+  type StoredVariant,
 } from './cache-store.js';
 import { LevelStore } from './level-store.js';
 import { MemoryStore } from './memory-store.js';
@@ -304,6 +305,18 @@ export class TieredStore implements CacheStore {
 
   memoryStats(): StoreStats {
     return this.memory.stats();
+  }
+
+  /** A URL's variants in either tier; one held in both is listed once, with the memory copy's meta. */
+  async variants(url: string): Promise<StoredVariant[]> {
+    const [inMemory, onDisk] = await Promise.all([this.memory.variants(url), this.disk.variants(url)]);
+    const byKey = new Map(inMemory.map((v) => [v.key, v]));
+    for (const v of onDisk) {
+      const held = byKey.get(v.key);
+      if (held) held.tiers = ['memory', 'disk'];
+      else byKey.set(v.key, v);
+    }
+    return [...byKey.values()];
   }
 
   /** Resolves when no background promotion is running (tests, shutdown). */

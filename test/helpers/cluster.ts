@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client } from 'undici';
-import type { NodeStats } from '../../cluster/primary.js';
+import type { AdminStats } from '../../admin/admin-server.js';
 import { delay } from './harness.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -23,14 +23,14 @@ export interface RunningCluster {
   stderr(): string;
   stdout(): string;
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  stats(): Promise<NodeStats>;
+  stats(): Promise<AdminStats>;
   purge(body: unknown): Promise<{ status: number; json: Record<string, unknown> }>;
   /** A one-connection client whose connection a given worker accepted. */
   clientOn(worker: number): Promise<Client>;
   /** The worker that answered a request on this client. */
   workerOf(client: Client): Promise<number>;
   /** Waits until every worker serves and the node has restarted `restarts` workers in all. */
-  waitReady(restarts: number, timeoutMs?: number): Promise<NodeStats>;
+  waitReady(restarts: number, timeoutMs?: number): Promise<AdminStats>;
 }
 
 export interface ClusterOptions {
@@ -39,6 +39,8 @@ export interface ClusterOptions {
   /** Reuse a data folder (restart scenarios); removed by the caller. */
   dataDir?: string;
   role?: 'edge' | 'shield';
+  /** The admin token (--admin-token); the helpers send it. */
+  token?: string;
 }
 
 export async function startCluster(t: ExecutionContext, upstream: string, options: ClusterOptions): Promise<RunningCluster> {
@@ -65,6 +67,7 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
       '--served-by',
       '--access-log',
       'false',
+      ...(options.token !== undefined ? ['--admin-token', options.token] : []),
       ...(options.args ?? []),
     ],
     { env, stdio: ['ignore', 'pipe', 'pipe'] },
@@ -97,6 +100,7 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
   }
   const base = url;
   const adminBase = admin;
+  const auth: Record<string, string> = options.token !== undefined ? { authorization: `Bearer ${options.token}` } : {};
   const workerOf = async (client: Client): Promise<number> => {
     const reply = await client.request({ method: 'GET', path: '/__outpost/health' });
     await reply.body.text();
@@ -115,13 +119,13 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
     exit,
     stats: async () => {
       try {
-        return (await (await fetch(`${adminBase}/stats`)).json()) as NodeStats;
+        return (await (await fetch(`${adminBase}/stats`, { headers: auth })).json()) as AdminStats;
       } catch (error) {
         throw new Error(`admin API unreachable (${(error as Error).message}); node stderr:\n${stderr}\nstdout:\n${stdout.slice(-4000)}`);
       }
     },
     purge: async (body) => {
-      const response = await fetch(`${adminBase}/purge`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+      const response = await fetch(`${adminBase}/purge`, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...auth } });
       return { status: response.status, json: (await response.json()) as Record<string, unknown> };
     },
     workerOf,
@@ -140,7 +144,7 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
       const until = Date.now() + timeoutMs;
       for (;;) {
         const stats = await cluster.stats();
-        if (stats.workersReady === stats.workers && stats.restarts >= restarts) return stats;
+        if (stats.workers!.ready === stats.workers!.count && stats.workers!.restarts >= restarts) return stats;
         if (Date.now() > until) throw new Error(`workers not ready: ${JSON.stringify(stats)}`);
         await delay(50);
       }

@@ -5,7 +5,7 @@
  * visible, where requests that arrive must be served from the fill, and only when they may.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { CacheStore, CachedEntry, EntryMeta, EntryWriter, PurgeOptions, StoreStats } from '../../storage/cache-store.js';
+import type { CacheStore, CachedEntry, EntryMeta, EntryWriter, PurgeOptions, StoreStats, StoredVariant } from '../../storage/cache-store.js';
 
 export class DelayedCommitStore implements CacheStore {
   constructor(
@@ -48,6 +48,10 @@ export class DelayedCommitStore implements CacheStore {
 
   purgeTag(tag: string, options?: PurgeOptions): Promise<number> {
     return this.inner.purgeTag(tag, options);
+  }
+
+  variants(url: string): Promise<StoredVariant[]> {
+    return this.inner.variants(url);
   }
 
   stats(): StoreStats {

@@ -119,6 +119,9 @@ class CountingStore implements CacheStore {
     this.count('stats');
     return this.inner.stats();
   }
+  variants(url: string) {
+    return this.inner.variants(url);
+  }
   close() {
     return this.inner.close();
   }
