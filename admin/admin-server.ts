@@ -278,8 +278,8 @@ class AdminApi {
       node: config.nodeName,
       ...(workers ? { workers: { count: workers.list.length, ready: workers.list.filter((w) => w.state === 'ready').length, restarts: workers.restarts, list: workers.list } } : {}),
       tiers: {
-        memory: { entries: sum((s) => s.memory.entries), bytes: sum((s) => s.memory.bytes), evictions: sum((s) => s.memory.evictions ?? 0) },
-        disk: { entries: sum((s) => s.disk.entries), bytes: sum((s) => s.disk.bytes), evictions: sum((s) => s.disk.evictions ?? 0) },
+        memory: { entries: sum((s) => s.memory.entries), bytes: sum((s) => s.memory.bytes), evictions: sum((s) => s.evictions.memory) },
+        disk: { entries: sum((s) => s.disk.entries), bytes: sum((s) => s.disk.bytes), evictions: sum((s) => s.evictions.disk) },
       },
       requests,
       hitRatio: lookups === 0 ? null : Math.round((hits / lookups) * 10_000) / 10_000,
@@ -324,15 +324,14 @@ function describeVariant(v: InspectedVariant) {
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const declared = Number(req.headers['content-length']);
-  if (declared > MAX_BODY_BYTES) throw new BadRequest('the body is over 1 MiB');
   const chunks: Buffer[] = [];
   let length = 0;
+  // Past the limit the rest is read and dropped, so the client gets the 400 rather than a reset.
   for await (const chunk of req as AsyncIterable<Buffer>) {
     length += chunk.length;
-    if (length > MAX_BODY_BYTES) throw new BadRequest('the body is over 1 MiB');
-    chunks.push(chunk);
+    if (length <= MAX_BODY_BYTES) chunks.push(chunk);
   }
+  if (length > MAX_BODY_BYTES) throw new BadRequest('the body is over 1 MiB');
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch (error) {

@@ -181,7 +181,7 @@ async function purgeMemory(node: RunningNode | undefined, store: TieredStore, re
 /** A worker asked before it serves (it is only asked once ready) has nothing to report but its store. */
 async function snapshot(node: RunningNode | undefined, store: TieredStore): Promise<NodeSnapshot> {
   if (node) return node.snapshot();
-  return { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store.stats(), memory: store.memoryStats(), fillsInFlight: 0, upstreams: [], draining: false };
+  return { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store.stats(), memory: store.memoryStats(), evictions: store.evictions(), fillsInFlight: 0, upstreams: [], draining: false };
 }
 
 /**

@@ -359,6 +359,8 @@ export class Fills {
     const headers = upstreamHeaders(x, this.settings.nodeName, how.storing ? CLIENT_CONDITIONALS : undefined);
     if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
     if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
+    // A soft purge reaches the tiers above too: their copies must be validated with the origin, not served (§5.2.1.4).
+    if (record !== undefined && softPurged(stored!.meta, record)) headers['cache-control'] = 'no-cache';
     const requestTime = this.now();
     let response: UpstreamResponse;
     try {
@@ -450,4 +452,9 @@ function inCommitWindow(result: FillResult | SharedResult | undefined): Streamin
 function toObtained(result: FillResult, source: Source, fwd: Forward): Obtained {
   if (result.kind === 'stream' || result.kind === 'entry') return { ...result, source, fwd };
   return { ...result, fwd };
+}
+
+/** Stale before its freshness lifetime ran out: a soft purge marked it (stores set staleAt to the purge time). */
+function softPurged(meta: EntryMeta, record: ResponseRecord): boolean {
+  return meta.staleAt < meta.storedAt + (record.lifetimeSec - record.initialAgeSec) * 1000 - 1000;
 }

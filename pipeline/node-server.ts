@@ -22,6 +22,8 @@ export interface NodeSnapshot {
   /** The disk tier (or the only tier of a single-tier store). */
   disk: StoreStats;
   memory: StoreStats;
+  /** Entries dropped per tier to stay within its budget. */
+  evictions: { memory: number; disk: number };
   fillsInFlight: number;
   upstreams: MemberHealth[];
   draining: boolean;
@@ -157,6 +159,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       collapsed: metrics.collapsedRequests(),
       disk: store.stats(),
       memory: memoryStats(store),
+      evictions: evictions(store),
       fillsInFlight: pipeline.fills.inFlight,
       upstreams: upstream.memberHealth(),
       draining: shuttingDown,
@@ -218,6 +221,11 @@ function memoryStats(store: CacheStore): StoreStats {
   return typeof tiered.memoryStats === 'function' ? tiered.memoryStats() : { entries: 0, bytes: 0 };
 }
 
+function evictions(store: CacheStore): { memory: number; disk: number } {
+  const tiered = store as Partial<{ evictions(): { memory: number; disk: number } }>;
+  return typeof tiered.evictions === 'function' ? tiered.evictions() : { memory: 0, disk: 0 };
+}
+
 /** Point-in-time values read when /metrics is scraped: store tiers, fills, upstream members. */
 function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstream, fillsInFlight: () => number): void {
   const tiers = (): Array<[string, StoreStats]> => [
@@ -226,7 +234,7 @@ function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstr
   ];
   metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.entries]));
   metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.bytes]));
-  metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.evictions ?? 0]));
+  metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => Object.entries(evictions(store)).map(([tier, n]) => [{ tier }, n]));
   metrics.gauge('fills_in_flight', 'upstream fetches filling the cache, and their commits', [], () => [[{}, fillsInFlight()]]);
   metrics.gauge(
     'upstream_healthy',

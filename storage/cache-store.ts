@@ -70,8 +70,6 @@ export interface PurgeOptions {
 export interface StoreStats {
   entries: number;
   bytes: number;
-  /** Entries dropped to stay within the tier's size budget, since the store opened. */
-  evictions?: number;
 }
 
 /** One stored variant of a URL, for inspection (the admin API's GET /cache). */

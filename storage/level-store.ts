@@ -435,7 +435,7 @@ export class LevelStore implements CacheStore {
   }
 
   stats(): StoreStats {
-    return { entries: this.entries, bytes: this.bytes, evictions: this.counters.evicted };
+    return { entries: this.entries, bytes: this.bytes };
   }
 
   async variants(url: string): Promise<StoredVariant[]> {

@@ -174,7 +174,7 @@ export class MemoryStore implements CacheStore {
   }
 
   stats(): StoreStats {
-    return { entries: this.lru.size, bytes: this.lru.calculatedSize, evictions: this.evictions };
+    return { entries: this.lru.size, bytes: this.lru.calculatedSize };
   }
 
   async variants(url: string): Promise<StoredVariant[]> {

@@ -307,6 +307,11 @@ export class TieredStore implements CacheStore {
     return this.memory.stats();
   }
 
+  /** Entries each tier dropped to stay within its size budget, since it opened. */
+  evictions(): { memory: number; disk: number } {
+    return { memory: this.memory.evictions, disk: this.disk instanceof LevelStore ? this.disk.counters.evicted : 0 };
+  }
+
   /** A URL's variants in either tier; one held in both is listed once, with the memory copy's meta. */
   async variants(url: string): Promise<StoredVariant[]> {
     const [inMemory, onDisk] = await Promise.all([this.memory.variants(url), this.disk.variants(url)]);

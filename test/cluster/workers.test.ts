@@ -6,57 +6,13 @@
  */
 import test from 'ava';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request as httpRequest, Agent as HttpAgent } from 'node:http';
-import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ownership } from '../../cluster/ownership.js';
 import { cacheKey } from '../../pipeline/cache-key.js';
-import { delay, send, startOrigin, type TestOrigin } from '../helpers/harness.js';
-import { getOn, startCluster, type RunningCluster } from '../helpers/cluster.js';
+import { delay, send, startOrigin } from '../helpers/harness.js';
+import { freePort, getFresh, getOn, startCluster, versionedOrigin, type RunningCluster } from '../helpers/cluster.js';
 
-/** An origin whose bodies name the path and how many times it was fetched (`/a v2`); `?delay=ms` stalls it. */
-async function versionedOrigin(t: { teardown(fn: () => Promise<void>): void }): Promise<TestOrigin> {
-  const versions = new Map<string, number>();
-  const origin = await startOrigin(async (req, res) => {
-    const url = new URL(req.url ?? '/', 'http://origin');
-    const wait = Number(url.searchParams.get('delay') ?? 0);
-    if (wait > 0) await delay(wait);
-    const version = (versions.get(url.pathname) ?? 0) + 1;
-    versions.set(url.pathname, version);
-    const section = url.pathname.split('/')[1] ?? '';
-    send(res, 200, { 'cache-control': 'max-age=300', 'surrogate-key': `section-${section}` }, `${url.pathname} v${version}`);
-  });
-  t.teardown(() => origin.close());
-  return origin;
-}
-
-/** One request on a connection of its own (no keep-alive): the primary hands each one to a worker. */
-const freshConnections = new HttpAgent({ keepAlive: false, maxSockets: Infinity });
-function getFresh(base: string, path: string, method = 'GET'): Promise<{ status: number; text: string; worker: string }> {
-  const { hostname, port } = new URL(base);
-  return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: hostname, port, path, method, agent: freshConnections }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => (text += chunk));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, text, worker: String(res.headers['x-served-by'] ?? '') }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** The node's cache key of `path`, as the admin API takes it. */
 function keyOf(node: RunningCluster, path: string): string {

@@ -76,13 +76,29 @@ test('storeStatuses takes a list of final statuses from any source', (t) => {
   t.deepEqual(loadConfig('shield', { fileContents: { storeStatuses: [200, '410'] } }).storeStatuses, [200, 410]);
 });
 
-test('workers: auto is one per core; a count outside 1..1024 is rejected naming the field; the admin API is loopback only', (t) => {
+test('workers: auto is one per core; a count outside 1..1024 is rejected naming the field', (t) => {
   t.is(loadConfig('edge').workers, availableParallelism());
   t.is(loadConfig('shield', { flags: { workers: ['3'] } }).workers, 3);
   t.is(loadConfig('edge').workerScheduling, 'kernel');
   t.throws(() => loadConfig('edge', { flags: { workers: ['0'] } }), { instanceOf: ConfigError, message: /invalid workers \(flag --workers\): must be auto or a whole number from 1 to 1024/ });
   t.throws(() => loadConfig('edge', { env: { OUTPOST_WORKERS: 'many' } }), { message: /invalid workers \(environment OUTPOST_WORKERS\)/ });
+});
+
+test('admin: off by default; beyond loopback only with a token; the token file is read; purge peers from flags and file', (t) => {
   t.is(loadConfig('edge').adminListen, undefined);
   t.deepEqual(loadConfig('edge', { flags: { adminListen: ['127.0.0.1:8081'] } }).adminListen, { host: '127.0.0.1', port: 8081 });
-  t.throws(() => loadConfig('edge', { flags: { adminListen: ['0.0.0.0:8081'] } }), { message: /invalid adminListen \(flag --admin-listen\): the admin API has no authentication yet/ });
+  t.throws(() => loadConfig('edge', { flags: { adminListen: ['0.0.0.0:8081'] } }), { message: /invalid adminToken \(config\): the admin API listens on 0\.0\.0\.0, beyond loopback: give --admin-token or --admin-token-file/ });
+  t.is(loadConfig('edge', { flags: { adminListen: ['0.0.0.0:8081'], adminToken: ['s3cret'] } }).adminToken, 's3cret');
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-token-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'token'), 'from-file\n');
+  writeFileSync(join(dir, 'empty'), '\n');
+  t.is(loadConfig('edge', { flags: { adminListen: ['[::]:8081'], adminTokenFile: [join(dir, 'token')] } }).adminToken, 'from-file');
+  t.throws(() => loadConfig('edge', { flags: { adminTokenFile: [join(dir, 'empty')] } }), { message: /invalid adminTokenFile .*is empty/ });
+  t.throws(() => loadConfig('edge', { flags: { adminTokenFile: [join(dir, 'missing')] } }), { message: /invalid adminTokenFile .*cannot read/ });
+  t.deepEqual(loadConfig('edge', { flags: { purgePeers: ['http://10.0.0.2:8081/', 'http://10.0.0.3:8081'] } }).purgePeers, [{ url: 'http://10.0.0.2:8081' }, { url: 'http://10.0.0.3:8081' }]);
+  t.deepEqual(loadConfig('edge', { fileContents: { purgePeers: ['http://a:1', { url: 'http://b:2', token: 't' }] } }).purgePeers, [{ url: 'http://a:1' }, { url: 'http://b:2', token: 't' }]);
+  t.throws(() => loadConfig('edge', { fileContents: { purgePeers: [{ url: 'http://b:2', secret: 't' }] } }), { message: /invalid purgePeers\[0\]\.secret \(config\): unknown field/ });
+  t.throws(() => loadConfig('edge', { fileContents: { purgePeers: [{ url: 'ftp://b' }] } }), { message: /invalid purgePeers\[0\]\.url/ });
+  t.is(loadConfig('shield').purgeRetrySec, 600);
 });

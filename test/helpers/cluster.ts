@@ -8,9 +8,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { request as httpRequest, Agent as HttpAgent } from 'node:http';
+import { createServer, type AddressInfo } from 'node:net';
 import { Client } from 'undici';
 import type { AdminStats } from '../../admin/admin-server.js';
-import { delay } from './harness.js';
+import { delay, send, startOrigin, type TestOrigin } from './harness.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const BIN = join(ROOT, 'bin', 'outpost');
@@ -54,8 +56,8 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
     [
       BIN,
       role,
-      role === 'edge' ? '--upstream' : '--origin',
-      upstream,
+      // '' : the upstream comes from a config file in `args`.
+      ...(upstream === '' ? [] : [role === 'edge' ? '--upstream' : '--origin', upstream]),
       '--listen',
       '127.0.0.1:0',
       '--admin-listen',
@@ -157,4 +159,47 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
 export async function getOn(client: Client, path: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; text: string }> {
   const reply = await client.request({ method: 'GET', path, headers });
   return { status: reply.statusCode, headers: reply.headers, text: await reply.body.text() };
+}
+
+/** An origin whose bodies name the path and how many times it was fetched (`/a v2`); `?delay=ms` stalls it. */
+export async function versionedOrigin(t: { teardown(fn: () => Promise<void>): void }): Promise<TestOrigin> {
+  const versions = new Map<string, number>();
+  const origin = await startOrigin(async (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://origin');
+    const wait = Number(url.searchParams.get('delay') ?? 0);
+    if (wait > 0) await delay(wait);
+    const version = (versions.get(url.pathname) ?? 0) + 1;
+    versions.set(url.pathname, version);
+    const section = url.pathname.split('/')[1] ?? '';
+    send(res, 200, { 'cache-control': 'max-age=300', 'surrogate-key': `section-${section}` }, `${url.pathname} v${version}`);
+  });
+  t.teardown(() => origin.close());
+  return origin;
+}
+
+/** One request on a connection of its own (no keep-alive): the primary hands each one to a worker. */
+const freshConnections = new HttpAgent({ keepAlive: false, maxSockets: Infinity });
+export function getFresh(base: string, path: string, method = 'GET'): Promise<{ status: number; text: string; worker: string }> {
+  const { hostname, port } = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: hostname, port, path, method, agent: freshConnections }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => (text += chunk));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text, worker: String(res.headers['x-served-by'] ?? '') }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }

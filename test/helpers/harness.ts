@@ -158,9 +158,9 @@ export function httpDate(offsetSec = 0): string {
 }
 
 /** Polls `condition` every 10 ms until it holds or `timeoutMs` passes; returns whether it held. */
-export async function waitFor(condition: () => boolean, timeoutMs = 3_000): Promise<boolean> {
+export async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 3_000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await condition())) {
     if (Date.now() > deadline) return false;
     await delay(10);
   }
