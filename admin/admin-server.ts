@@ -16,12 +16,10 @@ import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
 import type { HttpRecord } from '../pipeline/stored-response.js';
 import type { InspectedVariant, NodeControl, WorkerState } from './node-control.js';
-import type { PeerResult, PurgeOutbox } from './purge-outbox.js';
+import { FORWARDED_PURGE_HEADER, type PeerResult, type PurgeOutbox } from './purge-outbox.js';
 
 const MAX_BODY_BYTES = 1024 * 1024;
 const PURGE_FIELDS = new Set(['url', 'prefix', 'tags', 'all', 'soft']);
-/** Set on purges a node forwards to its peers: a peer applies them but does not forward them again. */
-export const FORWARDED_PURGE_HEADER = 'x-outpost-purge-forwarded';
 
 export class BadRequest extends Error {}
 

@@ -9,6 +9,9 @@ import { Level } from 'level';
 import type { Logger } from 'pino';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
 
+/** Set on purges a node forwards to its peers: a peer applies them but does not forward them again (peers may list each other). */
+export const FORWARDED_PURGE_HEADER = 'x-outpost-purge-forwarded';
+
 /** Another node's admin API; `token` is sent as `Authorization: Bearer`, omitted when undefined. */
 export interface PurgePeer { url: string; token: string | undefined }
 
@@ -239,7 +242,7 @@ export class PurgeOutbox {
 
   private async send(peer: PurgePeer, request: PurgeRequest): Promise<Outcome> {
     const timeoutMs = this.options.timeoutMs ?? 5000;
-    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    const headers: Record<string, string> = { 'content-type': 'application/json', [FORWARDED_PURGE_HEADER]: '1' };
     if (peer.token !== undefined) headers.authorization = `Bearer ${peer.token}`;
     try {
       const res = await fetch(`${peer.url.replace(/\/+$/, '')}/purge`, {

@@ -277,3 +277,15 @@ test.serial('SIGHUP applies a changed config (new origin) and keeps the old one 
   for (let i = 0; i < 6; i++) t.is((await getFresh(shield.url, '/x')).text, 'second origin');
   t.is((await fetch(`${shield.admin}/readyz`)).status, 200);
 });
+
+test.serial('edges that list each other as purge peers apply a purge once each: a forwarded purge is not forwarded again', async (t) => {
+  const origin = await versionedOrigin(t);
+  const [portA, portB] = [await freePort(), await freePort()];
+  const a = await startCluster(t, origin.url, { workers: 1, token: TOKEN, args: ['--admin-listen', `127.0.0.1:${portA}`, '--purge-peer', `http://127.0.0.1:${portB}`] });
+  const b = await startCluster(t, origin.url, { workers: 1, token: TOKEN, args: ['--admin-listen', `127.0.0.1:${portB}`, '--purge-peer', `http://127.0.0.1:${portA}`] });
+  const reply = await a.purge({ tags: ['section-x'] });
+  t.deepEqual(reply.json['peers'], [{ peer: `http://127.0.0.1:${portB}`, result: 'ok' }]);
+  await delay(300);
+  t.is((await a.stats()).purges.accepted, 1);
+  t.is((await b.stats()).purges.accepted, 1);
+});

@@ -3,7 +3,7 @@
  * URLs printed; the second request is a hit at the edge; SIGTERM stops everything cleanly.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,9 +12,9 @@ import { cacheStatus, fetchFrom, header } from '../helpers/harness.js';
 
 const bin = fileURLToPath(new URL('../../../bin/outpost', import.meta.url));
 
-test('start runs the whole chain on the demo origin and prints the edge URL and a curl to try', async (t) => {
+test('start runs the whole chain on the demo origin and prints the edge URL and a curl to try; its admin API purges both tiers', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-start-'));
-  const child = spawn(process.execPath, [bin, 'start', '--listen', '127.0.0.1:0', '--data-dir', dir, '--access-log', 'false'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [bin, 'start', '--listen', '127.0.0.1:0', '--admin-listen', '127.0.0.1:0', '--data-dir', dir, '--access-log', 'false'], { stdio: ['ignore', 'ignore', 'pipe'] });
   t.teardown(() => {
     child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
@@ -38,6 +38,24 @@ test('start runs the whole chain on the demo origin and prints the edge URL and 
   const second = await fetchFrom(edgeUrl, '/hello');
   t.regex(cacheStatus(second), /outpost-edge; hit/);
   t.is(header(second, 'via'), '1.1 outpost-shield, 1.1 outpost-edge');
+  // The admin API is on for `npm start`; `outpost purge` reaches the edge and the shield behind it.
+  const admin = /admin\s+(http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.[1];
+  t.truthy(admin, stderr);
+  t.is((await fetch(`${admin}/readyz`)).status, 200);
+  const purge = spawnSync(process.execPath, [bin, 'purge', '--admin', admin!, '--url', `${edgeUrl}/hello`], { encoding: 'utf8' });
+  t.is(purge.status, 0, purge.stderr);
+  const purged = JSON.parse(purge.stdout) as { affected: number; peers: unknown[] };
+  t.is(purged.affected, 2, 'the edge copy and the shield copy');
+  t.regex(cacheStatus(await fetchFrom(edgeUrl, '/hello')), /^outpost-shield; fwd=uri-miss.*, outpost-edge; fwd=uri-miss/);
+  const stats = (await (await fetch(`${admin}/stats`)).json()) as { requests: Record<string, number>; purges: { accepted: number } };
+  t.is(stats.requests['hit'], 1);
+  t.is(stats.purges.accepted, 1);
+  const refused = spawnSync(process.execPath, [bin, 'purge', '--admin', admin!, '--url', 'ftp://x/'], { encoding: 'utf8' });
+  t.is(refused.status, 1);
+  t.regex(refused.stderr, /400 [\s\S]*url must be an http:\/\/ or https:\/\/ URL/);
+  const usage = spawnSync(process.execPath, [bin, 'purge', '--admin', admin!], { encoding: 'utf8' });
+  t.is(usage.status, 2);
+  t.regex(usage.stderr, /say what to purge/);
   const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   child.kill('SIGTERM');
   t.is(await exit, 0);
