@@ -1,8 +1,8 @@
 /**
  * `npm run bench` — the edge's benchmark harness (node dist/bench/run.js [scenario…]).
  *
- * Scenarios (default: all of hits, stampede, swr, shield, ejection; `profile` on demand, and
- * automatically after `hits` when hot 1 KiB hits fall under 70 % of the bare server):
+ * Scenarios (default: all of hits, stampede, swr, shield, ejection, workers; `profile` and `admin` on
+ * demand, and `profile` automatically after `hits` when hot 1 KiB hits fall under 70 % of the bare server):
  *   hits      hot hits through the edge vs a bare node:http server replaying the edge's exact hit
  *             response vs nginx proxy_cache, 1 KiB and 100 KiB (wrk)
  *   stampede  1,000 concurrent requests for one cold key (origin delay 200 ms): origin requests and
@@ -14,13 +14,16 @@
  *   workers   hot hits with 1 and 2 workers per CPU-second against nginx with as many workers;
  *             round-robin vs kernel scheduling; the hop to a key's owner vs a local disk hit
  *   profile   edge under hot 1 KiB hits with --cpu-prof: top 10 self-time functions
+ *   admin     issue 10: hot 1 KiB hits with --metrics true vs false (interleaved rounds); POST /purge
+ *             latency with a purge peer vs without, and with the peer down; bench/purge.js (100,000
+ *             objects purged on the disk tier) as a child, its table included verbatim
  *
  * Only ratios measured within one run are meaningful; absolute numbers vary between runs/machines.
  * Every server (origin, edge, shield, bare, nginx, varnishd, wrk) is a child process in its own
  * process group on 127.0.0.1, killed at the end even on error; temp folders are removed.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { Agent } from 'node:http';
+import { Agent, request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { cpus, availableParallelism, release } from 'node:os';
 import { join } from 'node:path';
@@ -34,7 +37,7 @@ import { healthFilter } from '../pipeline/health-filter.js';
 import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
-  HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
+  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
   originStats, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
 
@@ -694,10 +697,10 @@ interface Measured {
 }
 
 /** wrk against `url` while reading the CPU of the server's process tree (`pid` and its children) from /proc. */
-async function measure(pid: number, url: string, headers: string[] = [], pinned = false): Promise<Measured> {
+async function measure(pid: number, url: string, headers: string[] = [], pinned = false, seconds = WORKER_SECONDS): Promise<Measured> {
   const cpuBefore = treeCpuSeconds(pid);
   const started = performance.now();
-  const r = await wrk(url, { seconds: WORKER_SECONDS, connections: 50, headers, ...(pinned ? { cpu: 0 } : {}) });
+  const r = await wrk(url, { seconds, connections: 50, headers, ...(pinned ? { cpu: 0 } : {}) });
   const wall = (performance.now() - started) / 1000;
   const cpu = treeCpuSeconds(pid) - cpuBefore;
   const requests = r.rps * wall;
@@ -708,6 +711,8 @@ async function measure(pid: number, url: string, headers: string[] = [], pinned 
 async function startWorkersEdge(originPort: number, dir: string, name: string, workers: number, extra: string[] = []): Promise<Server & { admin: number }> {
   const admin = await freePort();
   const edge = await startEdge(originPort, dir, name, { extra: ['--workers', String(workers), '--admin-listen', `${HOST}:${admin}`, '--access-log', 'false', ...extra] });
+  // The admin API opens after the workers (the health check above answers first): wait for it too.
+  await waitHttp(admin, '/healthz', edge);
   return { ...edge, admin };
 }
 
@@ -849,6 +854,197 @@ function ownerRequests(metrics: string): number {
   return [...metrics.matchAll(/^outpost_owner_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
 }
 
+// ---------------------------------------------------------------- admin (issue 10)
+
+const ADMIN_SECONDS = Number(process.env.BENCH_ADMIN_SECONDS ?? 5);
+const ADMIN_ROUNDS = Number(process.env.BENCH_ADMIN_ROUNDS ?? 4);
+const PURGE_N = Number(process.env.BENCH_PURGE_N ?? 300);
+const PURGE_WARMUP = 10;
+const PURGE_DOWN_N = 20;
+const ADMIN_TOKEN = 'bench-admin-token';
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((x, y) => x - y);
+  const mid = sorted.length >> 1;
+  return sorted.length === 0 ? Number.NaN : sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** One admin call with the bench token; `ms` is from the request written to the reply's last byte. */
+function adminCall(port: number, method: string, path: string, agent: Agent, body?: unknown): Promise<{ status: number; json: Record<string, unknown>; ms: number }> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string> = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    if (payload) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(payload.length) });
+    const started = performance.now();
+    const req = httpRequest({ host: HOST, port, path, method, agent, headers }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const ms = performance.now() - started;
+        try {
+          resolve({ status: res.statusCode ?? 0, json: JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>, ms });
+        } catch (error) {
+          reject(error as Error);
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.setTimeout(30_000, () => req.destroy(new Error(`${method} ${path} timed out`)));
+    req.end(payload);
+  });
+}
+
+type PeerReply = Array<{ peer: string; result: string; error?: string }>;
+
+/** Summed samples of one metric (every label set) in Prometheus text. */
+function metricSum(metrics: string, name: string): number {
+  return [...metrics.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+(?:\\.\\d+)?(?:e[+-]?\\d+)?)$`, 'gm'))].reduce((sum, m) => sum + Number(m[1]), 0);
+}
+
+/**
+ * Issue 10's costs: what the metrics cost the hot-hit path (--metrics true vs false, same box,
+ * interleaved rounds), what a purge costs when it also reaches a peer (and when the peer is down),
+ * and bench/purge.js's disk-tier purge of 100,000 objects.
+ */
+async function admin(): Promise<void> {
+  out('## admin — issue 10: the cost of metrics on hot hits, purge latency to a peer, purging 100,000 objects on disk');
+  if (!WRK) {
+    out('wrk: not installed — scenario skipped');
+    return;
+  }
+  const dir = tempDir('admin');
+  const origin = await startOrigin();
+
+  // 1. Both edges up at once, wrk alternating between them, so drift on the shared box hits both alike.
+  out();
+  out(`### metrics on vs off — hot 1 KiB hits, 1 worker, --access-log false; wrk -t1 -c50, ${ADMIN_ROUNDS} rounds of ${ADMIN_SECONDS} s per edge, alternating on/off`);
+  out();
+  const [on, off] = await Promise.all([
+    startWorkersEdge(origin.port, dir, 'edge-metrics-on', 1),
+    startWorkersEdge(origin.port, dir, 'edge-metrics-off', 1, ['--metrics', 'false']),
+  ]);
+  for (const edge of [on, off]) {
+    await warmEdge(edge.port, '/1k');
+    for (let i = 0; i < 8; i++) await get(edge.port, '/1k');
+    // Unmeasured: the first seconds under load (JIT, buffers) would otherwise count against the first edge only.
+    await wrk(`http://${HOST}:${edge.port}/1k`, { seconds: 1, connections: 50 });
+  }
+  const before = await originStats(origin.port, '/1k');
+  const rounds: Array<[Measured, Measured]> = [];
+  for (let round = 0; round < ADMIN_ROUNDS; round++) {
+    const a = await measure(on.child.pid!, `http://${HOST}:${on.port}/1k`, [], false, ADMIN_SECONDS);
+    const b = await measure(off.child.pid!, `http://${HOST}:${off.port}/1k`, [], false, ADMIN_SECONDS);
+    rounds.push([a, b]);
+  }
+  const originGrowth = (await originStats(origin.port, '/1k')).path - before.path;
+  const metricRows = rounds.map(([a, b], i) => [
+    String(i + 1), fmtInt(a.rps), fmtInt(b.rps), fmtRatio(a.rps / b.rps), fmtInt(a.perCpuSecond), fmtInt(b.perCpuSecond), fmtRatio(a.perCpuSecond / b.perCpuSecond),
+    [a.errors && `on: ${a.errors}`, b.errors && `off: ${b.errors}`].filter(Boolean).join('; '),
+  ]);
+  const rpsOn = median(rounds.map(([a]) => a.rps));
+  const rpsOff = median(rounds.map(([, b]) => b.rps));
+  const cpuOn = median(rounds.map(([a]) => a.perCpuSecond));
+  const cpuOff = median(rounds.map(([, b]) => b.perCpuSecond));
+  metricRows.push(['median', fmtInt(rpsOn), fmtInt(rpsOff), fmtRatio(rpsOn / rpsOff), fmtInt(cpuOn), fmtInt(cpuOff), fmtRatio(cpuOn / cpuOff), '']);
+  out(table(
+    ['round', 'metrics on: requests/s', 'metrics off: requests/s', 'on / off', 'on: requests per CPU-s', 'off: requests per CPU-s', 'on / off per CPU-s', 'errors'],
+    metricRows,
+    [false, true, true, true, true, true, true, false],
+  ));
+  out();
+  // The flag really took: the off edge observes no latencies but still tallies outcomes.
+  const onMetrics = await getText(on.admin, '/metrics');
+  const offMetrics = await getText(off.admin, '/metrics');
+  const observed = (m: string) => fmtInt(metricSum(m, 'outpost_request_duration_seconds_count'));
+  const tallied = (m: string) => fmtInt(metricSum(m, 'outpost_requests_total'));
+  out(`check: latency samples / outcome tallies in /metrics — on: ${observed(onMetrics)} / ${tallied(onMetrics)}; off: ${observed(offMetrics)} / ${tallied(offMetrics)} (off must show 0 samples)`);
+  out(`origin requests for /1k during the runs: ${originGrowth} ${originGrowth === 0 ? '(all hits)' : '(NOT all hits)'}`);
+  const cost = 1 - rpsOn / rpsOff;
+  out(`target: metrics cost hot hits ≤ 3 % — median requests/s on/off ${fmtRatio(rpsOn / rpsOff)} (cost ${(cost * 100).toFixed(1)} %; per CPU-second ${((1 - cpuOn / cpuOff) * 100).toFixed(1)} %) → ${cost <= 0.03 ? 'MET' : 'MISSED'}`);
+  await Promise.all([stop(on.child), stop(off.child)]);
+
+  // 2. A forwards every purge to B; C has no peer. Interleaved A, C, A, C… for the same reason as above.
+  out();
+  out(`### purge latency — ${PURGE_N} sequential POST /purge {"url": …} per node (after ${PURGE_WARMUP} unmeasured), one keep-alive connection each, A and C interleaved`);
+  out();
+  const token = ['--admin-token', ADMIN_TOKEN];
+  const b = await startWorkersEdge(origin.port, dir, 'edge-b', 1, token);
+  const a = await startWorkersEdge(origin.port, dir, 'edge-a', 1, [...token, '--purge-peer', `http://${HOST}:${b.admin}`]);
+  const c = await startWorkersEdge(origin.port, dir, 'edge-c', 1, token);
+  const agents = new Map([a, c].map((edge) => [edge, new Agent({ keepAlive: true, maxSockets: 1 })]));
+  const purge = (edge: typeof a, i: number) => adminCall(edge.admin, 'POST', '/purge', agents.get(edge)!, { url: `http://${HOST}:${edge.port}/p/${i}` });
+  const latencies = new Map<typeof a, number[]>([[a, []], [c, []]]);
+  const problems: string[] = [];
+  let peerOk = 0;
+  for (let i = 0; i < PURGE_WARMUP + PURGE_N; i++) {
+    for (const edge of [a, c]) {
+      const r = await purge(edge, i);
+      const peers = (r.json['peers'] ?? []) as PeerReply;
+      const expected = edge === a ? 1 : 0;
+      if (r.status !== 200 || peers.length !== expected || peers.some((p) => p.result !== 'ok')) {
+        if (problems.length < 5) problems.push(`${edge === a ? 'A' : 'C'} #${i}: HTTP ${r.status} ${JSON.stringify(r.json)}`);
+        continue;
+      }
+      if (i < PURGE_WARMUP) continue;
+      latencies.get(edge)!.push(r.ms);
+      if (edge === a) peerOk++;
+    }
+  }
+  const bStats = await adminCall(b.admin, 'GET', '/stats', new Agent({ keepAlive: false }));
+  const bAccepted = (bStats.json['purges'] as { accepted?: number } | undefined)?.accepted ?? Number.NaN;
+  const summary = (ms: number[]) => {
+    const sorted = [...ms].sort((x, y) => x - y);
+    const mean = ms.reduce((sum, x) => sum + x, 0) / ms.length;
+    return { p50: percentile(sorted, 50), p99: percentile(sorted, 99), mean, max: sorted[sorted.length - 1] ?? Number.NaN };
+  };
+  const sa = summary(latencies.get(a)!);
+  const sc = summary(latencies.get(c)!);
+
+  // B killed: the first purge after tries B (connect refused) and stores it; later ones queue behind it without a try.
+  killNow(b.child);
+  await stop(b.child);
+  const down: Array<{ ms: number; result: string; error: string }> = [];
+  for (let i = 0; i < PURGE_DOWN_N; i++) {
+    const r = await purge(a, PURGE_WARMUP + PURGE_N + i);
+    const peer = ((r.json['peers'] ?? []) as PeerReply)[0];
+    down.push({ ms: r.ms, result: r.status === 200 ? peer?.result ?? 'no peer result' : `HTTP ${r.status}`, error: peer?.error ?? '' });
+  }
+  for (const agent of agents.values()) agent.destroy();
+  const queuedAll = down.every((d) => d.result === 'queued');
+  const rest = summary(down.slice(1).map((d) => d.ms));
+  const row = (name: string, n: number, s: ReturnType<typeof summary>, peers: string) => [name, fmtInt(n), fmtMs(s.p50), fmtMs(s.p99), fmtMs(s.mean), fmtMs(s.max), peers];
+  out(table(
+    ['node', 'purges', 'p50', 'p99', 'mean', 'max', 'peer results'],
+    [
+      row('A, purge peer B', latencies.get(a)!.length, sa, `${peerOk} ok`),
+      row('C, no peer', latencies.get(c)!.length, sc, '—'),
+      row('A, B killed: first purge', 1, summary([down[0]!.ms]), `${down[0]!.result}${down[0]!.error ? ` (${down[0]!.error})` : ''}`),
+      row(`A, B killed: next ${PURGE_DOWN_N - 1}`, PURGE_DOWN_N - 1, rest, `${down.slice(1).filter((d) => d.result === 'queued').length} queued`),
+    ],
+    [false, true, true, true, true, true, false],
+  ));
+  out();
+  out(`a purge reaching a peer (A − C): p50 ${fmtMs(sa.p50 - sc.p50)}, p99 ${fmtMs(sa.p99 - sc.p99)}, mean ${fmtMs(sa.mean - sc.mean)}`);
+  out(`check: every peer result ok — ${peerOk === PURGE_N && problems.length === 0 ? 'yes' : `NO${problems.length ? `: ${problems.join('; ')}` : ''}`}; B applied ${fmtInt(bAccepted)} purges (expected ${fmtInt(PURGE_WARMUP + PURGE_N)})`);
+  out(`check: with B down every reply says queued — ${queuedAll ? 'yes' : `NO: ${down.map((d) => d.result).join(', ')}`}. The first tries B (connect refused); the rest are stored behind it without a try (LevelDB put with sync).`);
+  await cleanup();
+
+  // 3. bench/purge.js as a child in its own group (killed with the rest on error); PURGE_BENCH_OBJECTS passes through.
+  out();
+  out(`### purging ${fmtInt(Number(process.env.PURGE_BENCH_OBJECTS ?? 100_000))} objects on the disk tier (dist/bench/purge.js, output verbatim)`);
+  out();
+  const purgeDir = tempDir('admin-purge');
+  const purgeOut = join(purgeDir, 'purge.md');
+  const child = launch(process.execPath, [join(HERE, 'purge.js')], { stdoutFile: purgeOut });
+  const code = await new Promise<number | null>((resolve) => child.child.once('exit', (c) => resolve(c)));
+  await stop(child.child);
+  out(readFileSync(purgeOut, 'utf8').trimEnd());
+  if (code !== 0) out(`purge.js exited with ${code}: ${child.stderr().trim()}`);
+  out();
+  await cleanup();
+}
+
 // ---------------------------------------------------------------- main
 
 function header(): void {
@@ -871,8 +1067,8 @@ function header(): void {
   out();
 }
 
-type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile';
-const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile };
+type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile' | 'admin';
+const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile, admin };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

@@ -1,10 +1,11 @@
 /**
  * A node's metrics, exposed in the Prometheus format through prom-client. Counters are plain
- * numbers that prom-client reads when it is scraped (`collect`), so the request path pays one
- * array increment per counter and no label hashing; the latency histograms are prom-client's.
+ * numbers that prom-client reads when it is scraped (`collect`), and the latency histograms
+ * count into arrays (`LatencyHistogram`), so the request path pays a few array increments and no
+ * label hashing or allocation.
  * A multi-worker node sums its workers' registries with prom-client's cluster aggregator.
  */
-import { Counter, Gauge, Histogram, Registry, type Aggregator, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import { Counter, Gauge, Registry, type Aggregator, type Metric, type MetricObjectWithValues, type MetricValue } from 'prom-client';
 import type { CacheOutcome as Outcome } from './exchange.js';
 
 export const OUTCOMES: readonly Outcome[] = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'];
@@ -27,8 +28,8 @@ export class Metrics {
   private readonly ownerRequests = new Float64Array(OUTCOMES.length);
   private bytesServed = 0;
   private collapsed = 0;
-  private readonly latency: Histogram;
-  private readonly upstreamLatency: Histogram;
+  private readonly latency: LatencyHistogram;
+  private readonly upstreamLatency: LatencyHistogram;
   /** Counters for rarer events, created on first use: name → label text → value. */
   private readonly events = new Map<string, Map<string, { labels: Labels; value: number }>>();
 
@@ -81,13 +82,8 @@ export class Metrics {
         this.inc(self.collapsed);
       },
     });
-    this.latency = new Histogram({ name: 'outpost_request_duration_seconds', help: 'from request headers received to the response end', buckets: LATENCY_BUCKETS, registers });
-    this.upstreamLatency = new Histogram({
-      name: 'outpost_upstream_duration_seconds',
-      help: 'from an upstream request sent to its response headers',
-      buckets: LATENCY_BUCKETS,
-      registers,
-    });
+    this.latency = new LatencyHistogram('outpost_request_duration_seconds', 'from request headers received to the response end', this.registry);
+    this.upstreamLatency = new LatencyHistogram('outpost_upstream_duration_seconds', 'from an upstream request sent to its response headers', this.registry);
   }
 
   /** Called once per client request, when its response is done. */
@@ -179,5 +175,49 @@ export class Metrics {
 
   json(): Promise<MetricsJson> {
     return this.registry.getMetricsAsJSON() as Promise<MetricsJson>;
+  }
+}
+
+/**
+ * A histogram whose observe() is one bucket increment. prom-client's own Histogram allocates and
+ * hashes a label set on every observation, which cost hot hits 5 % (BENCHMARKS.md, issue 10);
+ * prom-client still renders and aggregates this one through the same `get()` its metrics have.
+ */
+class LatencyHistogram {
+  /** Observations per bucket, not cumulative; the last slot is above the largest bound. */
+  private readonly counts = new Float64Array(LATENCY_BUCKETS.length + 1);
+  private sum = 0;
+  private count = 0;
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    registry: Registry,
+  ) {
+    registry.registerMetric(this as unknown as Metric);
+  }
+
+  observe(seconds: number): void {
+    let i = 0;
+    while (i < LATENCY_BUCKETS.length && seconds > LATENCY_BUCKETS[i]!) i++;
+    this.counts[i]!++;
+    this.sum += seconds;
+    this.count++;
+  }
+
+  /** prom-client's histogram export: cumulative `_bucket` series by `le`, then `_sum` and `_count`. */
+  async get() {
+    const bucket = `${this.name}_bucket`;
+    let cumulative = 0;
+    const values: Array<MetricValue<string> & { metricName: string }> = LATENCY_BUCKETS.map((le, i) => {
+      cumulative += this.counts[i]!;
+      return { labels: { le }, value: cumulative, metricName: bucket };
+    });
+    values.push(
+      { labels: { le: '+Inf' }, value: this.count, metricName: bucket },
+      { labels: {}, value: this.sum, metricName: `${this.name}_sum` },
+      { labels: {}, value: this.count, metricName: `${this.name}_count` },
+    );
+    return { name: this.name, help: this.help, type: 'histogram', values, aggregator: 'sum' };
   }
 }
