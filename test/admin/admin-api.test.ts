@@ -154,14 +154,23 @@ test.serial('GET /cache shows every stored variant of a URL: status, headers, ti
   t.teardown(() => origin.close());
   const node = await startCluster(t, origin.url, { workers: 2, token: TOKEN });
   for (const lang of ['en', 'fr']) await fetch(`${node.url}/doc?x=1`, { headers: { 'accept-language': lang } });
-  const response = await fetch(`${node.admin}/cache?url=${encodeURIComponent(`${node.url}/doc?x=1`)}`, { headers: { authorization: `Bearer ${TOKEN}` } });
-  t.is(response.status, 200);
-  const text = await response.text();
-  t.false(text.includes('secret body'), 'the body is not shown');
-  const inspected = JSON.parse(text) as { url: string; variants: Array<Record<string, unknown>> };
+  const inspect = async () => {
+    const response = await fetch(`${node.admin}/cache?url=${encodeURIComponent(`${node.url}/doc?x=1`)}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    t.is(response.status, 200);
+    const text = await response.text();
+    t.false(text.includes('secret body'), 'the body is not shown');
+    return JSON.parse(text) as { url: string; variants: Array<Record<string, unknown>> };
+  };
+  // The owner worker holds each variant on disk (and may in memory); the other may hold a memory
+  // copy. A disk commit lands just after the response is delivered: poll until both have.
+  const onDisk = (variants: Array<Record<string, unknown>>) => variants.filter((v) => v['kind'] === 'response' && (v['tiers'] as string[]).includes('disk'));
+  let inspected = await inspect();
+  for (const deadline = Date.now() + 5_000; onDisk(inspected.variants).length < 2 && Date.now() < deadline; ) {
+    await delay(20);
+    inspected = await inspect();
+  }
   t.is(inspected.url, `${node.url}/doc?x=1`, 'the URL is keyed as the pipeline keys it');
-  // The owner worker holds each variant in memory and on disk; the other may hold a memory copy.
-  const responses = inspected.variants.filter((v) => v['kind'] === 'response' && (v['tiers'] as string[]).includes('disk'));
+  const responses = onDisk(inspected.variants);
   t.deepEqual(responses.map((v) => v['variant']).sort(), ['accept-language=en', 'accept-language=fr']);
   for (const v of responses) {
     t.is(v['status'], 200);
@@ -186,6 +195,8 @@ test.serial('/metrics parses as Prometheus text and sums the workers: requests b
   for (let i = 0; i < 10; i++) await getFresh(node.url, `/m/${i}`);
   await getFresh(node.url, '/__outpost/health');
   await node.purge({ tags: ['section-none'] });
+  // Disk commits land just after their responses: wait for the tenth.
+  t.true(await waitFor(async () => (await node.stats()).tiers.disk.entries === 10, 5_000));
   const text = await (await fetch(`${node.admin}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
   const families = new Map(parsePrometheusTextFormat(text).map((family) => [family.name, family]));
   const values = (name: string) => (families.get(name)?.metrics ?? []) as Array<{ value?: string; labels?: Record<string, string>; count?: string; buckets?: Record<string, string> }>;
