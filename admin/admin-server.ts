@@ -176,6 +176,10 @@ class AdminApi {
   }
 
   async route(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.options.control.draining() && req.url?.startsWith('/purge')) {
+      // A purge now could miss a worker that already left: the caller (or a peer's outbox) retries elsewhere or later.
+      return reply(res, 503, { error: 'the node is shutting down' }, { 'retry-after': '5', connection: 'close' });
+    }
     const url = new URL(req.url ?? '/', 'http://admin');
     const method = req.method ?? 'GET';
     const read = method === 'GET' || method === 'HEAD';
@@ -219,14 +223,20 @@ class AdminApi {
     const local: PurgeRequest = { ...request };
     if (request.url !== undefined) local.url = keyOf(request.url, 'url', config);
     if (request.prefix !== undefined) local.prefix = keyOf(request.prefix, 'prefix', config);
+    // Peers first, then this node, then the peers that took it once more. A miss here between this
+    // node's purge and a peer's would refill from that peer's old copy (a shield's, say), and a
+    // peer edge could refill from a shield purged after it. Peers that queued it get it later, in order.
+    const forwarded = req.headers[FORWARDED_PURGE_HEADER] !== undefined;
+    const outbox = forwarded ? undefined : this.options.outbox;
+    const peers: PeerResult[] = outbox === undefined ? [] : await outbox.forward(request);
     const affected = await this.options.control.purge(local);
+    const took = new Set(peers.filter((p) => p.result === 'ok').map((p) => p.peer));
+    if (outbox !== undefined && took.size > 0) await outbox.forward(request, took, true);
+    if (req.headers[FORWARDED_PURGE_HEADER] === 'repeat') return reply(res, 200, { affected, peers });
     this.purges.inc({ kind: request.url !== undefined ? 'url' : request.prefix !== undefined ? 'prefix' : request.tags !== undefined ? 'tags' : 'all', soft: String(request.soft === true) });
     this.purgedObjects.inc(affected);
     this.purgeCounts.accepted++;
     this.purgeCounts.objects += affected;
-    // A purge a peer forwarded here stops here: peers that list each other must not bounce it.
-    const forwarded = req.headers[FORWARDED_PURGE_HEADER] !== undefined;
-    const peers: PeerResult[] = forwarded || this.options.outbox === undefined ? [] : await this.options.outbox.forward(request);
     for (const peer of peers) this.peerResults.inc({ result: peer.result });
     this.options.logger.info({ purge: describePurge(local), affected, peers, forwarded }, 'admin purge');
     reply(res, 200, { affected, peers });

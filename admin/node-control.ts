@@ -36,17 +36,19 @@ export interface NodeControl {
 }
 
 /**
- * A node running in this process. `nodes[0]` is the one reported on (the edge of `npm start`);
- * purges and metrics cover them all, so a purge reaches the shield tier behind it too.
+ * A node running in this process. `nodes[0]` is the one reported on (the edge of `npm start`),
+ * the others the tiers behind it, in order; purges and metrics cover them all.
  */
 export class LocalControl implements NodeControl {
   private stopping = false;
 
   constructor(private readonly nodes: readonly RunningNode[]) {}
 
+  /** The tier nearest the origin first: a miss at the edge meanwhile must not refill from a shield not yet purged. */
   async purge(request: PurgeRequest): Promise<number> {
-    const counts = await Promise.all(this.nodes.map((node) => node.pipeline.purgeHere(request)));
-    return counts.reduce((a, b) => a + b, 0);
+    let affected = 0;
+    for (const node of [...this.nodes].reverse()) affected += await node.pipeline.purgeHere(request);
+    return affected;
   }
 
   async snapshots(): Promise<NodeSnapshot[]> {

@@ -9,7 +9,10 @@ import { Level } from 'level';
 import type { Logger } from 'pino';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
 
-/** Set on purges a node forwards to its peers: a peer applies them but does not forward them again (peers may list each other). */
+/**
+ * Set on purges a node forwards to its peers: a peer applies them but does not forward them again
+ * (peers may list each other). `repeat` marks the confirming second pass (admin-server.ts): applied, not counted.
+ */
 export const FORWARDED_PURGE_HEADER = 'x-outpost-purge-forwarded';
 
 /** Another node's admin API; `token` is sent as `Authorization: Bearer`, omitted when undefined. */
@@ -87,10 +90,11 @@ export class PurgeOutbox {
     return outbox;
   }
 
-  /** Sends to every peer in parallel; each that does not answer gets the purge stored and retried. Resolves when every peer answered or its purge is stored (durably: the put has resolved). */
-  async forward(request: PurgeRequest): Promise<PeerResult[]> {
+  /** Sends to every peer (or those in `only`; `repeat`: the confirming pass) in parallel; each that does not answer gets the purge stored and retried. Resolves when every peer answered or its purge is stored (durably: the put has resolved). */
+  async forward(request: PurgeRequest, only?: ReadonlySet<string>, repeat = false): Promise<PeerResult[]> {
     if (this.closing) throw new Error('the purge outbox is closed');
-    return Promise.all([...this.states.values()].map((state) => this.run(state, () => this.forwardTo(state, request))));
+    const states = [...this.states.values()].filter((state) => only === undefined || only.has(state.peer.url));
+    return Promise.all(states.map((state) => this.run(state, () => this.forwardTo(state, request, repeat))));
   }
 
   /** New peer list (config reload). Queued items for a peer URL no longer listed are dropped (logged); a listed peer's token is updated. */
@@ -160,11 +164,11 @@ export class PurgeOutbox {
     return result;
   }
 
-  private async forwardTo(state: PeerState, request: PurgeRequest): Promise<PeerResult> {
+  private async forwardTo(state: PeerState, request: PurgeRequest, repeat: boolean): Promise<PeerResult> {
     const peer = state.peer.url;
     let error = `${state.queue.length} earlier purge(s) still queued for this peer`;
     if (state.queue.length === 0) {
-      const outcome = await this.send(state.peer, request);
+      const outcome = await this.send(state.peer, request, repeat);
       if (outcome.kind === 'ok') {
         this.counts.delivered++;
         return { peer, result: 'ok' };
@@ -240,9 +244,9 @@ export class PurgeOutbox {
     state.timer.unref();
   }
 
-  private async send(peer: PurgePeer, request: PurgeRequest): Promise<Outcome> {
+  private async send(peer: PurgePeer, request: PurgeRequest, repeat = false): Promise<Outcome> {
     const timeoutMs = this.options.timeoutMs ?? 5000;
-    const headers: Record<string, string> = { 'content-type': 'application/json', [FORWARDED_PURGE_HEADER]: '1' };
+    const headers: Record<string, string> = { 'content-type': 'application/json', [FORWARDED_PURGE_HEADER]: repeat ? 'repeat' : '1' };
     if (peer.token !== undefined) headers.authorization = `Bearer ${peer.token}`;
     try {
       const res = await fetch(`${peer.url.replace(/\/+$/, '')}/purge`, {

@@ -116,6 +116,8 @@ function onSignals(nodes: RunningNode[], extra: Array<() => Promise<void>> = [],
   };
   process.once('SIGTERM', () => void stop('SIGTERM'));
   process.once('SIGINT', () => void stop('SIGINT'));
+  // `npm start` has no config file of its own to re-read: SIGHUP must not kill it.
+  process.on('SIGHUP', () => process.stderr.write('outpost: SIGHUP ignored by `outpost start` (no config file to re-read)\n'));
 }
 
 async function runStart(argv: readonly string[]): Promise<void> {
@@ -187,9 +189,11 @@ async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: 
       logger.level = next.logLevel;
       outbox?.setPeers(peersOf(next));
     },
+    onStop: async () => admin?.close(),
   });
+  let admin: Awaited<ReturnType<typeof openAdmin>>;
   primary.start();
-  const admin = await openAdmin(config, primary, logger, () => config);
+  admin = await openAdmin(config, primary, logger, () => config);
   outbox = admin?.outbox;
   if (admin) process.stderr.write(`outpost ${config.role} admin API on ${admin.url}\n`);
 }

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { InspectedVariant, NodeControl, WorkerState } from '../admin/node-control.js';
 import { ConfigError, type Config } from '../config/config.js';
-import { liveConfig } from '../config/reload.js';
+import { liveConfig, workerConfig } from '../config/reload.js';
 import type { MetricsJson } from '../pipeline/metrics.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
@@ -32,6 +32,8 @@ interface Slot {
   queued: PurgeRequest[];
   /** Purges handed to it at start, not yet known applied (it is not serving yet): queued again if it dies. */
   applying: PurgeRequest[];
+  /** The config generation it runs: one forked before a reload gets the reload once it serves. */
+  generation: number;
 }
 
 interface Question {
@@ -51,6 +53,8 @@ export interface PrimaryOptions {
   reloadConfig?: () => Readonly<Config>;
   /** A reload the workers were given (the admin API takes its new purge peers and token). */
   onReload?: (config: Readonly<Config>) => void;
+  /** After the workers drained on SIGTERM, before the primary exits (the admin API and its outbox close). */
+  onStop?: () => Promise<void>;
 }
 
 export class Primary implements NodeControl {
@@ -61,6 +65,8 @@ export class Primary implements NodeControl {
   private restarts = 0;
   private readonly runDir: string;
   private stopping = false;
+  /** Bumped by every applied reload. */
+  private generation = 0;
   private everReady = false;
   private config: Readonly<Config>;
   private readonly logger: Logger;
@@ -70,7 +76,7 @@ export class Primary implements NodeControl {
     this.options = options;
     this.config = options.config;
     this.logger = options.logger;
-    this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [], applying: [] }));
+    this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [], applying: [], generation: 0 }));
     // Private to this user (mkdtemp creates 0700): the owner sockets accept requests from any worker.
     this.runDir = mkdtempSync(join(tmpdir(), 'outpost-'));
     process.once('exit', () => rmSync(this.runDir, { recursive: true, force: true }));
@@ -155,9 +161,16 @@ export class Primary implements NodeControl {
 
   private fork(slot: Slot): void {
     slot.state = 'starting';
-    // Workers need no admin token: it stays out of their environment.
-    const config = JSON.stringify({ ...this.config, adminToken: '', adminTokenFile: '' });
-    const worker = cluster.fork({ [WORKER_ENV.index]: String(slot.index), [WORKER_ENV.count]: String(this.slots.length), [WORKER_ENV.runDir]: this.runDir, [WORKER_ENV.config]: config });
+    // Workers need no tokens: none in their config nor in the environment they inherit.
+    const worker = cluster.fork({
+      [WORKER_ENV.index]: String(slot.index),
+      [WORKER_ENV.count]: String(this.slots.length),
+      [WORKER_ENV.runDir]: this.runDir,
+      [WORKER_ENV.config]: JSON.stringify(workerConfig(this.config)),
+      OUTPOST_ADMIN_TOKEN: '',
+      OUTPOST_ADMIN_TOKEN_FILE: '',
+    });
+    slot.generation = this.generation;
     // A send to a worker that is dying fails on its channel; its exit is handled in onExit.
     worker.on('error', (error) => this.logger.warn({ worker: slot.index, err: error.message }, 'worker channel error'));
     slot.worker = worker;
@@ -200,6 +213,11 @@ export class Primary implements NodeControl {
       case 'ready':
         slot.state = 'ready';
         slot.applying = [];
+        // Forked before the last reload (it was starting when SIGHUP came): it gets that reload now.
+        if (slot.generation !== this.generation) {
+          slot.generation = this.generation;
+          this.send(worker, { type: 'reload', config: workerConfig(this.config) });
+        }
         if (!this.everReady && this.slots.every((s) => s.state === 'ready')) {
           this.everReady = true;
           this.options.onReady(message.url);
@@ -281,13 +299,24 @@ export class Primary implements NodeControl {
       this.logger.error({ field, err: (error as Error).message }, 'SIGHUP: the new config is invalid; still running on the old one');
       return;
     }
-    const { config, needRestart } = liveConfig(this.config, next);
+    let live: ReturnType<typeof liveConfig>;
+    try {
+      live = liveConfig(this.config, next);
+    } catch (error) {
+      this.logger.error({ field: (error as ConfigError).field, err: (error as Error).message }, 'SIGHUP: the new config is invalid; still running on the old one');
+      return;
+    }
+    const { config, needRestart } = live;
     if (needRestart.length > 0) this.logger.warn({ options: needRestart }, 'SIGHUP: these options take effect only at the next start');
     this.config = config;
+    this.generation++;
     this.options.onReload?.(config);
-    const live = this.slots.filter((s) => s.state === 'ready');
-    this.logger.info({ workers: live.length }, 'SIGHUP: reloading every worker');
-    for (const slot of live) this.send(slot.worker, { type: 'reload', config: config as Config });
+    const ready = this.slots.filter((s) => s.state === 'ready');
+    this.logger.info({ workers: ready.length }, 'SIGHUP: reloading every worker');
+    for (const slot of ready) {
+      slot.generation = this.generation;
+      this.send(slot.worker, { type: 'reload', config: workerConfig(config) });
+    }
   }
 
   /** SIGTERM: every worker stops accepting, finishes what is in flight, and exits; then the primary. */
@@ -296,6 +325,7 @@ export class Primary implements NodeControl {
     this.stopping = true;
     process.stderr.write(`outpost: ${signal}, finishing requests in flight on ${this.slots.length} workers\n`);
     await this.stopWorkers(this.config.shutdownTimeoutMs + SHUTDOWN_GRACE_MS);
+    await this.options.onStop?.().catch((error: Error) => this.logger.error({ err: error.message }, 'could not close the admin API cleanly'));
     process.exit(0);
   }
 

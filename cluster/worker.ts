@@ -106,7 +106,14 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
         );
         return;
       case 'stats':
-        void snapshot(node, store!).then((stats) => send({ type: 'stats-reply', id: message.id, stats }));
+        snapshot(node, store!).then(
+          (stats) => send({ type: 'stats-reply', id: message.id, stats }),
+          (error: Error) => {
+            // An answer all the same: the primary's /stats and /readyz must not wait forever.
+            logger.warn({ err: error.message }, 'could not take a stats snapshot');
+            send({ type: 'stats-reply', id: message.id, stats: { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store!.stats(), memory: store!.memoryStats(), evictions: store!.evictions(), fillsInFlight: 0, upstreams: [], draining: false } });
+          },
+        );
         return;
       case 'inspect':
         store!.variants(message.url).then(

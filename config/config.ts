@@ -421,6 +421,11 @@ function checkAdmin(config: Config, source: string): void {
     if (token === '') throw new ConfigError('adminTokenFile', source, `${config.adminTokenFile} is empty`);
     config.adminToken = token;
   }
+  checkAdminExposure(config, source);
+}
+
+/** An admin API beyond loopback needs a token (checked again on SIGHUP, against the listener that keeps running). */
+export function checkAdminExposure(config: Readonly<Config>, source: string): void {
   const listen = config.adminListen;
   if (listen !== undefined && !isLoopback(listen.host) && config.adminToken === '') {
     throw new ConfigError('adminToken', source, `the admin API listens on ${listen.host}, beyond loopback: give --admin-token or --admin-token-file`);

@@ -3,7 +3,7 @@
  * effect only at start, because they shape listeners, processes or the stores' budgets. A reload
  * keeps their old values and says which changed.
  */
-import type { Config } from './config.js';
+import { checkAdminExposure, type Config } from './config.js';
 
 export const RESTART_ONLY = [
   'listen',
@@ -17,11 +17,22 @@ export const RESTART_ONLY = [
   'servedBy',
   'metrics',
   'adminListen',
+  'purgeRetrySec',
 ] as const satisfies ReadonlyArray<keyof Config>;
 
-/** The config to run after a reload, and the restart-only options that changed (not applied). */
+/**
+ * The config to run after a reload, and the restart-only options that changed (not applied).
+ * Throws ConfigError when the result would expose the running admin listener without a token.
+ */
 export function liveConfig(current: Readonly<Config>, next: Readonly<Config>): { config: Readonly<Config>; needRestart: string[] } {
   const needRestart = RESTART_ONLY.filter((name) => JSON.stringify(current[name]) !== JSON.stringify(next[name]));
   const kept = Object.fromEntries(RESTART_ONLY.map((name) => [name, current[name]]));
-  return { config: Object.freeze({ ...next, ...kept }), needRestart };
+  const config: Readonly<Config> = Object.freeze({ ...next, ...kept });
+  checkAdminExposure(config, 'reload');
+  return { config, needRestart };
+}
+
+/** What a worker is given: no admin or peer tokens (the primary alone talks to the admin API and peers). */
+export function workerConfig(config: Readonly<Config>): Config {
+  return { ...config, adminToken: '', adminTokenFile: '', purgePeers: [] };
 }

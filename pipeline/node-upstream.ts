@@ -18,7 +18,7 @@ export interface HealthReporting {
 }
 
 export class NodeUpstream implements Upstream, HealthReporting {
-  private retired: Array<Promise<void>> = [];
+  private readonly retired = new Set<Promise<void>>();
 
   constructor(
     private current: Upstream,
@@ -42,7 +42,12 @@ export class NodeUpstream implements Upstream, HealthReporting {
   replace(next: Upstream): void {
     const old = this.current;
     this.current = next;
-    this.retired.push(old.close());
+    // A retired pool that fails to close has nothing left to serve: its error is dropped, not thrown later.
+    const closing: Promise<void> = old
+      .close()
+      .catch(() => undefined)
+      .finally(() => this.retired.delete(closing));
+    this.retired.add(closing);
   }
 
   async close(): Promise<void> {

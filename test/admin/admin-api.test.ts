@@ -245,7 +245,7 @@ test.serial('a purge for a peer that is down is queued in the outbox, survives a
   t.true(await waitFor(async () => Object.keys((await second.stats()).purgePeers.pending).length === 0, 5_000));
 });
 
-test.serial('SIGTERM: readiness turns false at once and requests in flight finish', async (t) => {
+test.serial('SIGTERM: readiness turns false at once, purges are refused, and requests in flight finish', async (t) => {
   const origin = await versionedOrigin(t);
   const node = await startCluster(t, origin.url, { workers: 2, token: TOKEN });
   const inFlight = Array.from({ length: 10 }, (_, i) => getFresh(node.url, `/slow/${i}?delay=800`));
@@ -255,6 +255,8 @@ test.serial('SIGTERM: readiness turns false at once and requests in flight finis
   const ready = await fetch(`${node.admin}/readyz`);
   t.is(ready.status, 503);
   t.deepEqual(await ready.json(), { ready: false, reasons: ['draining'] });
+  const purge = await fetch(`${node.admin}/purge`, { method: 'POST', body: '{"all": true}', headers: { authorization: `Bearer ${TOKEN}` } });
+  t.is(purge.status, 503, 'a purge while draining is refused, so that the caller retries: a worker that left would miss it');
   const replies = await Promise.all(inFlight);
   t.true(replies.every((r, i) => r.status === 200 && r.text === `/slow/${i} v1`));
   t.is((await node.exit).code, 0);

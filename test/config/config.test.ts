@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigError, loadConfig, parseBytes } from '../../config/config.js';
+import { liveConfig, workerConfig } from '../../config/reload.js';
 
 test('defaults per role, frozen', (t) => {
   const edge = loadConfig('edge');
@@ -101,4 +102,18 @@ test('admin: off by default; beyond loopback only with a token; the token file i
   t.throws(() => loadConfig('edge', { fileContents: { purgePeers: [{ url: 'http://b:2', secret: 't' }] } }), { message: /invalid purgePeers\[0\]\.secret \(config\): unknown field/ });
   t.throws(() => loadConfig('edge', { fileContents: { purgePeers: [{ url: 'ftp://b' }] } }), { message: /invalid purgePeers\[0\]\.url/ });
   t.is(loadConfig('shield').purgeRetrySec, 600);
+});
+
+test('SIGHUP: restart-only options keep their values and are named; a reload may not leave the running admin listener without a token; workers get no tokens', (t) => {
+  const current = loadConfig('edge', { flags: { adminListen: ['0.0.0.0:8081'], adminToken: ['s3cret'], upstreams: ['http://127.0.0.1:9000'] } });
+  const next = loadConfig('edge', { flags: { adminListen: ['127.0.0.1:8081'], upstreams: ['http://127.0.0.1:9001'], purgePeers: ['http://10.0.0.2:8081'] } });
+  t.throws(() => liveConfig(current, next), { instanceOf: ConfigError, message: /invalid adminToken \(reload\): the admin API listens on 0\.0\.0\.0/ });
+  const kept = liveConfig(current, { ...next, adminToken: 'new-token' });
+  t.deepEqual(kept.needRestart, ['adminListen']);
+  t.deepEqual(kept.config.adminListen, { host: '0.0.0.0', port: 8081 });
+  t.deepEqual(kept.config.upstreams, ['http://127.0.0.1:9001']);
+  const forWorkers = workerConfig(kept.config);
+  t.is(forWorkers.adminToken, '');
+  t.deepEqual(forWorkers.purgePeers, []);
+  t.deepEqual(forWorkers.upstreams, ['http://127.0.0.1:9001']);
 });
