@@ -13,8 +13,9 @@ import { AggregatorRegistry, Counter, Gauge, Registry } from 'prom-client';
 import type { Config } from '../config/config.js';
 import { cacheKey } from '../pipeline/cache-key.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
-import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
+import { describePurge, purgeKind, type PurgeRequest } from '../pipeline/purge.js';
 import type { HttpRecord } from '../pipeline/stored-response.js';
+import { variantOfKey } from '../storage/keys.js';
 import type { InspectedVariant, NodeControl, WorkerState } from './node-control.js';
 import { FORWARDED_PURGE_HEADER, type PeerResult, type PurgeOutbox } from './purge-outbox.js';
 
@@ -226,19 +227,19 @@ class AdminApi {
     // Peers first, then this node, then the peers that took it once more. A miss here between this
     // node's purge and a peer's would refill from that peer's old copy (a shield's, say), and a
     // peer edge could refill from a shield purged after it. Peers that queued it get it later, in order.
-    const forwarded = req.headers[FORWARDED_PURGE_HEADER] !== undefined;
-    const outbox = forwarded ? undefined : this.options.outbox;
+    const forwarded = req.headers[FORWARDED_PURGE_HEADER];
+    const outbox = forwarded !== undefined ? undefined : this.options.outbox;
     const peers: PeerResult[] = outbox === undefined ? [] : await outbox.forward(request);
     const affected = await this.options.control.purge(local);
     const took = new Set(peers.filter((p) => p.result === 'ok').map((p) => p.peer));
     if (outbox !== undefined && took.size > 0) await outbox.forward(request, took, true);
-    if (req.headers[FORWARDED_PURGE_HEADER] === 'repeat') return reply(res, 200, { affected, peers });
-    this.purges.inc({ kind: request.url !== undefined ? 'url' : request.prefix !== undefined ? 'prefix' : request.tags !== undefined ? 'tags' : 'all', soft: String(request.soft === true) });
+    if (forwarded === 'repeat') return reply(res, 200, { affected, peers });
+    this.purges.inc({ kind: purgeKind(request), soft: String(request.soft === true) });
     this.purgedObjects.inc(affected);
     this.purgeCounts.accepted++;
     this.purgeCounts.objects += affected;
     for (const peer of peers) this.peerResults.inc({ result: peer.result });
-    this.options.logger.info({ purge: describePurge(local), affected, peers, forwarded }, 'admin purge');
+    this.options.logger.info({ purge: describePurge(local), affected, peers, forwarded: forwarded !== undefined }, 'admin purge');
     reply(res, 200, { affected, peers });
   }
 
@@ -266,6 +267,7 @@ class AdminApi {
     const { control, outbox } = this.options;
     const snapshots = await control.snapshots();
     const sum = (pick: (s: NodeSnapshot) => number) => snapshots.reduce((total, s) => total + pick(s), 0);
+    const tier = (name: 'memory' | 'disk') => ({ entries: sum((s) => s.tiers[name].entries), bytes: sum((s) => s.tiers[name].bytes), evictions: sum((s) => s.tiers[name].evictions) });
     const requests: Record<string, number> = {};
     for (const s of snapshots) for (const [outcome, n] of Object.entries(s.requests)) requests[outcome] = (requests[outcome] ?? 0) + n;
     const hits = (requests.hit ?? 0) + (requests.stale ?? 0);
@@ -285,10 +287,7 @@ class AdminApi {
       role: config.role,
       node: config.nodeName,
       ...(workers ? { workers: { count: workers.list.length, ready: workers.list.filter((w) => w.state === 'ready').length, restarts: workers.restarts, list: workers.list } } : {}),
-      tiers: {
-        memory: { entries: sum((s) => s.memory.entries), bytes: sum((s) => s.memory.bytes), evictions: sum((s) => s.evictions.memory) },
-        disk: { entries: sum((s) => s.disk.entries), bytes: sum((s) => s.disk.bytes), evictions: sum((s) => s.evictions.disk) },
-      },
+      tiers: { memory: tier('memory'), disk: tier('disk') },
       requests,
       hitRatio: lookups === 0 ? null : Math.round((hits / lookups) * 10_000) / 10_000,
       fillsInFlight: sum((s) => s.fillsInFlight),
@@ -310,8 +309,7 @@ class AdminApi {
 /** A stored variant as an operator reads it: what selects it, what it answers with, how long it lives, where it is. */
 function describeVariant(v: InspectedVariant) {
   const record = v.meta.http as unknown as HttpRecord;
-  const separator = v.key.indexOf('\u0000');
-  const variant = separator === -1 ? '' : v.key.slice(separator + 1);
+  const variant = variantOfKey(v.key);
   const time = (ms: number) => new Date(ms).toISOString();
   const common = { variant: variant.replace(/\n$/, '').replace(/\n/g, '; '), tiers: v.tiers, ...(v.worker !== undefined ? { worker: v.worker } : {}) };
   if (record.kind === 'vary') return { ...common, kind: 'vary', varyOn: record.fields, variantsStored: record.variants.length };

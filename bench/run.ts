@@ -823,13 +823,13 @@ async function workers(): Promise<void> {
   for (const count of [1, 2]) {
     const edge = await startWorkersEdge(origin.port, dir, `edge-disk-${count}w`, count, ['--memory-max-object-size', '0']);
     for (let i = 0; i < 8; i++) await get(edge.port, '/1k');
-    const hopsBefore = ownerRequests(await getText(edge.admin, '/metrics'));
+    const hopsBefore = metricSum(await getText(edge.admin, '/metrics'), 'outpost_owner_requests_total');
     const cpuBefore = treeCpuSeconds(edge.child.pid!);
     const started = performance.now();
     const r = await wrk(`http://${HOST}:${edge.port}/1k`, { seconds: WORKER_SECONDS, connections: 50 });
     const wall = (performance.now() - started) / 1000;
     const cpu = treeCpuSeconds(edge.child.pid!) - cpuBefore;
-    const hops = ownerRequests(await getText(edge.admin, '/metrics')) - hopsBefore;
+    const hops = metricSum(await getText(edge.admin, '/metrics'), 'outpost_owner_requests_total') - hopsBefore;
     const requests = r.rps * wall;
     if (count === 1) {
       localCost = cpu / requests;
@@ -848,10 +848,6 @@ async function workers(): Promise<void> {
 
 async function getText(port: number, path: string): Promise<string> {
   return (await get(port, path)).body.toString('utf8');
-}
-
-function ownerRequests(metrics: string): number {
-  return [...metrics.matchAll(/^outpost_owner_requests_total\{[^}]*\} (\d+)$/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
 }
 
 // ---------------------------------------------------------------- admin (issue 10)

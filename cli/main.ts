@@ -176,7 +176,8 @@ async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: 
   let config = load();
   mkdirSync(config.dataDir, { recursive: true });
   const logger = createLogger(config.logLevel, config.nodeName, { buffered: false }).child({ primary: true });
-  let outbox: PurgeOutbox | undefined;
+  // Opened once the workers are forked; SIGHUP and SIGTERM reach it through these closures.
+  let admin: Awaited<ReturnType<typeof openAdmin>>;
   const primary = new Primary({
     config,
     count: config.workers,
@@ -187,14 +188,12 @@ async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: 
     onReload: (next) => {
       config = next;
       logger.level = next.logLevel;
-      outbox?.setPeers(peersOf(next));
+      admin?.outbox.setPeers(peersOf(next));
     },
     onStop: async () => admin?.close(),
   });
-  let admin: Awaited<ReturnType<typeof openAdmin>>;
   primary.start();
   admin = await openAdmin(config, primary, logger, () => config);
-  outbox = admin?.outbox;
   if (admin) process.stderr.write(`outpost ${config.role} admin API on ${admin.url}\n`);
 }
 

@@ -38,7 +38,8 @@ export type PrimaryMessage =
    */
   | { type: 'purge'; id: number; request: PurgeRequest; memoryOnly?: boolean }
   | { type: 'purged'; id: number; affected: number; error?: string }
-  | { type: 'stats'; id: number }
+  /** `metrics`: include the worker's registry (for /metrics; /stats and /readyz need no gauges run). */
+  | { type: 'stats'; id: number; metrics?: boolean }
   /** The stored variants of a URL (its cache key) in this worker's tiers. */
   | { type: 'inspect'; id: number; url: string }
   /** SIGHUP: the config the primary re-read and validated, its live options to apply. */

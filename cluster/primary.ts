@@ -126,13 +126,12 @@ export class Primary implements NodeControl {
     return counts.reduce((sum, n) => sum + n, 0);
   }
 
-  async snapshots(): Promise<NodeSnapshot[]> {
-    const answers = await this.askReady((id) => ({ type: 'stats', id }));
-    return answers.flatMap((answer) => (answer.type === 'stats-reply' ? [answer.stats] : []));
+  snapshots(options: { metrics?: boolean } = {}): Promise<NodeSnapshot[]> {
+    return this.askReady((id) => ({ type: 'stats', id, ...options })).then((answers) => answers.flatMap((answer) => (answer.type === 'stats-reply' ? [answer.stats] : [])));
   }
 
   async metrics(): Promise<MetricsJson[]> {
-    return (await this.snapshots()).map((snapshot) => snapshot.metrics);
+    return (await this.snapshots({ metrics: true })).map((snapshot) => snapshot.metrics ?? []);
   }
 
   async inspect(url: string): Promise<InspectedVariant[]> {
@@ -291,19 +290,12 @@ export class Primary implements NodeControl {
    */
   private reload(): void {
     if (this.options.reloadConfig === undefined) return;
-    let next: Readonly<Config>;
+    let live: ReturnType<typeof liveConfig>;
     try {
-      next = this.options.reloadConfig();
+      live = liveConfig(this.config, this.options.reloadConfig());
     } catch (error) {
       const field = error instanceof ConfigError ? error.field : undefined;
       this.logger.error({ field, err: (error as Error).message }, 'SIGHUP: the new config is invalid; still running on the old one');
-      return;
-    }
-    let live: ReturnType<typeof liveConfig>;
-    try {
-      live = liveConfig(this.config, next);
-    } catch (error) {
-      this.logger.error({ field: (error as ConfigError).field, err: (error as Error).message }, 'SIGHUP: the new config is invalid; still running on the old one');
       return;
     }
     const { config, needRestart } = live;

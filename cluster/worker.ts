@@ -12,7 +12,7 @@ import type { StartOptions } from '../edge/edge.js';
 import type { WorkerRouting } from '../pipeline/cache-pipeline.js';
 import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
-import type { NodeSnapshot, RunningNode } from '../pipeline/node-server.js';
+import { storeSnapshot, type RunningNode } from '../pipeline/node-server.js';
 import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
 import { LevelStore } from '../storage/level-store.js';
 import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
@@ -106,12 +106,12 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
         );
         return;
       case 'stats':
-        snapshot(node, store!).then(
+        (node ? node.snapshot({ metrics: message.metrics }) : Promise.resolve(storeSnapshot(store!))).then(
           (stats) => send({ type: 'stats-reply', id: message.id, stats }),
           (error: Error) => {
             // An answer all the same: the primary's /stats and /readyz must not wait forever.
             logger.warn({ err: error.message }, 'could not take a stats snapshot');
-            send({ type: 'stats-reply', id: message.id, stats: { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store!.stats(), memory: store!.memoryStats(), evictions: store!.evictions(), fillsInFlight: 0, upstreams: [], draining: false } });
+            send({ type: 'stats-reply', id: message.id, stats: storeSnapshot(store!) });
           },
         );
         return;
@@ -183,12 +183,6 @@ function fatal(message: string): void {
 async function purgeMemory(node: RunningNode | undefined, store: TieredStore, request: PurgeRequest): Promise<number> {
   node?.pipeline.fills.forget(request);
   return purgeStore(store.memory, request);
-}
-
-/** A worker asked before it serves (it is only asked once ready) has nothing to report but its store. */
-async function snapshot(node: RunningNode | undefined, store: TieredStore): Promise<NodeSnapshot> {
-  if (node) return node.snapshot();
-  return { metrics: [], requests: {} as NodeSnapshot['requests'], collapsed: 0, disk: store.stats(), memory: store.memoryStats(), evictions: store.evictions(), fillsInFlight: 0, upstreams: [], draining: false };
 }
 
 /**

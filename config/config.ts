@@ -328,16 +328,8 @@ function parsePurgePeers(raw: unknown, source: string): PurgePeer[] {
     const p = peer as Record<string, unknown>;
     for (const key of Object.keys(p)) if (key !== 'url' && key !== 'token') throw new ConfigError(`${field}.${key}`, source, 'unknown field');
     if (p.token !== undefined && (typeof p.token !== 'string' || p.token === '')) throw new ConfigError(`${field}.token`, source, 'must be a non-empty string');
-    let url: URL;
-    try {
-      url = new URL(String(p.url));
-    } catch {
-      throw new ConfigError(`${field}.url`, source, `not a URL: ${JSON.stringify(p.url)}`);
-    }
-    if ((url.protocol !== 'http:' && url.protocol !== 'https:') || url.search !== '' || url.hash !== '') {
-      throw new ConfigError(`${field}.url`, source, `must be an http:// or https:// admin URL without query, got ${JSON.stringify(p.url)}`);
-    }
-    return { url: url.href.replace(/\/+$/, ''), ...(p.token !== undefined ? { token: p.token as string } : {}) };
+    // An admin API answers at its root, like an upstream: scheme, host and port only.
+    return { url: checkUrl(p.url, `${field}.url`, source), ...(p.token !== undefined ? { token: p.token as string } : {}) };
   });
 }
 

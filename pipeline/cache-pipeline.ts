@@ -752,7 +752,7 @@ export class CachePipeline {
     const logging = this.accessLog.enabled && this.settings.accessLog;
     // The clock is read only when a histogram or the access log wants it.
     const ms = this.metrics.detailed || logging ? performance.now() - x.startedAt : 0;
-    this.metrics.request(x.outcome, x.res.statusCode, x.bytes, ms / 1000, x.detail === 'collapsed');
+    this.metrics.request(x.outcome, x.res.statusCode, x.bytes, ms / 1000, collapsed(x.detail));
     if (!logging) return;
     this.accessLog.write({
       id: x.id,
@@ -767,6 +767,11 @@ export class CachePipeline {
       complete,
     });
   }
+}
+
+/** Waited for another request's fill: here (`collapsed`), or at the key's owner (`owner-K,collapsed`). */
+function collapsed(detail: string | undefined): boolean {
+  return detail !== undefined && (detail === 'collapsed' || detail.endsWith(',collapsed'));
 }
 
 /** A fill entry that can still serve a new reader (its body whole and held). */

@@ -12,7 +12,8 @@ import type { VaryRecord } from './stored-response.js';
 import { UpstreamError, type HeaderMap } from './upstream.js';
 
 /** How the cache handled a request; the same words appear in logs and metrics. */
-export type CacheOutcome = 'hit' | 'stale' | 'miss' | 'revalidated' | 'bypass' | 'pass' | 'error' | 'synthetic';
+export const CACHE_OUTCOMES = ['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic'] as const;
+export type CacheOutcome = (typeof CACHE_OUTCOMES)[number];
 
 /** Per-request state carried through the phases. */
 export interface Exchange {

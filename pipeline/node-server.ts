@@ -7,7 +7,7 @@ import { createServer, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { CacheStore, StoreStats, StoredVariant } from '../storage/cache-store.js';
+import type { CacheStore, StoredVariant, TierStats } from '../storage/cache-store.js';
 import { rmSync } from 'node:fs';
 import { CachePipeline, type CacheOutcome, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
 import { Metrics, type MetricsJson } from './metrics.js';
@@ -16,17 +16,18 @@ import type { Upstream } from './upstream.js';
 
 /** What a running node reports: for /stats, /readyz and /metrics (summed over workers by the primary). */
 export interface NodeSnapshot {
-  metrics: MetricsJson;
+  /** Only when asked for (/metrics): collecting it runs every gauge. */
+  metrics?: MetricsJson;
   requests: Record<CacheOutcome, number>;
   collapsed: number;
-  /** The disk tier (or the only tier of a single-tier store). */
-  disk: StoreStats;
-  memory: StoreStats;
-  /** Entries dropped per tier to stay within its budget. */
-  evictions: { memory: number; disk: number };
+  tiers: Record<'memory' | 'disk', TierStats>;
   fillsInFlight: number;
   upstreams: MemberHealth[];
-  draining: boolean;
+}
+
+/** What a node with no pipeline yet (a worker opening its shard) reports: its store alone. */
+export function storeSnapshot(store: CacheStore): NodeSnapshot {
+  return { requests: {} as NodeSnapshot['requests'], collapsed: 0, tiers: tierStats(store), fillsInFlight: 0, upstreams: [] };
 }
 
 export interface RunningNode {
@@ -37,7 +38,7 @@ export interface RunningNode {
   readonly upstream: NodeUpstream;
   /** http://host:port the node listens on. */
   readonly url: string;
-  snapshot(): Promise<NodeSnapshot>;
+  snapshot(options?: { metrics?: boolean }): Promise<NodeSnapshot>;
   /** The stored variants of a URL given as its cache key. */
   inspect(url: string): Promise<StoredVariant[]>;
   /**
@@ -153,16 +154,13 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     metrics,
     upstream,
     url: `http://${host}:${address.port}`,
-    snapshot: async () => ({
-      metrics: await metrics.json(),
+    snapshot: async (options) => ({
+      ...(options?.metrics ? { metrics: await metrics.json() } : {}),
       requests: metrics.requestsByOutcome(),
       collapsed: metrics.collapsedRequests(),
-      disk: store.stats(),
-      memory: memoryStats(store),
-      evictions: evictions(store),
+      tiers: tierStats(store),
       fillsInFlight: pipeline.fills.inFlight,
       upstreams: upstream.memberHealth(),
-      draining: shuttingDown,
     }),
     inspect: (url) => store.variants(url),
     reconfigure: (next) => {
@@ -216,25 +214,19 @@ function upstreamChanged(a: Readonly<Config>, b: Readonly<Config>): boolean {
   return UPSTREAM_OPTIONS.some((name) => JSON.stringify(a[name]) !== JSON.stringify(b[name]));
 }
 
-function memoryStats(store: CacheStore): StoreStats {
-  const tiered = store as Partial<{ memoryStats(): StoreStats }>;
-  return typeof tiered.memoryStats === 'function' ? tiered.memoryStats() : { entries: 0, bytes: 0 };
-}
-
-function evictions(store: CacheStore): { memory: number; disk: number } {
-  const tiered = store as Partial<{ evictions(): { memory: number; disk: number } }>;
-  return typeof tiered.evictions === 'function' ? tiered.evictions() : { memory: 0, disk: 0 };
+/** A tiered store reports both tiers; any other store (tests wrap one) is reported as the disk tier. */
+function tierStats(store: CacheStore): Record<'memory' | 'disk', TierStats> {
+  const tiered = store as Partial<{ tierStats(): Record<'memory' | 'disk', TierStats> }>;
+  if (typeof tiered.tierStats === 'function') return tiered.tierStats();
+  return { memory: { entries: 0, bytes: 0, evictions: 0 }, disk: { ...store.stats(), evictions: 0 } };
 }
 
 /** Point-in-time values read when /metrics is scraped: store tiers, fills, upstream members. */
 function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstream, fillsInFlight: () => number): void {
-  const tiers = (): Array<[string, StoreStats]> => [
-    ['memory', memoryStats(store)],
-    ['disk', store.stats()],
-  ];
-  metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.entries]));
-  metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers().map(([tier, s]) => [{ tier }, s.bytes]));
-  metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => Object.entries(evictions(store)).map(([tier, n]) => [{ tier }, n]));
+  const tiers = (pick: (s: TierStats) => number) => Object.entries(tierStats(store)).map(([tier, s]): [{ tier: string }, number] => [{ tier }, pick(s)]);
+  metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers((s) => s.entries));
+  metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers((s) => s.bytes));
+  metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => tiers((s) => s.evictions));
   metrics.gauge('fills_in_flight', 'upstream fetches filling the cache, and their commits', [], () => [[{}, fillsInFlight()]]);
   metrics.gauge(
     'upstream_healthy',

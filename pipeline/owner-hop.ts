@@ -14,7 +14,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { EntryMeta } from '../storage/cache-store.js';
 import { urlKeyPrefix } from '../storage/keys.js';
-import type { CacheOutcome, Exchange } from './exchange.js';
+import { CACHE_OUTCOMES, type CacheOutcome, type Exchange } from './exchange.js';
 import { withoutHopByHop } from './forward-headers.js';
 import type { HeaderMap } from './upstream.js';
 
@@ -101,7 +101,7 @@ export function decodeEntry(value: string | string[] | undefined, url: string): 
   }
 }
 
-const OUTCOMES = new Set<CacheOutcome>(['hit', 'stale', 'miss', 'revalidated', 'bypass', 'pass', 'error', 'synthetic']);
+const OUTCOMES: ReadonlySet<string> = new Set(CACHE_OUTCOMES);
 
 /** `outcome` or `outcome;detail`, as the owner logged the request. */
 export function encodeOutcome(x: Exchange): string {

@@ -13,9 +13,14 @@ export interface PurgeRequest {
   soft?: boolean;
 }
 
+export function purgeKind(p: PurgeRequest): 'url' | 'prefix' | 'tags' | 'all' {
+  return p.url !== undefined ? 'url' : p.prefix !== undefined ? 'prefix' : p.tags !== undefined ? 'tags' : 'all';
+}
+
 export function describePurge(p: PurgeRequest): string {
-  const kind = p.url !== undefined ? `url ${p.url}` : p.prefix !== undefined ? `prefix ${p.prefix}` : p.tags !== undefined ? `tags ${p.tags.join(',')}` : 'all';
-  return p.soft ? `soft ${kind}` : kind;
+  const kind = purgeKind(p);
+  const what = kind === 'url' ? `url ${p.url}` : kind === 'prefix' ? `prefix ${p.prefix}` : kind === 'tags' ? `tags ${p.tags!.join(',')}` : 'all';
+  return p.soft ? `soft ${what}` : what;
 }
 
 /** Runs a purge on one store; returns the entries affected. */

@@ -72,6 +72,11 @@ export interface StoreStats {
   bytes: number;
 }
 
+/** A tier's size and the entries it dropped to stay within its budget (since it opened). */
+export interface TierStats extends StoreStats {
+  evictions: number;
+}
+
 /** One stored variant of a URL, for inspection (the admin API's GET /cache). */
 export interface StoredVariant {
   key: string;

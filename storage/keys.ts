@@ -17,6 +17,12 @@ export function entryKey(url: string, variant: string): string {
   return escapeUrl(url) + SEPARATOR + variant;
 }
 
+/** The Vary variant part of an entry key ('' when the response has no Vary). */
+export function variantOfKey(key: string): string {
+  // An escaped URL holds no raw separator, so the first one ends it.
+  return key.slice(key.indexOf(SEPARATOR) + 1);
+}
+
 /** Every entry key of `url` (all variants) starts with this. */
 export function urlKeyPrefix(url: string): string {
   return escapeUrl(url) + SEPARATOR;

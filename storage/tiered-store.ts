@@ -19,6 +19,7 @@ import {
   type PurgeOptions,
   type StoreStats,
   type StoredVariant,
+  type TierStats,
 } from './cache-store.js';
 import { LevelStore } from './level-store.js';
 import { MemoryStore } from './memory-store.js';
@@ -307,9 +308,12 @@ export class TieredStore implements CacheStore {
     return this.memory.stats();
   }
 
-  /** Entries each tier dropped to stay within its size budget, since it opened. */
-  evictions(): { memory: number; disk: number } {
-    return { memory: this.memory.evictions, disk: this.disk instanceof LevelStore ? this.disk.counters.evicted : 0 };
+  /** Each tier's size and evictions (for /stats and /metrics). */
+  tierStats(): Record<'memory' | 'disk', TierStats> {
+    return {
+      memory: { ...this.memory.stats(), evictions: this.memory.evictions },
+      disk: { ...this.disk.stats(), evictions: this.disk instanceof LevelStore ? this.disk.counters.evicted : 0 },
+    };
   }
 
   /** A URL's variants in either tier; one held in both is listed once, with the memory copy's meta. */

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { delay, send, startOrigin, waitFor } from '../helpers/harness.js';
-import { BIN, freePort, getFresh, startCluster, versionedOrigin, type RunningCluster } from '../helpers/cluster.js';
+import { BIN, freePort, getFresh, getOn, startCluster, versionedOrigin, type RunningCluster } from '../helpers/cluster.js';
 
 const TOKEN = 'edge-token-0123456789';
 const SHIELD_TOKEN = 'shield-token-9876543210';
@@ -222,6 +222,21 @@ test.serial('/metrics parses as Prometheus text and sums the workers: requests b
   const stats = await node.stats();
   t.is(stats.hitRatio, 0.5);
   t.is(stats.tiers.disk.entries, 10);
+  t.is(stats.collapsedRequests, 0);
+});
+
+test.serial('collapsed requests are counted node-wide: a stampede on one key is one fetch, the others waited for it', async (t) => {
+  const origin = await versionedOrigin(t);
+  // Two workers: requests for a key owned elsewhere wait at the owner, and the owner's detail travels back.
+  const node = await startCluster(t, origin.url, { workers: 2, token: TOKEN });
+  // Five connections on each worker: whichever owns the key, five requests come over the hop.
+  const clients = await Promise.all(Array.from({ length: 10 }, (_, i) => node.clientOn(i % 2)));
+  const replies = await Promise.all(clients.map((client) => getOn(client, '/stampede?delay=400')));
+  t.true(replies.every((r) => r.text === '/stampede v1'));
+  t.is(origin.count('/stampede?delay=400'), 1);
+  t.is((await node.stats()).collapsedRequests, 9);
+  const text = await (await fetch(`${node.admin}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+  t.regex(text, /^outpost_collapsed_requests_total\{role="edge"\} 9$/m);
 });
 
 test.serial('a purge for a peer that is down is queued in the outbox, survives a restart of the sender, and reaches the peer when it comes back', async (t) => {

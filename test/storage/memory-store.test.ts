@@ -27,6 +27,10 @@ test('memory: evicts the least recently used entry to stay within its byte budge
   t.not(store.get(key('d')), undefined);
   t.true(store.stats().bytes <= 3 * cost);
   t.is(store.stats().entries, 3);
+  t.is(store.evictions, 1, 'evictions are counted (purges and deletes are not)');
+  await store.purgeTag('c');
+  await store.delete(key('d'));
+  t.is(store.evictions, 1);
   // The evicted entry is unlinked from the purge indexes too.
   t.is(await store.purgeTag('b'), 0);
   t.is(await store.purgeUrl('https://example.test/b'), 0);
