@@ -37,7 +37,7 @@ import { healthFilter } from '../pipeline/health-filter.js';
 import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
-  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
+  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
   originStats, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
 
@@ -1041,6 +1041,93 @@ async function admin(): Promise<void> {
   await cleanup();
 }
 
+// ---------------------------------------------------------------- guard (issue 11)
+
+const GUARD_SECONDS = Number(process.env.BENCH_GUARD_SECONDS ?? 5);
+const GUARD_ROUNDS = Number(process.env.BENCH_GUARD_ROUNDS ?? 3);
+/** What a browser sends: the WAF reads every one of these on every request. */
+const BROWSER_HEADERS = [
+  'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36',
+  'Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8',
+  'Accept-Language: en-GB,en;q=0.9,fr;q=0.8',
+  'Accept-Encoding: gzip, deflate, br',
+  'Referer: https://shop.example/catalogue?page=2&sort=price',
+  'Cookie: _ga=GA1.2.1234567890.1700000000; session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl; consent=analytics%3Dtrue%26ads%3Dfalse',
+];
+
+/** Starts redis-server on a free port for the Redis-backed limit; undefined when it is not installed. */
+async function startRedisServer(dir: string): Promise<(Spawned & { port: number }) | undefined> {
+  const bin = findBinary('redis-server', ['/usr/bin/redis-server', '/usr/local/bin/redis-server']);
+  if (!bin) return undefined;
+  const port = await freePort();
+  const spawned = launch(bin, ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--dir', dir]);
+  for (let i = 0; i < 100; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = connect(port, HOST, () => {
+        socket.end();
+        resolve(true);
+      });
+      socket.on('error', () => resolve(false));
+    });
+    if (ok) return { ...spawned, port };
+    await sleep(50);
+  }
+  throw new Error('redis-server did not start');
+}
+
+/**
+ * The requestFilter phase on hot hits: WAF off against the built-in set in block mode, a local
+ * rate limit configured but not reached, and a Redis-backed one (every request one script call).
+ * One worker each, every edge up at once, wrk alternating between them so drift hits all alike.
+ */
+async function guard(): Promise<void> {
+  out('## guard — issue 11: the WAF and rate limits on hot 1 KiB hits');
+  if (!WRK) {
+    out('wrk: not installed — scenario skipped');
+    return;
+  }
+  const dir = tempDir('guard');
+  const origin = await startOrigin();
+  const redis = await startRedisServer(dir);
+  out();
+  out(`### hot 1 KiB hits with a browser's headers (${BROWSER_HEADERS.length} fields, cookies, a query-bearing Referer), 1 worker, --access-log false; wrk -t1 -c50, ${GUARD_ROUNDS} rounds of ${GUARD_SECONDS} s per edge, alternating`);
+  out();
+  const variants: Array<{ name: string; args: string[] }> = [
+    { name: 'WAF off, no limit (baseline)', args: ['--waf', 'off'] },
+    { name: 'built-in WAF, block, paranoia 1', args: ['--waf', 'block'] },
+    { name: 'local limit 1000000/s, not reached', args: ['--waf', 'off', '--rate-limit', '1000000/s'] },
+    ...(redis ? [{ name: 'Redis-backed limit 1000000/s', args: ['--waf', 'off', '--rate-limit', '1000000/s', '--rate-limit-store', `redis://${HOST}:${redis.port}`] }] : []),
+  ];
+  if (!redis) out('redis-server: not installed — the Redis-backed row is skipped');
+  const edges = await Promise.all(variants.map((v, i) => startWorkersEdge(origin.port, dir, `edge-guard-${i}`, 1, v.args)));
+  for (const edge of edges) {
+    await warmEdge(edge.port, '/1k');
+    await wrk(`http://${HOST}:${edge.port}/1k`, { seconds: 1, connections: 50, headers: BROWSER_HEADERS });
+  }
+  const results: Measured[][] = variants.map(() => []);
+  for (let round = 0; round < GUARD_ROUNDS; round++) {
+    for (let i = 0; i < edges.length; i++) results[i]!.push(await measure(edges[i]!.child.pid!, `http://${HOST}:${edges[i]!.port}/1k`, BROWSER_HEADERS, false, GUARD_SECONDS));
+  }
+  const rps = results.map((rounds) => median(rounds.map((m) => m.rps)));
+  const perCpu = results.map((rounds) => median(rounds.map((m) => m.perCpuSecond)));
+  const p99 = results.map((rounds) => median(rounds.map((m) => m.p99)));
+  out(table(
+    ['edge', 'requests/s (median)', 'vs baseline', 'requests per CPU-s', 'vs baseline', 'p99', 'errors'],
+    variants.map((v, i) => [v.name, fmtInt(rps[i]!), fmtRatio(rps[i]! / rps[0]!), fmtInt(perCpu[i]!), fmtRatio(perCpu[i]! / perCpu[0]!), fmtMs(p99[i]!), results[i]!.map((m) => m.errors).filter(Boolean).join('; ')]),
+    [false, true, true, true, true, true, false],
+  ));
+  out();
+  const wafRatio = rps[1]! / rps[0]!;
+  const limitRatio = rps[2]! / rps[0]!;
+  out(`target: built-in WAF in block mode ≥ 0.85× WAF off — ${fmtRatio(wafRatio)} → ${wafRatio >= 0.85 ? 'MET' : 'MISSED'}`);
+  out(`target: a local limit not reached ≥ 0.95× no limit — ${fmtRatio(limitRatio)} → ${limitRatio >= 0.95 ? 'MET' : 'MISSED'}`);
+  if (redis) out(`reported: a Redis-backed limit — ${fmtRatio(rps[3]! / rps[0]!)} of no limit (one EVALSHA per request)`);
+  const blocked = await get(edges[1]!.port, "/1k?id=1'%20UNION%20SELECT%20password%20FROM%20users--");
+  out(`check: an injection through the block-mode edge → HTTP ${blocked.status} (must be 403)`);
+  await Promise.all([...edges.map((e) => stop(e.child)), ...(redis ? [stop(redis.child)] : [])]);
+  await cleanup();
+}
+
 // ---------------------------------------------------------------- main
 
 function header(): void {
@@ -1063,8 +1150,8 @@ function header(): void {
   out();
 }
 
-type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile' | 'admin';
-const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile, admin };
+type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile' | 'admin' | 'guard';
+const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile, admin, guard };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);

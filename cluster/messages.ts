@@ -3,6 +3,8 @@
  * question carries an id; its answer carries the same id.
  */
 import type { Config } from '../config/config.js';
+import type { Grant } from '../edge/rate-limit/gcra.js';
+import type { LeaseRequest } from '../edge/rate-limit/limiter.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
 import type { PurgeRequest } from '../pipeline/purge.js';
 import type { StoredVariant } from '../storage/cache-store.js';
@@ -27,6 +29,8 @@ export type WorkerMessage =
   | { type: 'purge-done'; id: number; affected: number; error?: string }
   | { type: 'stats-reply'; id: number; stats: NodeSnapshot }
   | { type: 'inspect-reply'; id: number; variants: StoredVariant[] }
+  /** Rate-limit tokens for a bucket: the primary holds every bucket of the node (node-wide limits). */
+  | { type: 'rate-lease'; id: number; request: LeaseRequest }
   /** A reload applied, or why it was not. */
   | { type: 'reloaded'; error?: string };
 
@@ -38,6 +42,7 @@ export type PrimaryMessage =
    */
   | { type: 'purge'; id: number; request: PurgeRequest; memoryOnly?: boolean }
   | { type: 'purged'; id: number; affected: number; error?: string }
+  | { type: 'rate-grant'; id: number; grant: Grant }
   /** `metrics`: include the worker's registry (for /metrics; /stats and /readyz need no gauges run). */
   | { type: 'stats'; id: number; metrics?: boolean }
   /** The stored variants of a URL (its cache key) in this worker's tiers. */

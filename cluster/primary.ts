@@ -15,6 +15,7 @@ import { liveConfig, workerConfig } from '../config/reload.js';
 import type { MetricsJson } from '../pipeline/metrics.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
+import { LocalLimiter } from '../edge/rate-limit/limiter.js';
 import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { shardDir } from './worker.js';
 
@@ -71,10 +72,13 @@ export class Primary implements NodeControl {
   private config: Readonly<Config>;
   private readonly logger: Logger;
   private readonly options: PrimaryOptions;
+  /** Every rate-limit bucket of the node; workers spend tokens leased from it. */
+  private readonly rateBuckets: LocalLimiter;
 
   constructor(options: PrimaryOptions) {
     this.options = options;
     this.config = options.config;
+    this.rateBuckets = new LocalLimiter(options.config.rateLimitKeys);
     this.logger = options.logger;
     this.slots = Array.from({ length: options.count }, (_, index) => ({ index, worker: undefined, state: 'dead' as const, queued: [], applying: [], generation: 0 }));
     // Private to this user (mkdtemp creates 0700): the owner sockets accept requests from any worker.
@@ -236,6 +240,9 @@ export class Primary implements NodeControl {
           (affected) => this.send(worker, { type: 'purged', id: message.id, affected }),
           (error: Error) => this.send(worker, { type: 'purged', id: message.id, affected: 0, error: error.message }),
         );
+        return;
+      case 'rate-lease':
+        this.send(worker, { type: 'rate-grant', id: message.id, grant: this.rateBuckets.lease(message.request) });
         return;
       case 'purge-done':
       case 'stats-reply':

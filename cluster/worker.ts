@@ -14,6 +14,7 @@ import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
 import { storeSnapshot, type RunningNode } from '../pipeline/node-server.js';
 import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
+import { LeasedLimiter } from '../edge/rate-limit/limiter.js';
 import { LevelStore } from '../storage/level-store.js';
 import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
 import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
@@ -80,6 +81,17 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     },
   };
 
+  // Rate limits are node-wide: the primary holds the buckets and leases this worker tokens.
+  const nodeLimiter = new LeasedLimiter({
+    maxKeys: config.rateLimitKeys,
+    workers: count,
+    ask: async (request) => {
+      const answer = await ask({ type: 'rate-lease', id: ++nextId, request });
+      if (answer.type !== 'rate-grant') throw new Error('the primary is gone');
+      return answer.grant;
+    },
+  });
+
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
@@ -92,7 +104,8 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
   process.on('message', (message: PrimaryMessage) => {
     switch (message.type) {
       case 'go':
-      case 'purged': {
+      case 'purged':
+      case 'rate-grant': {
         const resolve = pending.get(message.id);
         pending.delete(message.id);
         resolve?.(message);
@@ -164,7 +177,7 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
   const go = await ask({ type: 'store-open', id: ++nextId });
   if (go.type === 'go') for (const request of go.purges) await purgeStore(store, request as PurgeRequest);
   try {
-    node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index) });
+    node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index), nodeLimiter });
   } catch (error) {
     const code = (error as { code?: string }).code;
     fatal(`worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}`);

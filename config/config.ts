@@ -6,10 +6,14 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
+import { ConfigError } from './config-error.js';
+import { parseCidrs, parseRate, parseRateLimits, parseWaf, type RateLimitSpec, type RateSpec, type WafSettings } from './request-rules.js';
+
+export { ConfigError };
 
 export type Role = 'edge' | 'shield';
 
-type Kind = 'purge-peers' | 'workers' | 'optional-listen' | 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
+type Kind = 'waf' | 'rate' | 'rate-limits' | 'purge-peers' | 'workers' | 'optional-listen' | 'string' | 'int' | 'number' | 'bool' | 'bytes' | 'url-list' | 'string-list' | 'address-list' | 'status-list' | 'listen' | 'enum' | 'routes';
 
 interface OptionSpec {
   kind: Kind;
@@ -84,6 +88,26 @@ export const OPTIONS = {
     help: 'admin URL of another node (edges of the PoP, shields) that gets every purge; repeat. Config file: [{ "url": "http://…", "token": "…" }] for a peer with its own token',
   },
   purgeRetrySec: { kind: 'int', default: 600, min: 1, help: 'how long a purge a peer did not take is kept in the outbox and retried' },
+  waf: {
+    kind: 'waf',
+    default: { mode: 'detect', rules: [] },
+    roles: ['edge'],
+    help: 'built-in rule set: off, detect (log only) or block. Config file: { "mode": …, "rules": [{ "id", "message", "action", "path": { "prefix": "/wp-admin" } … }] }',
+  },
+  wafParanoia: { kind: 'int', default: 1, min: 1, max: 3, roles: ['edge'], help: 'built-in rule set strictness, 1-3 as in the OWASP Core Rule Set' },
+  wafBodyLimit: { kind: 'bytes', default: 64 * 1024, min: 0, max: 1024 ** 2, roles: ['edge'], help: 'first body bytes the WAF reads (POST, PUT, PATCH …); 0: bodies are not inspected' },
+  rateLimit: { kind: 'rate', default: '', roles: ['edge'], help: 'default limit per client address, e.g. 100/s, 600/m, 10000/h (empty: none)' },
+  rateLimitBurst: { kind: 'int', default: 0, min: 0, roles: ['edge'], help: 'requests the default limit admits at once (0: one period of the rate)' },
+  rateLimits: {
+    kind: 'rate-limits',
+    default: [],
+    roles: ['edge'],
+    help: 'config file only: named limits [{ "name", "rate": "10/s", "burst", "key": ["clientAddress" | "host" | "path" | "header:NAME"], "paths": [match…], "methods", "headers": true }]',
+  },
+  rateLimitHeaders: { kind: 'bool', default: false, roles: ['edge'], help: 'send RateLimit-Policy and RateLimit on admitted requests of the default limit too' },
+  rateLimitKeys: { kind: 'int', default: 100_000, min: 1, roles: ['edge'], help: 'buckets kept per limit in each process (least recently used dropped first)' },
+  rateLimitStore: { kind: 'string', default: '', roles: ['edge'], help: 'redis://host:port shared by the edges of a PoP (empty: limits are per node)' },
+  rateLimitRedisFail: { kind: 'enum', default: 'local', choices: ['local', 'open'], roles: ['edge'], help: 'while Redis is slow or down: decide with the node-local limiter, or admit' },
   metrics: { kind: 'bool', default: true, help: 'latency histograms and byte counts on the request path (off only to measure their cost)' },
   upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
   connectTimeoutMs: ms('upstream connect timeout', 5_000),
@@ -157,6 +181,16 @@ export interface Config {
   adminTokenFile: string;
   purgePeers: PurgePeer[];
   purgeRetrySec: number;
+  waf: WafSettings;
+  wafParanoia: number;
+  wafBodyLimit: number;
+  rateLimit: RateSpec | undefined;
+  rateLimitBurst: number;
+  rateLimits: RateLimitSpec[];
+  rateLimitHeaders: boolean;
+  rateLimitKeys: number;
+  rateLimitStore: string;
+  rateLimitRedisFail: 'local' | 'open';
   metrics: boolean;
   upstreamConnections: number;
   connectTimeoutMs: number;
@@ -177,18 +211,6 @@ export interface Config {
   outlierMaxEjectionPercent: number;
 }
 
-/** A configuration error names the field and where it came from. */
-export class ConfigError extends Error {
-  readonly code = 'CONFIG_INVALID';
-  constructor(
-    readonly field: string,
-    readonly source: string,
-    message: string,
-  ) {
-    super(`invalid ${field} (${source}): ${message}`);
-    this.name = 'ConfigError';
-  }
-}
 
 export function kebab(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
@@ -214,7 +236,7 @@ export function parseBytes(text: string): number | undefined {
 }
 
 /** Converts one raw value (string from env/flags, or JSON from the file) to the option's type. */
-function convert(name: OptionName, raw: unknown, source: string): unknown {
+function convert(name: OptionName, raw: unknown, source: string, current?: unknown): unknown {
   const spec: OptionSpec = OPTIONS[name];
   const fail = (message: string): never => {
     throw new ConfigError(name, source, message);
@@ -269,19 +291,8 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
       if (!list.every((item) => typeof item === 'string')) fail('must be a list of strings');
       return list;
     }
-    case 'address-list': {
-      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of addresses');
-      for (const item of list) {
-        if (typeof item !== 'string') fail('must be a list of addresses or CIDRs');
-        const [address, prefix, ...rest] = (item as string).split('/');
-        const family = isIP(address!);
-        const bits = family === 6 ? 128 : 32;
-        if (family === 0 || rest.length > 0 || (prefix !== undefined && !(/^\d+$/.test(prefix) && Number(prefix) <= bits))) {
-          fail(`not an IP address or CIDR: ${JSON.stringify(item)}`);
-        }
-      }
-      return list;
-    }
+    case 'address-list':
+      return parseCidrs(raw, name, source);
     case 'status-list': {
       const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of status codes');
       return list.map((item) => {
@@ -298,6 +309,13 @@ function convert(name: OptionName, raw: unknown, source: string): unknown {
       return parseRoutes(raw, source);
     case 'purge-peers':
       return parsePurgePeers(raw, source);
+    case 'waf':
+      // --waf block changes the mode and keeps the file's rules.
+      return parseWaf(raw, source, current as WafSettings);
+    case 'rate':
+      return parseRate(raw, name, source);
+    case 'rate-limits':
+      return parseRateLimits(raw, source);
   }
 }
 
@@ -368,7 +386,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   const values: Record<string, unknown> = { role };
   for (const [name, spec] of Object.entries(OPTIONS) as [OptionName, OptionSpec][]) {
     values[name] = typeof spec.default === 'function' ? (spec.default as (r: Role) => unknown)(role) : spec.default;
-    if (spec.kind === 'listen' || spec.kind === 'optional-listen' || spec.kind === 'workers') values[name] = convert(name, values[name], 'default');
+    if (spec.kind === 'listen' || spec.kind === 'optional-listen' || spec.kind === 'workers' || spec.kind === 'rate') values[name] = convert(name, values[name], 'default');
   }
   const accepts = (name: OptionName): boolean => {
     const roles = (OPTIONS[name] as OptionSpec).roles;
@@ -382,22 +400,23 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
     for (const [key, raw] of Object.entries(file)) {
       if (!(key in OPTIONS)) throw new ConfigError(key, fileSource, 'unknown field');
       if (!accepts(key as OptionName)) throw new ConfigError(key, fileSource, `not an option of the ${role}`);
-      values[key] = convert(key as OptionName, raw, fileSource);
+      values[key] = convert(key as OptionName, raw, fileSource, values[key]);
     }
   }
   const env = sources.env ?? {};
   for (const name of Object.keys(OPTIONS) as OptionName[]) {
     const raw = env[envName(name)];
     if (raw === undefined || raw === '' || !accepts(name)) continue;
-    values[name] = convert(name, raw, `environment ${envName(name)}`);
+    values[name] = convert(name, raw, `environment ${envName(name)}`, values[name]);
   }
   for (const [name, raws] of Object.entries(sources.flags ?? {}) as [OptionName, string[]][]) {
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
     const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list' || spec.kind === 'purge-peers';
-    values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`);
+    values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`, values[name]);
   }
   checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
+  checkRateLimitStore(values as unknown as Config);
   return Object.freeze(values as unknown as Config);
 }
 
@@ -421,6 +440,19 @@ export function checkAdminExposure(config: Readonly<Config>, source: string): vo
   const listen = config.adminListen;
   if (listen !== undefined && !isLoopback(listen.host) && config.adminToken === '') {
     throw new ConfigError('adminToken', source, `the admin API listens on ${listen.host}, beyond loopback: give --admin-token or --admin-token-file`);
+  }
+}
+
+function checkRateLimitStore(config: Config): void {
+  if (config.rateLimitStore === '') return;
+  let url: URL | undefined;
+  try {
+    url = new URL(config.rateLimitStore);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '') {
+    throw new ConfigError('rateLimitStore', 'config', `must be redis://host:port, got ${JSON.stringify(config.rateLimitStore)}`);
   }
 }
 

@@ -18,6 +18,8 @@ export const RESTART_ONLY = [
   'metrics',
   'adminListen',
   'purgeRetrySec',
+  'rateLimitStore',
+  'rateLimitKeys',
 ] as const satisfies ReadonlyArray<keyof Config>;
 
 /**

@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { healthFilter, HEALTH_PATH } from '../pipeline/health-filter.js';
+import { EdgeGuard, type GuardOptions } from './request-guard.js';
 import { HttpUpstream } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
@@ -24,6 +25,8 @@ export interface StartOptions {
   routing?: WorkerRouting;
   /** A worker's own Unix socket, for requests the other workers send it as a key's owner. */
   internalSocket?: string;
+  /** A worker's node-wide rate limiter (tokens leased from the primary). */
+  nodeLimiter?: GuardOptions['nodeLimiter'];
 }
 
 export function upstreamTimeouts(config: Readonly<Config>) {
@@ -49,5 +52,14 @@ export function edgeUpstream(config: Readonly<Config>): Upstream {
 export async function startEdge(config: Readonly<Config>, options: StartOptions = {}): Promise<RunningNode> {
   const logger = options.logger ?? createLogger(config.logLevel, config.nodeName);
   const store = options.store ?? (await openStore(config));
-  return startNode({ config, makeUpstream: edgeUpstream, store, logger, filters: [healthFilter], routing: options.routing, internalSocket: options.internalSocket });
+  return startNode({
+    config,
+    makeUpstream: edgeUpstream,
+    store,
+    logger,
+    filters: [healthFilter],
+    guard: (metrics) => new EdgeGuard(config, { logger, metrics, ...(options.nodeLimiter ? { nodeLimiter: options.nodeLimiter } : {}) }),
+    routing: options.routing,
+    internalSocket: options.internalSocket,
+  });
 }

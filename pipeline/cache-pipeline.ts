@@ -6,12 +6,13 @@
  * The hit path is synchronous when the entry is in memory: no promise, no JSON, no disk.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { BlockList, isIPv6 } from 'node:net';
+import { isIP, type BlockList } from 'node:net';
 import type { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
 import { AccessLog } from './access-log.js';
+import { buildBlockList, inAddressList } from './address-list.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, has } from './cache-control.js';
@@ -201,14 +202,16 @@ export class CachePipeline {
 
   private identify(req: IncomingMessage, res: ServerResponse, internal: InternalHop | undefined): Exchange {
     let clientAddress: string;
+    let peerAddress: string;
     let peerTrusted: boolean;
     let proto: 'http' | 'https';
     if (internal !== undefined) {
       // The worker that received it from the client has identified the client already.
-      ({ clientAddress, peerTrusted, proto } = internal);
+      ({ clientAddress, peerAddress, peerTrusted, proto } = internal);
     } else {
-      clientAddress = req.socket.remoteAddress ?? '';
-      peerTrusted = this.trusted !== undefined && this.trusted.check(clientAddress, isIPv6(clientAddress) ? 'ipv6' : 'ipv4');
+      peerAddress = req.socket.remoteAddress ?? '';
+      peerTrusted = this.trusted !== undefined && inAddressList(this.trusted, peerAddress);
+      clientAddress = peerTrusted ? forwardedClient(this.trusted!, headerText(req.headers['x-forwarded-for']), peerAddress) : peerAddress;
       const forwardedProto = peerTrusted ? headerText(req.headers['x-forwarded-proto']) : undefined;
       proto = forwardedProto === 'https' || forwardedProto === 'http' ? forwardedProto : (req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http';
     }
@@ -221,6 +224,7 @@ export class CachePipeline {
       method: req.method ?? 'GET',
       httpVersion: internal?.httpVersion ?? req.httpVersion,
       clientAddress,
+      peerAddress,
       peerTrusted,
       proto,
       host: target.host,
@@ -250,7 +254,22 @@ export class CachePipeline {
       return;
     }
     // requestFilter: the worker that received the request from the client has run them already.
-    if (x.internal === undefined) for (const filter of this.filters) if (filter(x)) return;
+    if (x.internal === undefined && this.filters.length > 0) return this.requestFilter(x, 0);
+    return this.cacheKeyAndLookup(x);
+  }
+
+  /** Runs the filters from `from` on; one that answers ends the request. Synchronous until a filter needs to wait. */
+  private requestFilter(x: Exchange, from: number): void | Promise<void> {
+    const filters = this.filters;
+    for (let i = from; i < filters.length; i++) {
+      const answered = filters[i]!(x);
+      if (answered === true) return;
+      if (answered !== false) return answered.then((done) => (done ? undefined : this.requestFilter(x, i + 1)));
+    }
+    return this.cacheKeyAndLookup(x);
+  }
+
+  private cacheKeyAndLookup(x: Exchange): void | Promise<void> {
     // cacheKey
     x.url = cacheKey(x.proto, x.host, x.path, this.settings.key);
     if (x.method !== 'GET' && x.method !== 'HEAD') return this.pass(x);
@@ -528,7 +547,7 @@ export class CachePipeline {
         method: x.method,
         path: x.path,
         headers,
-        body: hasBody ? x.req : null,
+        body: hasBody ? (x.body ?? x.req) : null,
         cacheKey: x.url,
         idempotent: isIdempotent(x.method),
         signal,
@@ -826,18 +845,25 @@ function hostLines(rawHeaders: string[]): number {
   return count;
 }
 
-function buildBlockList(entries: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const entry of entries) {
-    const [address, prefix] = entry.split('/');
-    const type = isIPv6(address!) ? 'ipv6' : 'ipv4';
-    if (prefix === undefined) list.addAddress(address!, type);
-    else list.addSubnet(address!, Number(prefix), type);
-  }
-  return list;
-}
-
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 function statusText(status: number): string {
   return STATUS_TEXT[status] ?? 'Error';
+}
+
+/**
+ * The client behind trusted proxies: the right-most X-Forwarded-For hop that is not itself
+ * trusted (hops to its left were written by whoever the client is, and prove nothing). A hop
+ * that is not an address ends the walk at the trusted proxy that reported it.
+ */
+export function forwardedClient(trusted: BlockList, forwardedFor: string | undefined, peer: string): string {
+  if (forwardedFor === undefined) return peer;
+  let client = peer;
+  const hops = forwardedFor.split(',');
+  for (let i = hops.length - 1; i >= 0; i--) {
+    const hop = hops[i]!.trim();
+    if (isIP(hop) === 0) return client;
+    client = hop;
+    if (!inAddressList(trusted, hop)) return hop;
+  }
+  return client;
 }

@@ -24,7 +24,13 @@ export interface Exchange {
   readonly method: string;
   /** The client's HTTP version (Via, interim responses, Host rules). */
   readonly httpVersion: string;
+  /**
+   * The client, as `identify` settled it: the connection's peer, or with a trusted peer the
+   * right-most untrusted X-Forwarded-For hop. Logged, rate-limited and matched by WAF rules.
+   */
   readonly clientAddress: string;
+  /** The address of the connection itself (appended to X-Forwarded-For). */
+  readonly peerAddress: string;
   readonly peerTrusted: boolean;
   readonly proto: 'http' | 'https';
   readonly host: string;
@@ -35,15 +41,18 @@ export interface Exchange {
   outcome: CacheOutcome;
   detail: string | undefined;
   bytes: number;
+  /** The request body to forward when a filter has read its first bytes (else `req` itself). */
+  body?: Readable;
   /** Set when another worker of this node sent the request to this one, the key's owner (issue 9). */
   readonly internal?: InternalHop;
 }
 
 /**
  * A request filter (WAF, rate limit, IP policy) runs before the cache key is computed. Returning
- * true means it answered the request itself and the pipeline stops.
+ * true (or a promise of true) means it answered the request itself and the pipeline stops. A
+ * filter that can decide at once returns a boolean, so a hit stays synchronous.
  */
-export type RequestFilter = (exchange: Exchange) => boolean;
+export type RequestFilter = (exchange: Exchange) => boolean | Promise<boolean>;
 
 /** What the lookup phase found for a request. */
 export interface Lookup {
@@ -70,7 +79,7 @@ export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet
   delete headers['expect'];
   if (x.host !== '') headers['host'] = x.host;
   headers['via'] = appendVia(headers['via'], x.httpVersion, nodeName);
-  setForwarded(headers, { clientAddress: x.clientAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
+  setForwarded(headers, { peerAddress: x.peerAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
   return headers;
 }
 
@@ -143,4 +152,24 @@ export function discard(body: Readable): void {
 export function asUpstreamError(error: unknown): UpstreamError {
   if (error instanceof UpstreamError) return error;
   return new UpstreamError('UPSTREAM_PROTOCOL', (error as Error)?.message ?? String(error), { cause: error });
+}
+
+/**
+ * A request filter's own answer (403 from the WAF, 429 from a limit): short plain text naming
+ * the request id, never stored. The body of the request, if any, is not read.
+ */
+export function answerFromFilter(x: Exchange, status: number, detail: string, text: string, headers: Record<string, string> = {}): true {
+  x.outcome = 'synthetic';
+  x.detail = detail;
+  const body = `${text}\nrequest id: ${x.id}\n`;
+  x.res.writeHead(status, {
+    ...headers,
+    'content-type': 'text/plain; charset=utf-8',
+    'content-length': Buffer.byteLength(body),
+    'cache-control': 'no-store',
+    'x-request-id': x.id,
+  });
+  x.bytes = x.method === 'HEAD' ? 0 : Buffer.byteLength(body);
+  x.res.end(x.method === 'HEAD' ? undefined : body);
+  return true;
 }

@@ -47,7 +47,8 @@ export function appendVia(existing: string | string[] | undefined, httpVersion: 
 }
 
 export interface ForwardedContext {
-  clientAddress: string;
+  /** The connection's peer: the hop this node appends to X-Forwarded-For. */
+  peerAddress: string;
   /** Whether the peer is a trusted hop whose X-Forwarded-* may be kept. */
   peerTrusted: boolean;
   proto: 'http' | 'https';
@@ -58,7 +59,7 @@ export interface ForwardedContext {
 export function setForwarded(headers: HeaderMap, ctx: ForwardedContext): void {
   const priorFor = ctx.peerTrusted ? headers['x-forwarded-for'] : undefined;
   const prior = priorFor === undefined ? '' : `${Array.isArray(priorFor) ? priorFor.join(', ') : priorFor}, `;
-  headers['x-forwarded-for'] = prior + ctx.clientAddress;
+  headers['x-forwarded-for'] = prior + ctx.peerAddress;
   if (!ctx.peerTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = ctx.proto;
   if (!ctx.peerTrusted || headers['x-forwarded-host'] === undefined) {
     if (ctx.host !== undefined) headers['x-forwarded-host'] = ctx.host;

@@ -50,6 +50,13 @@ export interface RunningNode {
   close(): Promise<void>;
 }
 
+/** Request filters that follow the config (the edge's WAF and rate limits): rebuilt on SIGHUP, closed on shutdown. */
+export interface RequestGuard {
+  readonly filter: RequestFilter;
+  reconfigure(config: Readonly<Config>): void;
+  close(): Promise<void>;
+}
+
 export interface NodeOptions {
   config: Readonly<Config>;
   /** Builds the upstream from a config: at start, and again when a reload changes upstream options. */
@@ -57,6 +64,8 @@ export interface NodeOptions {
   store: CacheStore;
   logger: Logger;
   filters?: RequestFilter[];
+  /** Built once the node's metrics exist; its filter runs after `filters`. */
+  guard?: (metrics: Metrics) => RequestGuard;
   /** A worker of a multi-worker node: key ownership and the hop to owners (issue 9). */
   routing?: WorkerRouting;
   /** A worker's Unix socket, where the other workers send requests for keys it owns. */
@@ -94,13 +103,14 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const metrics = new Metrics({ detailed: config.metrics, labels: { role: config.role } });
   const upstream = new NodeUpstream(options.makeUpstream(config), metrics);
   registerGauges(metrics, store, upstream, () => pipeline.fills.inFlight);
+  const guard = options.guard?.(metrics);
   const pipeline = new CachePipeline({
     settings: pipelineSettings(config),
     store,
     upstream,
     logger,
     metrics,
-    filters: options.filters ?? [],
+    filters: [...(options.filters ?? []), ...(guard ? [guard.filter] : [])],
     ...(options.routing ? { routing: options.routing } : {}),
   });
   // Open connections (tracked per connection, not per request), so shutdown can reach the
@@ -166,6 +176,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     reconfigure: (next) => {
       if (upstreamChanged(config, next)) upstream.replace(options.makeUpstream(next));
       pipeline.reconfigure(pipelineSettings(next));
+      guard?.reconfigure(next);
       logger.level = next.logLevel;
       config = next;
     },
@@ -181,7 +192,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
         server.keepAliveTimeout = 1;
         if (internal) internal.keepAliveTimeout = 1;
       }
-      return (closing ??= shutdown(server, internal, pipeline, upstream, store, config.shutdownTimeoutMs));
+      return (closing ??= shutdown(server, internal, pipeline, upstream, store, config.shutdownTimeoutMs).then(() => guard?.close()));
     },
   };
 }

@@ -20,12 +20,13 @@ import type { HeaderMap } from './upstream.js';
 
 /** Request fields of the hop (set by the sending worker, read and removed by the owner). */
 const CLIENT = 'x-outpost-client';
+const PEER = 'x-outpost-peer';
 const TRUSTED = 'x-outpost-trusted';
 const PROTO = 'x-outpost-proto';
 const REQUEST_ID = 'x-outpost-request-id';
 const HTTP_VERSION = 'x-outpost-http-version';
 const WANT_ENTRY = 'x-outpost-want-entry';
-const HOP_REQUEST_FIELDS = [CLIENT, TRUSTED, PROTO, REQUEST_ID, HTTP_VERSION, WANT_ENTRY];
+const HOP_REQUEST_FIELDS = [CLIENT, PEER, TRUSTED, PROTO, REQUEST_ID, HTTP_VERSION, WANT_ENTRY];
 
 /** Response fields of the hop (set by the owner, removed before anything reaches a client). */
 export const ENTRY_FIELD = 'x-outpost-entry';
@@ -37,6 +38,7 @@ export const HOP_RESPONSE_FIELDS: ReadonlySet<string> = new Set([ENTRY_FIELD, ME
 /** What the owner learns about a request that came over the hop. */
 export interface InternalHop {
   clientAddress: string;
+  peerAddress: string;
   peerTrusted: boolean;
   proto: 'http' | 'https';
   id: string | undefined;
@@ -52,6 +54,7 @@ export function ownerRequestHeaders(x: Exchange, drop: ReadonlySet<string> | und
   delete headers['expect'];
   if (x.host !== '') headers['host'] = x.host;
   headers[CLIENT] = x.clientAddress;
+  headers[PEER] = x.peerAddress;
   headers[TRUSTED] = x.peerTrusted ? '1' : '0';
   headers[PROTO] = x.proto;
   headers[REQUEST_ID] = x.id;
@@ -70,6 +73,7 @@ export function readInternalHop(req: IncomingMessage): InternalHop {
   const proto = text(PROTO);
   return {
     clientAddress: text(CLIENT) ?? '',
+    peerAddress: text(PEER) ?? '',
     peerTrusted: text(TRUSTED) === '1',
     proto: proto === 'https' ? 'https' : 'http',
     id: text(REQUEST_ID),

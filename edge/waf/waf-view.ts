@@ -1,0 +1,72 @@
+/**
+ * What the WAF reads of one request, worked out once and only when a rule asks: path and query
+ * split, cookies parsed, decoded forms of each value cached, the body's first bytes as text.
+ */
+import { decodedForms } from './decode.js';
+import type { WafRequest } from './builtin/index.js';
+import type { Exchange } from '../../pipeline/exchange.js';
+
+export class WafView {
+  readonly method: string;
+  readonly host: string;
+  readonly clientAddress: string;
+  /** Raw path, without the query. */
+  readonly path: string;
+  /** Raw query, without '?' ('' when none). */
+  readonly query: string;
+  body: Buffer | undefined;
+  private readonly x: Exchange;
+  private cookies: Map<string, string> | undefined;
+  private decoded: Map<string, string[]> | undefined;
+  private text: string | undefined;
+
+  constructor(x: Exchange) {
+    this.x = x;
+    this.method = x.method;
+    this.host = x.host.toLowerCase();
+    this.clientAddress = x.clientAddress;
+    const q = x.path.indexOf('?');
+    this.path = q === -1 ? x.path : x.path.slice(0, q);
+    this.query = q === -1 ? '' : x.path.slice(q + 1);
+  }
+
+  header(name: string): string | undefined {
+    const value = this.x.req.headers[name];
+    return Array.isArray(value) ? value.join(', ') : value;
+  }
+
+  cookie(name: string): string | undefined {
+    return (this.cookies ??= parseCookies(this.header('cookie'))).get(name);
+  }
+
+  bodyText(): string | undefined {
+    if (this.body === undefined) return undefined;
+    return (this.text ??= this.body.toString('utf8'));
+  }
+
+  /** The value and its decoded forms (decoded once per request). */
+  forms(value: string): readonly string[] {
+    const cached = this.decoded?.get(value);
+    if (cached !== undefined) return cached;
+    const forms = decodedForms(value);
+    (this.decoded ??= new Map()).set(value, forms);
+    return forms;
+  }
+
+  /** The built-in rule set's view of the request. */
+  request(): WafRequest {
+    return { method: this.method, path: this.path, query: this.query, headers: this.x.req.headers, rawHeaders: this.x.req.rawHeaders, body: this.body };
+  }
+}
+
+function parseCookies(header: string | undefined): Map<string, string> {
+  const cookies = new Map<string, string>();
+  if (header === undefined) return cookies;
+  for (const pair of header.split(';')) {
+    const eq = pair.indexOf('=');
+    if (eq === -1) continue;
+    const name = pair.slice(0, eq).trim();
+    if (name !== '' && !cookies.has(name)) cookies.set(name, pair.slice(eq + 1).trim());
+  }
+  return cookies;
+}

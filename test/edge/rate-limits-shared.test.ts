@@ -1,0 +1,100 @@
+/**
+ * Rate limits beyond one process (issue 11): node-wide over the workers of one node (the primary
+ * holds the buckets), and PoP-wide over two edges through a real redis-server.
+ */
+import test from 'ava';
+import { Agent, request } from 'undici';
+import { startCluster } from '../helpers/cluster.js';
+import { delay, send, setup, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
+import { startRedis } from '../helpers/redis.js';
+
+const cached = (_q: unknown, res: Parameters<typeof send>[0]) => send(res, 200, { 'cache-control': 'max-age=60' });
+
+test('a limit holds node-wide: requests spread over two workers share one bucket', async (t) => {
+  const origin = await startOrigin(cached);
+  t.teardown(() => origin.close());
+  const node = await startCluster(t, origin.url, { workers: 2, args: ['--rate-limit', '10/m', '--waf', 'off'] });
+  const clients = [await node.clientOn(0), await node.clientOn(1)];
+  let admitted = 0;
+  let limited = 0;
+  for (let i = 0; i < 30; i++) {
+    const reply = await clients[i % 2]!.request({ method: 'GET', path: '/same' });
+    await reply.body.text();
+    if (reply.statusCode === 200) admitted++;
+    else if (reply.statusCode === 429) limited++;
+  }
+  // One bucket of 10 for the node; per-worker buckets would have admitted 20.
+  t.is(admitted, 10);
+  t.is(limited, 20);
+  const metrics = await (await fetch(`${node.admin}/metrics`)).text();
+  t.regex(metrics, /outpost_rate_limited_total\{[^}]*limit="default"[^}]*\} 20/);
+});
+
+/** Sends requests as fast as `connections` connections allow for `ms`; counts statuses. */
+async function drive(base: string, ms: number, connections: number): Promise<{ ok: number; limited: number; other: number }> {
+  const agent = new Agent({ connections });
+  const counts = { ok: 0, limited: 0, other: 0 };
+  const until = Date.now() + ms;
+  await Promise.all(
+    Array.from({ length: connections }, async () => {
+      while (Date.now() < until) {
+        const reply = await request(`${base}/hot`, { dispatcher: agent });
+        await reply.body.dump();
+        if (reply.statusCode === 200) counts.ok++;
+        else if (reply.statusCode === 429) counts.limited++;
+        else counts.other++;
+      }
+    }),
+  );
+  await agent.close();
+  return counts;
+}
+
+test('PoP-wide through Redis: 100/s spread over two edges admits 100/s ± 10% in all', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const options = { rateLimit: '100/s', rateLimitStore: redis.url, waf: 'off' };
+  const a = await setup(t, cached, options);
+  const b = await startTestEdge(a.origin.url, options);
+  t.teardown(() => b.close());
+  const started = Date.now();
+  const [ca, cb] = await Promise.all([drive(a.edge.url, 3_000, 4), drive(b.url, 3_000, 4)]);
+  const seconds = (Date.now() - started) / 1000;
+  const admitted = ca.ok + cb.ok;
+  // GCRA: the burst (one period: 100) at once, then 100 per second.
+  const expected = 100 + 100 * seconds;
+  t.is(ca.other + cb.other, 0);
+  t.true(ca.limited > 0 && cb.limited > 0, 'both edges were over the limit');
+  const fallback = [a.edge, b].map((e) => e.metrics.registry.getSingleMetric('outpost_rate_limit_decisions_total'));
+  const detail = JSON.stringify(await Promise.all(fallback.map(async (m) => (await m?.get())?.values)));
+  t.true(Math.abs(admitted - expected) <= expected * 0.1, `admitted ${admitted} in ${seconds.toFixed(2)} s, expected ${expected.toFixed(0)} ± 10 %; decisions ${detail}`);
+  t.true(ca.ok > 0 && cb.ok > 0);
+});
+
+test('Redis down: each edge decides locally within the timeout, and returns to Redis when it is back', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const { edge } = await setup(t, cached, { rateLimit: '1000/s', rateLimitStore: redis.url, waf: 'off' });
+  const get = async () => {
+    const started = performance.now();
+    const reply = await request(`${edge.url}/x`);
+    await reply.body.dump();
+    return { status: reply.statusCode, ms: performance.now() - started };
+  };
+  t.is((await get()).status, 200);
+  const decisions = async (by: string) =>
+    Number(new RegExp(`outpost_rate_limit_decisions_total\\{[^}]*by="${by}"[^}]*\\} (\\d+)`).exec(await edge.metrics.registry.metrics())?.[1] ?? 0);
+  t.true((await decisions('redis')) >= 1);
+  redis.pause();
+  // A hung Redis costs at most the timeout (50 ms) once, then nothing: decisions are local.
+  const during = [];
+  for (let i = 0; i < 10; i++) during.push(await get());
+  t.true(during.every((r) => r.status === 200));
+  // Were every decision still waiting for the hung Redis, each would take 50 ms or more.
+  t.true(during.slice(1).filter((r) => r.ms >= 50).length <= 2, during.map((r) => r.ms.toFixed(1)).join(' '));
+  t.true((await decisions('fallback')) >= 10);
+  redis.resume();
+  const before = await decisions('redis');
+  t.true(await waitFor(async () => (await get()).status === 200 && (await decisions('redis')) > before, 5_000), 'back on Redis');
+  await delay(10);
+});
