@@ -409,7 +409,8 @@ test('the health check commands really pass against a healthy node and fail agai
     origin.close();
   });
   for (const [name, service] of services) {
-    if (!service.healthcheck) continue;
+    // Other images (Redis) bring their own client for their own check.
+    if (!service.healthcheck || !nodes.has(name)) continue;
     const role = nodes.get(name)?.role;
     t.is(await runHealthcheck(service, role === 'origin' ? originPort : nodePort), 0, `${name}: healthcheck passes against a healthy ${role}`);
     // The edge stand-in answers 404 elsewhere: an origin check pointed at it must fail, and vice versa.
@@ -591,4 +592,22 @@ test('the build stage copies every source folder tsconfig.json compiles, none of
     .filter((l) => l && !l.startsWith('#'));
   for (const entry of ['node_modules', 'dist', 'data', '.git', '.outpost-data']) t.true(ignored.includes(entry), `.dockerignore has ${entry}`);
   for (const source of sources) t.false(ignored.includes(source), `${source} is copied but .dockerignore drops it`);
+});
+
+test('the PoP’s edges share one Redis for rate limits, on a network of their own, unpublished', (t) => {
+  const redis = compose.services['redis'];
+  t.truthy(redis, 'a redis service');
+  t.regex(redis!.image ?? '', /^redis:\d/);
+  t.deepEqual(redis!.healthcheck?.test, ['CMD', 'redis-cli', 'ping']);
+  t.is((redis!.ports ?? []).length, 0);
+  for (const edge of byRole('edge')) {
+    const store = edge.config!.rateLimitStore;
+    t.is(store, 'redis://redis:6379', `${edge.name} shares the PoP's counters`);
+    const shared = networksOf(compose.services[edge.name]!).filter((n) => networksOf(redis!).includes(n));
+    t.true(shared.length > 0, `${edge.name} can reach redis`);
+    t.truthy(compose.services[edge.name]!.depends_on && JSON.stringify(compose.services[edge.name]!.depends_on).includes('redis'), `${edge.name} waits for redis`);
+  }
+  for (const [name, service] of services) {
+    if (name !== 'redis' && !byRole('edge').some((e) => e.name === name)) t.false(networksOf(service).some((n) => networksOf(redis!).includes(n)), `${name} is not on the PoP's Redis network`);
+  }
 });
