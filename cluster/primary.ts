@@ -242,7 +242,12 @@ export class Primary implements NodeControl {
         );
         return;
       case 'rate-lease':
-        this.send(worker, { type: 'rate-grant', id: message.id, grant: this.rateBuckets.lease(message.request) });
+        try {
+          this.send(worker, { type: 'rate-grant', id: message.id, grant: this.rateBuckets.lease(message.request) });
+        } catch (error) {
+          // A malformed ask (a worker of another version) must not take the primary down; the worker admits after its timeout.
+          this.logger.error({ worker: slot.index, err: (error as Error).message }, 'could not lease rate-limit tokens');
+        }
         return;
       case 'purge-done':
       case 'stats-reply':

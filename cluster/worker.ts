@@ -31,6 +31,9 @@ export function shardDir(dataDir: string, index: number): string {
   return join(dataDir, `worker-${index}`);
 }
 
+/** Longest a request waits for the primary to lease rate-limit tokens. */
+const LEASE_TIMEOUT_MS = 250;
+
 /** Hop connections from one worker to another. */
 const OWNER_CONNECTIONS = 128;
 
@@ -86,8 +89,14 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     maxKeys: config.rateLimitKeys,
     workers: count,
     ask: async (request) => {
-      const answer = await ask({ type: 'rate-lease', id: ++nextId, request });
-      if (answer.type !== 'rate-grant') throw new Error('the primary is gone');
+      if (!process.connected) throw new Error('the primary is gone');
+      const id = ++nextId;
+      // A primary that does not answer in time (stopping, overloaded) must not hold requests: the limiter admits them.
+      const timer = setTimeout(() => pending.get(id)?.({ type: 'purged', id, affected: 0, error: 'no lease in time' }), LEASE_TIMEOUT_MS);
+      const answer = await ask({ type: 'rate-lease', id, request });
+      clearTimeout(timer);
+      pending.delete(id);
+      if (answer.type !== 'rate-grant') throw new Error('no lease from the primary');
       return answer.grant;
     },
   });

@@ -97,7 +97,7 @@ export const OPTIONS = {
   wafParanoia: { kind: 'int', default: 1, min: 1, max: 3, roles: ['edge'], help: 'built-in rule set strictness, 1-3 as in the OWASP Core Rule Set' },
   wafBodyLimit: { kind: 'bytes', default: 64 * 1024, min: 0, max: 1024 ** 2, roles: ['edge'], help: 'first body bytes the WAF reads (POST, PUT, PATCH …); 0: bodies are not inspected' },
   rateLimit: { kind: 'rate', default: '', roles: ['edge'], help: 'default limit per client address, e.g. 100/s, 600/m, 10000/h (empty: none)' },
-  rateLimitBurst: { kind: 'int', default: 0, min: 0, roles: ['edge'], help: 'requests the default limit admits at once (0: one period of the rate)' },
+  rateLimitBurst: { kind: 'int', default: 0, min: 0, max: 1_000_000, roles: ['edge'], help: 'requests the default limit admits at once (0: one period of the rate)' },
   rateLimits: {
     kind: 'rate-limits',
     default: [],
@@ -105,7 +105,7 @@ export const OPTIONS = {
     help: 'config file only: named limits [{ "name", "rate": "10/s", "burst", "key": ["clientAddress" | "host" | "path" | "header:NAME"], "paths": [match…], "methods", "headers": true }]',
   },
   rateLimitHeaders: { kind: 'bool', default: false, roles: ['edge'], help: 'send RateLimit-Policy and RateLimit on admitted requests of the default limit too' },
-  rateLimitKeys: { kind: 'int', default: 100_000, min: 1, roles: ['edge'], help: 'buckets kept per limit in each process (least recently used dropped first)' },
+  rateLimitKeys: { kind: 'int', default: 100_000, min: 1, max: 10_000_000, roles: ['edge'], help: 'buckets kept per limit in each process (least recently used dropped first)' },
   rateLimitStore: { kind: 'string', default: '', roles: ['edge'], help: 'redis://host:port shared by the edges of a PoP (empty: limits are per node)' },
   rateLimitRedisFail: { kind: 'enum', default: 'local', choices: ['local', 'open'], roles: ['edge'], help: 'while Redis is slow or down: decide with the node-local limiter, or admit' },
   metrics: { kind: 'bool', default: true, help: 'latency histograms and byte counts on the request path (off only to measure their cost)' },
@@ -417,6 +417,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   }
   checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
   checkRateLimitStore(values as unknown as Config);
+  checkWafBody(values as unknown as Config);
   return Object.freeze(values as unknown as Config);
 }
 
@@ -441,6 +442,11 @@ export function checkAdminExposure(config: Readonly<Config>, source: string): vo
   if (listen !== undefined && !isLoopback(listen.host) && config.adminToken === '') {
     throw new ConfigError('adminToken', source, `the admin API listens on ${listen.host}, beyond loopback: give --admin-token or --admin-token-file`);
   }
+}
+
+function checkWafBody(config: Config): void {
+  const rule = config.waf.rules.find((r) => r.phase === 'body');
+  if (rule !== undefined && config.wafBodyLimit === 0) throw new ConfigError('wafBodyLimit', 'config', `is 0, so body rule ${rule.id} would never run`);
 }
 
 function checkRateLimitStore(config: Config): void {

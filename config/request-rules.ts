@@ -104,7 +104,10 @@ function parseRule(raw: unknown, index: number, source: string): WafRuleSpec {
   if (phase === 'request' && raw.body !== undefined) throw new ConfigError(field('body'), source, 'a body match needs phase "body"');
   const rule: WafRuleSpec = { id, message: (raw.message as string | undefined) ?? id, phase, action };
   for (const name of ['method', 'host', 'path', 'query', 'body'] as const) {
-    if (raw[name] !== undefined) rule[name] = parseMatches(raw[name], field(name), source, false);
+    if (raw[name] === undefined) continue;
+    const matches = parseMatches(raw[name], field(name), source, false);
+    // Methods are case-sensitive tokens but always written in capitals; hosts are case-insensitive.
+    rule[name] = name === 'method' || name === 'host' ? matches.map((m) => ({ ...m, ignoreCase: true }) as MatchSpec) : matches;
   }
   for (const name of ['headers', 'cookies'] as const) {
     if (raw[name] === undefined) continue;
@@ -125,7 +128,9 @@ function parseRule(raw: unknown, index: number, source: string): WafRuleSpec {
 function parseMatches(raw: unknown, field: string, source: string, presence: boolean): MatchSpec[] {
   const list = Array.isArray(raw) ? raw : [raw];
   if (list.length === 0) throw new ConfigError(field, source, 'must not be an empty list');
-  return list.map((item) => parseMatch(item, field, source, presence));
+  const matches = list.map((item) => parseMatch(item, field, source, presence));
+  if (matches.length > 1 && matches.some((m) => m.kind === 'present')) throw new ConfigError(field, source, '{ "present" } stands alone, not in a list');
+  return matches;
 }
 
 function parseMatch(raw: unknown, field: string, source: string, presence: boolean): MatchSpec {
@@ -147,13 +152,22 @@ function parseMatch(raw: unknown, field: string, source: string, presence: boole
   return { kind, value, ignoreCase };
 }
 
+/** Compiled patterns, shared by validation and every compile of every reload (see compileRegex). */
+const compiled = new Map<string, RE2>();
+
 /**
  * Regular expressions run on RE2 (re2-wasm), whose time is linear in the input: a pattern that
  * would backtrack catastrophically in JavaScript cannot hang the node. RE2 has no lookaround or
  * backreferences; such a pattern is rejected here with RE2's reason.
+ * re2-wasm's heap is fixed (16 MiB) and an RE2 object is freed only by hand: each distinct
+ * pattern is compiled once per process and reused, so reloads do not exhaust it.
  */
 export function compileRegex(pattern: string, ignoreCase: boolean): RE2 {
-  return new RE2(pattern, ignoreCase ? 'iu' : 'u');
+  const flags = ignoreCase ? 'iu' : 'u';
+  const id = `${flags}/${pattern}`;
+  let re = compiled.get(id);
+  if (re === undefined) compiled.set(id, (re = new RE2(pattern, flags)));
+  return re;
 }
 
 function checkRegex(pattern: string, ignoreCase: boolean, field: string, source: string): void {
@@ -211,7 +225,7 @@ function parseLimit(raw: unknown, index: number, source: string): RateLimitSpec 
   const rate = parseRate(raw.rate, field('rate'), source);
   if (rate === undefined) throw new ConfigError(field('rate'), source, 'is required, e.g. "100/s"');
   const burst = raw.burst ?? 0;
-  if (typeof burst !== 'number' || !Number.isInteger(burst) || burst < 0 || burst > 1e9) throw new ConfigError(field('burst'), source, 'must be a whole number (0: one period of the rate)');
+  if (typeof burst !== 'number' || !Number.isInteger(burst) || burst < 0 || burst > 1_000_000) throw new ConfigError(field('burst'), source, 'must be a whole number up to 1000000 (0: one period of the rate)');
   const key = raw.key ?? ['clientAddress'];
   if (!Array.isArray(key)) throw new ConfigError(field('key'), source, 'must be a list such as ["clientAddress", "header:x-api-key", "path"]');
   for (const part of key) {
@@ -222,7 +236,7 @@ function parseLimit(raw: unknown, index: number, source: string): RateLimitSpec 
   if (raw.headers !== undefined && typeof raw.headers !== 'boolean') throw new ConfigError(field('headers'), source, 'must be true or false');
   let methods: string[] | undefined;
   if (raw.methods !== undefined) {
-    if (!Array.isArray(raw.methods) || raw.methods.length === 0 || !raw.methods.every((m) => typeof m === 'string' && /^[A-Za-z]+$/.test(m))) {
+    if (!Array.isArray(raw.methods) || raw.methods.length === 0 || !raw.methods.every((m) => typeof m === 'string' && /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(m))) {
       throw new ConfigError(field('methods'), source, 'must be a list of methods');
     }
     methods = (raw.methods as string[]).map((m) => m.toUpperCase());

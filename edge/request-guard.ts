@@ -13,6 +13,7 @@ import { LocalLimiter, SharedLimiter, type Limiter } from './rate-limit/limiter.
 import { RateLimits } from './rate-limit/rate-limits.js';
 import { RedisLimiter } from './rate-limit/redis-limiter.js';
 import { Waf } from './waf/waf.js';
+import { WafView } from './waf/waf-view.js';
 
 export interface GuardOptions {
   logger: Logger;
@@ -46,13 +47,20 @@ export class EdgeGuard implements RequestGuard {
     this.reconfigure(config);
   }
 
+  /**
+   * The WAF's rules on the request head, then the limits, then (for a request with a body) the
+   * WAF's body phase: a flood of slow bodies is counted before any body is read.
+   */
   readonly filter: RequestFilter = (x) => {
     const waf = this.waf;
     const limits = this.limits;
-    const blocked = waf === undefined ? false : waf.filter(x);
-    if (blocked === true || limits === undefined) return blocked;
-    if (blocked === false) return limits.filter(x);
-    return blocked.then((done) => done || limits.filter(x));
+    const view = waf === undefined ? undefined : new WafView(x);
+    const head = waf === undefined ? false : waf.head(x, view!);
+    if (head === true) return true;
+    const limited = limits === undefined ? false : limits.filter(x);
+    if (head === false || limited === true) return limited;
+    if (limited === false) return waf!.body(x, view!);
+    return limited.then((done) => done || waf!.body(x, view!));
   };
 
   reconfigure(config: Readonly<Config>): void {

@@ -855,12 +855,22 @@ function statusText(status: number): string {
  * trusted (hops to its left were written by whoever the client is, and prove nothing). A hop
  * that is not an address ends the walk at the trusted proxy that reported it.
  */
+/** Some balancers append the client's port: `203.0.113.5:4711`, `[2001:db8::1]:443`. */
+function withoutPort(hop: string): string {
+  if (hop.startsWith('[')) {
+    const end = hop.indexOf(']');
+    return end === -1 ? hop : hop.slice(1, end);
+  }
+  const colon = hop.indexOf(':');
+  return colon !== -1 && colon === hop.lastIndexOf(':') ? hop.slice(0, colon) : hop;
+}
+
 export function forwardedClient(trusted: BlockList, forwardedFor: string | undefined, peer: string): string {
   if (forwardedFor === undefined) return peer;
   let client = peer;
   const hops = forwardedFor.split(',');
   for (let i = hops.length - 1; i >= 0; i--) {
-    const hop = hops[i]!.trim();
+    const hop = withoutPort(hops[i]!.trim());
     if (isIP(hop) === 0) return client;
     client = hop;
     if (!inAddressList(trusted, hop)) return hop;

@@ -161,6 +161,13 @@ export function asUpstreamError(error: unknown): UpstreamError {
 export function answerFromFilter(x: Exchange, status: number, detail: string, text: string, headers: Record<string, string> = {}): true {
   x.outcome = 'synthetic';
   x.detail = detail;
+  if (x.body !== undefined && !x.req.complete) {
+    // The rest of a body paused after its first bytes were inspected is not worth receiving:
+    // discard what arrives and close the connection after this answer. (An unread body that was
+    // never paused, node:http discards by itself.)
+    x.res.shouldKeepAlive = false;
+    x.req.resume();
+  }
   const body = `${text}\nrequest id: ${x.id}\n`;
   x.res.writeHead(status, {
     ...headers,

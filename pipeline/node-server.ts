@@ -174,9 +174,10 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     }),
     inspect: (url) => store.variants(url),
     reconfigure: (next) => {
+      // First what can fail (compiling rules): a reload that throws leaves the node as it was.
+      guard?.reconfigure(next);
       if (upstreamChanged(config, next)) upstream.replace(options.makeUpstream(next));
       pipeline.reconfigure(pipelineSettings(next));
-      guard?.reconfigure(next);
       logger.level = next.logLevel;
       config = next;
     },

@@ -66,15 +66,18 @@ interface Lease {
   /** The primary's count after the last grant, for the RateLimit header. */
   remaining: number;
   resetAt: number;
-  pending: Promise<void> | undefined;
+  /** Requests waiting for the lease in flight, first come first served. */
+  waiters: Array<(decision: Decision) => void>;
+  asking: boolean;
 }
 
 /**
  * A worker's limiter: the primary holds every bucket of the node (node-wide limits), and leases a
  * worker a few tokens at a time, so most requests decide without a message. A lease grows while
- * its tokens are used (doubling, up to 1/8 of the burst split over the workers) and unused tokens
- * go back, so the node admits the configured rate whichever workers the requests land on; at
- * most `workers × lease` tokens sit unused in workers at any time.
+ * its tokens are used (doubling, up to 1/8 of the burst split over the workers, at least a few)
+ * and unused tokens go back with the next ask, so the node admits the configured rate whichever
+ * workers the requests land on. Requests that arrive while an ask is in flight queue behind it
+ * and are settled in order by its grant: one message per lease, however many wait.
  */
 export class LeasedLimiter implements Limiter {
   private readonly leases: LRUCache<string, Lease>;
@@ -91,47 +94,72 @@ export class LeasedLimiter implements Limiter {
     const id = `${limit}\u0000${key}`;
     const now = performance.now();
     let lease = this.leases.get(id);
-    if (lease !== undefined) {
-      if (lease.tokens > 0 && now < lease.expiresAt) {
-        lease.tokens--;
-        lease.used++;
-        return { allowed: true, remaining: lease.remaining + lease.tokens, resetMs: Math.max(0, lease.resetAt - now), retryAfterMs: 0 };
-      }
-      if (now < lease.deniedUntil) return { allowed: false, remaining: 0, resetMs: Math.max(0, lease.resetAt - now), retryAfterMs: lease.deniedUntil - now };
-      if (lease.pending !== undefined) return lease.pending.then(() => this.take(limit, key, rate));
-    } else {
-      lease = { tokens: 0, expiresAt: 0, used: 0, deniedUntil: 0, remaining: 0, resetAt: 0, pending: undefined };
+    if (lease === undefined) {
+      lease = { tokens: 0, expiresAt: 0, used: 0, deniedUntil: 0, remaining: 0, resetAt: 0, waiters: [], asking: false };
       this.leases.set(id, lease);
+    } else if (lease.waiters.length === 0) {
+      if (lease.tokens > 0 && now < lease.expiresAt) return spend(lease, now);
+      if (now < lease.deniedUntil) return denied(lease, now);
     }
-    const cap = Math.max(1, Math.floor(rate.burst / (8 * this.workers)));
-    const want = Math.min(cap, Math.max(1, lease.used * 2));
-    const returned = lease.tokens;
-    const current = lease;
-    current.tokens = 0;
-    current.pending = this.ask({ limit, key, intervalMs: rate.intervalMs, burst: rate.burst, want, returned }).then(
+    const waiting = new Promise<Decision>((resolve) => lease.waiters.push(resolve));
+    if (!lease.asking) this.askFor(lease, limit, key, rate);
+    return waiting;
+  }
+
+  private askFor(lease: Lease, limit: string, key: string, rate: Rate): void {
+    const cap = Math.max(Math.min(4, rate.burst), Math.floor(rate.burst / (8 * this.workers)));
+    const want = Math.min(cap, Math.max(1, lease.used * 2, lease.waiters.length));
+    // Tokens of an expired lease go back; a live lease's are kept (its waiters came after they ran out).
+    const returned = performance.now() >= lease.expiresAt ? lease.tokens : 0;
+    if (returned > 0) lease.tokens = 0;
+    lease.asking = true;
+    this.ask({ limit, key, intervalMs: rate.intervalMs, burst: rate.burst, want, returned }).then(
       (grant) => {
         const at = performance.now();
-        current.pending = undefined;
-        current.tokens = grant.granted;
-        current.used = 0;
-        current.expiresAt = at + LEASE_MS;
-        current.remaining = grant.remaining;
-        current.resetAt = at + grant.resetMs;
-        current.deniedUntil = grant.granted > 0 ? 0 : at + Math.max(1, grant.retryAfterMs);
+        lease.tokens += grant.granted;
+        lease.used = 0;
+        lease.expiresAt = at + LEASE_MS;
+        lease.remaining = grant.remaining;
+        lease.resetAt = at + grant.resetMs;
+        lease.deniedUntil = grant.granted > 0 ? 0 : at + Math.max(1, grant.retryAfterMs);
+        this.settle(lease, limit, key, rate);
       },
       () => {
-        // The primary did not answer (it is going away): admit rather than hang the request.
-        current.pending = undefined;
-        current.tokens = 1;
-        current.expiresAt = performance.now() + LEASE_MS;
+        // The primary did not answer (it is going away): admit the waiting requests rather than hang them.
+        const at = performance.now();
+        lease.tokens += lease.waiters.length;
+        lease.expiresAt = at + LEASE_MS;
+        this.settle(lease, limit, key, rate);
       },
     );
-    return current.pending.then(() => this.take(limit, key, rate));
+  }
+
+  /** Hands the lease's tokens to its waiters in order; denies them while the primary denies; asks again for the rest. */
+  private settle(lease: Lease, limit: string, key: string, rate: Rate): void {
+    lease.asking = false;
+    const now = performance.now();
+    while (lease.waiters.length > 0 && lease.tokens > 0) lease.waiters.shift()!(spend(lease, now));
+    if (lease.waiters.length === 0) return;
+    if (now < lease.deniedUntil) {
+      for (const resolve of lease.waiters.splice(0)) resolve(denied(lease, now));
+      return;
+    }
+    this.askFor(lease, limit, key, rate);
   }
 
   get size(): number {
     return this.leases.size;
   }
+}
+
+function spend(lease: Lease, now: number): Decision {
+  lease.tokens--;
+  lease.used++;
+  return { allowed: true, remaining: lease.remaining + lease.tokens, resetMs: Math.max(0, lease.resetAt - now), retryAfterMs: 0 };
+}
+
+function denied(lease: Lease, now: number): Decision {
+  return { allowed: false, remaining: 0, resetMs: Math.max(0, lease.resetAt - now), retryAfterMs: lease.deniedUntil - now };
 }
 
 /** Every edge of a PoP shares buckets in Redis; while Redis is slow or down, `fallback` decides (or all are admitted). */
@@ -142,6 +170,6 @@ export class SharedLimiter implements Limiter {
   ) {}
 
   take(limit: string, key: string, rate: Rate): Promise<Decision> {
-    return this.redis.take(`${limit}:${key}`, rate, () => this.fallback.take(limit, key, rate));
+    return this.redis.take(`${limit}\u0000${key}`, rate, () => this.fallback.take(limit, key, rate));
   }
 }

@@ -95,6 +95,15 @@ export class RateLimits {
   }
 }
 
+/**
+ * q requests per w seconds: the rate as given when the burst is one period of it (the default),
+ * else the burst and the time it takes to refill (so `r` never exceeds `q`).
+ */
+function policyItem(name: string, requests: number, periodMs: number, burst: number, intervalMs: number): string {
+  if (burst === requests) return `"${name}";q=${requests};w=${periodMs / 1000}`;
+  return `"${name}";q=${burst};w=${Math.max(1, Math.round((burst * intervalMs) / 1000))}`;
+}
+
 function rateLimitItem(limit: CompiledLimit, decision: Decision): string {
   return `"${limit.name}";r=${decision.remaining};t=${Math.ceil(decision.resetMs / 1000)}`;
 }
@@ -108,7 +117,7 @@ function compileLimit(spec: RateLimitSpec): CompiledLimit {
   return {
     name: spec.name,
     rate: { intervalMs, burst },
-    policy: `"${spec.name}";q=${spec.rate.requests};w=${spec.rate.periodMs / 1000}`,
+    policy: policyItem(spec.name, spec.rate.requests, spec.rate.periodMs, burst, intervalMs),
     headers: spec.headers,
     key(x) {
       if (methods !== undefined && !methods.has(x.method)) return undefined;
@@ -134,7 +143,7 @@ function compileLimit(spec: RateLimitSpec): CompiledLimit {
 type KeyPart = (x: Exchange, group: string) => string | undefined;
 
 function compileKeyPart(part: RateLimitSpec['key'][number]): KeyPart {
-  if (part === 'clientAddress') return (x) => x.clientAddress;
+  if (part === 'clientAddress') return (x) => clientBucket(x.clientAddress);
   if (part === 'host') return (x) => bounded(x.host.toLowerCase());
   if (part === 'path') return (_x, group) => group;
   const name = part.slice('header:'.length);
@@ -144,6 +153,20 @@ function compileKeyPart(part: RateLimitSpec['key'][number]): KeyPart {
     if (value === undefined) return undefined;
     return bounded(Array.isArray(value) ? value.join(', ') : value);
   };
+}
+
+/**
+ * IPv4 addresses are limited one by one; IPv6 ones by /64, the smallest block a site is given
+ * (a client rotating through its /64 stays in one bucket). IPv4-mapped IPv6 is IPv4.
+ */
+export function clientBucket(address: string): string {
+  if (!address.includes(':')) return address;
+  if (address.startsWith('::ffff:') && address.includes('.')) return address.slice(7);
+  const [head = '', tail] = address.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = tail === undefined || tail === '' ? [] : tail.split(':');
+  const groups = tail === undefined ? left : [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill('0'), ...right];
+  return `${groups.slice(0, 4).map((g) => g.replace(/^0+(?=.)/, '').toLowerCase()).join(':')}::/64`;
 }
 
 function bounded(value: string): string {

@@ -11,12 +11,12 @@
 import type { Logger } from 'pino';
 import type { Config } from '../../config/config.js';
 import type { WafMode } from '../../config/request-rules.js';
-import { answerFromFilter, type Exchange, type RequestFilter } from '../../pipeline/exchange.js';
+import { answerFromFilter, type Exchange } from '../../pipeline/exchange.js';
 import type { Metrics } from '../../pipeline/metrics.js';
 import { carriesBody, readBodyPrefix } from './body-prefix.js';
 import { compileBuiltinRules, type BuiltinRuleSet, type Paranoia } from './builtin/index.js';
 import { compileRules, type CompiledRule } from './user-rules.js';
-import { WafView } from './waf-view.js';
+import type { WafView } from './waf-view.js';
 
 /** Matched text in logs: enough to see the attack, not a log line per kilobyte of payload. */
 const LOGGED_CHARS = 200;
@@ -46,23 +46,29 @@ export class Waf {
     return this.builtin !== undefined || this.requestRules.length > 0 || this.bodyRules.length > 0;
   }
 
-  readonly filter: RequestFilter = (x) => {
-    const view = new WafView(x);
+  /**
+   * The request head: the operator's request rules, then the built-in set unless a body is to be
+   * read. True: answered (403); false: let through, nothing more to check; undefined: the body
+   * phase decides (`body`), after the rate limits have counted the request.
+   */
+  head(x: Exchange, view: WafView): boolean | undefined {
     for (const rule of this.requestRules) {
       const verdict = this.apply(x, rule, view);
       if (verdict !== undefined) return verdict;
     }
     const wantsBody = this.bodyLimit > 0 && (this.builtin !== undefined || this.bodyRules.length > 0) && carriesBody(x);
-    if (!wantsBody) return this.inspect(x, view);
-    return readBodyPrefix(x, this.bodyLimit).then((body) => {
-      view.body = body;
-      for (const rule of this.bodyRules) {
-        const verdict = this.apply(x, rule, view);
-        if (verdict !== undefined) return verdict;
-      }
-      return this.inspect(x, view);
-    });
-  };
+    return wantsBody ? undefined : this.inspect(x, view);
+  }
+
+  /** The body phase: reads the first `wafBodyLimit` bytes, runs the body rules, then the built-in set on the whole request. */
+  async body(x: Exchange, view: WafView): Promise<boolean> {
+    view.body = await readBodyPrefix(x, this.bodyLimit);
+    for (const rule of this.bodyRules) {
+      const verdict = this.apply(x, rule, view);
+      if (verdict !== undefined) return verdict;
+    }
+    return this.inspect(x, view);
+  }
 
   /** One operator rule: true when it answered (block), false to stop checking (allow), undefined to go on. */
   private apply(x: Exchange, rule: CompiledRule, view: WafView): boolean | undefined {
