@@ -84,6 +84,9 @@ const HEADER_SKIP = new Set(['cookie', 'authorization', 'proxy-authorization', '
 const AGENT_SUSPECT = /['"<>`$|{}\\%]|--|\/\*|#|\b(?:select|union|sleep|and|or)\b|&&|\.\.\/|\/bin\/|\/etc\/|\b(?:cat|wget|curl|nc)\s|whoami|powershell|cmd\.exe|jndi/i;
 const BINARY_TYPE = /^(?:image|audio|video|font)\/|^application\/(?:octet-stream|pdf|zip|gzip|x-gzip|x-tar|x-7z-compressed|x-rar-compressed|x-protobuf|protobuf|grpc|wasm|msgpack|x-msgpack|cbor|vnd\.)/;
 
+/** Values up to this length have their verdicts cached, up to SCAN_CACHE per signature list. */
+const SCAN_CACHE_VALUE = 1024;
+const SCAN_CACHE = 4096;
 const MAX_ARGS = 1000;
 const MAX_JSON_STRINGS = 2000;
 const MAX_PART_NAME = 64;
@@ -195,6 +198,8 @@ class Pass {
   private readonly pathCache = new Map<string, Hit | null>();
   private readonly argCache = new Map<string, Hit | null>();
   private readonly cookieCache = new Map<string, Hit | null>();
+  /** Verdicts of `scan` by signature list, then by value (bounded: cleared when full). */
+  private readonly scanCache = new Map<readonly Signature[], Map<string, Hit | null>>();
 
   constructor(
     sigs: readonly Signature[],
@@ -220,13 +225,25 @@ class Pass {
   /** Runs `sigs` over the decoded forms of `value`; `part` names it in a match. */
   private scan(value: string, plus: boolean, sigs: readonly Signature[], part: string | (() => string)): BuiltinMatch | undefined {
     if (sigs.length === 0) return undefined;
-    const forms = this.forms;
-    forms.length = 0;
-    forms.push(value.length > MAX_DECODE ? value.slice(0, MAX_DECODE) : value);
-    if (needsDecoding(value, plus)) addDecodedForms(value, plus, forms);
-    const hit = firstHit(forms, sigs);
-    forms.length = 0;
-    return hit === undefined ? undefined : toMatch(hit, part);
+    // Verdicts by value: a client's cookies, Referer and query repeat on every request it makes,
+    // and decoding plus the signatures cost microseconds each time.
+    let cache = this.scanCache.get(sigs);
+    if (cache === undefined) this.scanCache.set(sigs, (cache = new Map()));
+    const key = plus ? `+${value}` : value;
+    let hit = value.length <= SCAN_CACHE_VALUE ? cache.get(key) : undefined;
+    if (hit === undefined) {
+      const forms = this.forms;
+      forms.length = 0;
+      forms.push(value.length > MAX_DECODE ? value.slice(0, MAX_DECODE) : value);
+      if (needsDecoding(value, plus)) addDecodedForms(value, plus, forms);
+      hit = firstHit(forms, sigs) ?? null;
+      forms.length = 0;
+      if (value.length <= SCAN_CACHE_VALUE) {
+        if (cache.size >= SCAN_CACHE) cache.clear();
+        cache.set(key, hit);
+      }
+    }
+    return hit === null ? undefined : toMatch(hit, part);
   }
 
   /**
