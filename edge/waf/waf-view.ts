@@ -6,8 +6,10 @@ import { decodedForms } from './decode.js';
 import type { WafRequest } from './builtin/index.js';
 import type { Exchange } from '../../pipeline/exchange.js';
 
-export class WafView {
+export class WafView implements WafRequest {
   readonly method: string;
+  readonly headers: Exchange['req']['headers'];
+  readonly rawHeaders: readonly string[];
   readonly host: string;
   readonly clientAddress: string;
   /** Raw path, without the query. */
@@ -15,14 +17,14 @@ export class WafView {
   /** Raw query, without '?' ('' when none). */
   readonly query: string;
   body: Buffer | undefined;
-  private readonly x: Exchange;
   private cookies: Map<string, string> | undefined;
   private decoded: Map<string, string[]> | undefined;
   private text: string | undefined;
 
   constructor(x: Exchange) {
-    this.x = x;
     this.method = x.method;
+    this.headers = x.req.headers;
+    this.rawHeaders = x.req.rawHeaders;
     this.host = x.host.toLowerCase();
     this.clientAddress = x.clientAddress;
     const q = x.path.indexOf('?');
@@ -31,7 +33,7 @@ export class WafView {
   }
 
   header(name: string): string | undefined {
-    const value = this.x.req.headers[name];
+    const value = this.headers[name];
     return Array.isArray(value) ? value.join(', ') : value;
   }
 
@@ -53,10 +55,6 @@ export class WafView {
     return forms;
   }
 
-  /** The built-in rule set's view of the request. */
-  request(): WafRequest {
-    return { method: this.method, path: this.path, query: this.query, headers: this.x.req.headers, rawHeaders: this.x.req.rawHeaders, body: this.body };
-  }
 }
 
 function parseCookies(header: string | undefined): Map<string, string> {

@@ -82,7 +82,7 @@ export class Waf {
 
   private inspect(x: Exchange, view: WafView): boolean {
     if (this.builtin === undefined) return false;
-    const match = this.builtin.inspect(view.request());
+    const match = this.builtin.inspect(view);
     if (match === undefined) return false;
     const action = this.mode === 'block' ? 'block' : 'detect';
     this.matched(x, match.ruleId, action, `${match.part}=${match.matched}`);

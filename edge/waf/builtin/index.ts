@@ -200,6 +200,8 @@ class Pass {
   private readonly cookieCache = new Map<string, Hit | null>();
   /** Verdicts of `scan` by signature list, then by value (bounded: cleared when full). */
   private readonly scanCache = new Map<readonly Signature[], Map<string, Hit | null>>();
+  /** The same for values where '+' means a space (query, form, cookies). */
+  private readonly plusScanCache = new Map<readonly Signature[], Map<string, Hit | null>>();
 
   constructor(
     sigs: readonly Signature[],
@@ -227,9 +229,10 @@ class Pass {
     if (sigs.length === 0) return undefined;
     // Verdicts by value: a client's cookies, Referer and query repeat on every request it makes,
     // and decoding plus the signatures cost microseconds each time.
-    let cache = this.scanCache.get(sigs);
-    if (cache === undefined) this.scanCache.set(sigs, (cache = new Map()));
-    const key = plus ? `+${value}` : value;
+    const caches = plus ? this.plusScanCache : this.scanCache;
+    let cache = caches.get(sigs);
+    if (cache === undefined) caches.set(sigs, (cache = new Map()));
+    const key = value;
     let hit = value.length <= SCAN_CACHE_VALUE ? cache.get(key) : undefined;
     if (hit === undefined) {
       const forms = this.forms;
