@@ -1156,7 +1156,7 @@ const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { h
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   for (const a of args) if (!(a in SCENARIOS)) throw new Error(`unknown scenario ${JSON.stringify(a)}; one of ${Object.keys(SCENARIOS).join(', ')}`);
-  const chosen = (args.length > 0 ? args : ['hits', 'stampede', 'swr', 'shield', 'ejection', 'workers']) as ScenarioName[];
+  const chosen = (args.length > 0 ? args : ['hits', 'stampede', 'swr', 'shield', 'ejection', 'workers', 'guard']) as ScenarioName[];
   header();
   const outcome: Outcome = {};
   const started = performance.now();
