@@ -211,7 +211,6 @@ export interface Config {
   outlierMaxEjectionPercent: number;
 }
 
-
 export function kebab(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }

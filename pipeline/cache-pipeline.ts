@@ -24,6 +24,7 @@ import {
   asUpstreamError,
   discard,
   forwardInterim,
+  hasRequestBody,
   upstreamHeaders,
   type Exchange,
   type Lookup,
@@ -540,14 +541,13 @@ export class CachePipeline {
     x.outcome = 'pass';
     const headers = upstreamHeaders(x, this.settings.nodeName, undefined);
     const signal = abortOnClientClose(x);
-    const hasBody = x.req.headers['content-length'] !== undefined ? x.req.headers['content-length'] !== '0' : x.req.headers['transfer-encoding'] !== undefined;
     let response: UpstreamResponse;
     try {
       response = await this.upstream.request({
         method: x.method,
         path: x.path,
         headers,
-        body: hasBody ? (x.body ?? x.req) : null,
+        body: hasRequestBody(x.req) ? (x.body ?? x.req) : null,
         cacheKey: x.url,
         idempotent: isIdempotent(x.method),
         signal,
@@ -850,11 +850,6 @@ function statusText(status: number): string {
   return STATUS_TEXT[status] ?? 'Error';
 }
 
-/**
- * The client behind trusted proxies: the right-most X-Forwarded-For hop that is not itself
- * trusted (hops to its left were written by whoever the client is, and prove nothing). A hop
- * that is not an address ends the walk at the trusted proxy that reported it.
- */
 /** Some balancers append the client's port: `203.0.113.5:4711`, `[2001:db8::1]:443`. */
 function withoutPort(hop: string): string {
   if (hop.startsWith('[')) {
@@ -865,6 +860,11 @@ function withoutPort(hop: string): string {
   return colon !== -1 && colon === hop.lastIndexOf(':') ? hop.slice(0, colon) : hop;
 }
 
+/**
+ * The client behind trusted proxies: the right-most X-Forwarded-For hop that is not itself
+ * trusted (hops to its left were written by whoever the client is, and prove nothing). A hop
+ * that is not an address ends the walk at the trusted proxy that reported it.
+ */
 export function forwardedClient(trusted: BlockList, forwardedFor: string | undefined, peer: string): string {
   if (forwardedFor === undefined) return peer;
   let client = peer;

@@ -65,6 +65,12 @@ export interface Lookup {
 
 export const NOTHING_FOUND: Lookup = Object.freeze({ entry: undefined, variant: '', vary: undefined });
 
+/** Whether the client sends a body (RFC 9112 §6.3: Content-Length other than 0, or Transfer-Encoding). */
+export function hasRequestBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return length !== undefined ? length !== '0' : req.headers['transfer-encoding'] !== undefined;
+}
+
 /** Request fields a cache fetch drops: it asks for the full representation, with our own validators. */
 export const CLIENT_CONDITIONALS: ReadonlySet<string> = new Set(['if-none-match', 'if-modified-since', 'if-match', 'if-unmodified-since', 'if-range', 'range']);
 

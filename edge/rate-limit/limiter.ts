@@ -80,23 +80,26 @@ interface Lease {
  * and are settled in order by its grant: one message per lease, however many wait.
  */
 export class LeasedLimiter implements Limiter {
-  private readonly leases: LRUCache<string, Lease>;
+  /** Per limit, an LRU of at most `maxKeys` leases (as the primary's tables). */
+  private readonly leases = new Map<string, LRUCache<string, Lease>>();
+  private readonly maxKeys: number;
   private readonly workers: number;
   private readonly ask: (request: LeaseRequest) => Promise<Grant>;
 
   constructor(options: { maxKeys: number; workers: number; ask: (request: LeaseRequest) => Promise<Grant> }) {
-    this.leases = new LRUCache({ max: options.maxKeys });
+    this.maxKeys = options.maxKeys;
     this.workers = options.workers;
     this.ask = options.ask;
   }
 
   take(limit: string, key: string, rate: Rate): Decision | Promise<Decision> {
-    const id = `${limit}\u0000${key}`;
     const now = performance.now();
-    let lease = this.leases.get(id);
+    let leases = this.leases.get(limit);
+    if (leases === undefined) this.leases.set(limit, (leases = new LRUCache({ max: this.maxKeys })));
+    let lease = leases.get(key);
     if (lease === undefined) {
       lease = { tokens: 0, expiresAt: 0, used: 0, deniedUntil: 0, remaining: 0, resetAt: 0, waiters: [], asking: false };
-      this.leases.set(id, lease);
+      leases.set(key, lease);
     } else if (lease.waiters.length === 0) {
       if (lease.tokens > 0 && now < lease.expiresAt) return spend(lease, now);
       if (now < lease.deniedUntil) return denied(lease, now);
@@ -147,8 +150,11 @@ export class LeasedLimiter implements Limiter {
     this.askFor(lease, limit, key, rate);
   }
 
+  /** Leases held, over every limit. */
   get size(): number {
-    return this.leases.size;
+    let size = 0;
+    for (const leases of this.leases.values()) size += leases.size;
+    return size;
   }
 }
 

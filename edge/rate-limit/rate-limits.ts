@@ -43,7 +43,7 @@ export class RateLimits {
   }
 
   readonly filter: RequestFilter = (x) => {
-    let pending: Array<Promise<Decision>> | undefined;
+    let waiting = false;
     let decisions: Array<Decision | Promise<Decision>> | undefined;
     const limits = this.limits;
     for (let i = 0; i < limits.length; i++) {
@@ -51,11 +51,11 @@ export class RateLimits {
       const key = limit.key(x);
       if (key === undefined) continue;
       const decision = this.limiter.take(limit.name, key, limit.rate);
-      if (decision instanceof Promise) (pending ??= []).push(decision);
+      if (decision instanceof Promise) waiting = true;
       else if (!decision.allowed) return this.deny(x, limit, decision);
       if (limit.headers || decision instanceof Promise) (decisions ??= Array(limits.length))[i] = decision;
     }
-    if (pending === undefined) {
+    if (!waiting) {
       if (decisions !== undefined) this.setHeaders(x, decisions as Decision[]);
       return false;
     }

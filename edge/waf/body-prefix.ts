@@ -4,13 +4,11 @@
  * buffered: a large upload streams on once it is read.
  */
 import { Readable } from 'node:stream';
-import type { Exchange } from '../../pipeline/exchange.js';
+import { hasRequestBody, type Exchange } from '../../pipeline/exchange.js';
 
-/** Methods whose body the WAF reads (GET and HEAD bodies are never forwarded by the cache). */
+/** Requests whose body the WAF reads (GET and HEAD bodies are never forwarded by the cache). */
 export function carriesBody(x: Exchange): boolean {
-  if (x.method === 'GET' || x.method === 'HEAD') return false;
-  const length = x.req.headers['content-length'];
-  return length !== undefined ? length !== '0' : x.req.headers['transfer-encoding'] !== undefined;
+  return x.method !== 'GET' && x.method !== 'HEAD' && hasRequestBody(x.req);
 }
 
 export function readBodyPrefix(x: Exchange, limit: number): Promise<Buffer> {

@@ -116,7 +116,8 @@ test('a worker’s leased limiter admits what the primary’s buckets admit, and
     const decision = workers[0]!.take('flood', `k${i}`, { intervalMs: 10, burst: 100 });
     if (decision instanceof Promise) await decision;
   }
-  t.true(workers[0]!.size <= 10_000, `worker leases: ${workers[0]!.size}`);
+  // At most maxKeys per limit: 10,000 of the flood, and the one key of limit l.
+  t.true(workers[0]!.size <= 10_001, `worker leases: ${workers[0]!.size}`);
   t.true(primary.size <= 2 * 10_000, `primary buckets: ${primary.size}`);
 });
 
@@ -130,6 +131,12 @@ test('a flood of concurrent requests on one key queues behind one lease at a tim
   // The first ones in got the tokens; everyone after the denial was denied without another ask each.
   t.true(decisions.slice(0, 90).every((d) => d.allowed));
   t.true(asks < 100, `${asks} asks`);
+});
+
+test('a primary that does not lease in time (stopping, gone): requests are admitted, never held', async (t) => {
+  const worker = new LeasedLimiter({ maxKeys: 100, workers: 2, ask: () => Promise.reject(new Error('no lease in time')) });
+  const decisions = await Promise.all(Array.from({ length: 5 }, () => worker.take('l', 'k', { intervalMs: 1000, burst: 1 })));
+  t.true(decisions.every((d) => d.allowed));
 });
 
 test('IPv6 clients are limited by /64; IPv4-mapped addresses as IPv4', (t) => {

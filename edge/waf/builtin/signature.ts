@@ -42,16 +42,6 @@ for (let c = 0; c < 32; c++) if (c !== 9) MASK[c] = CTL;
 MASK[9] = MASK[32]!;
 MASK[127] = CTL;
 
-/** The charMask bits of the characters in `chars` (a description of what a signature needs). */
-export function maskOf(chars: string): number {
-  let m = 0;
-  for (let i = 0; i < chars.length; i++) {
-    const c = chars.charCodeAt(i);
-    m |= c < 128 ? MASK[c]! : NON_ASCII;
-  }
-  return m;
-}
-
 /** Which of the interesting character classes occur in `s` (one pass, for skipping signatures). */
 export function charMask(s: string): number {
   let m = 0;
@@ -91,3 +81,6 @@ export interface BuiltinMatch {
   part: string;
   matched: string;
 }
+
+/** The charMask bits of the characters a signature needs (the same classes, read from its description). */
+export const maskOf = charMask;
