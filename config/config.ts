@@ -35,6 +35,18 @@ const ms = (help: string, value: number, min = 1): OptionSpec => ({ kind: 'int',
 /** The schema: every option Outpost reads. README's configuration table is this list. */
 export const OPTIONS = {
   listen: { kind: 'listen', default: (r: Role) => (r === 'edge' ? '127.0.0.1:8080' : '127.0.0.1:9000'), help: 'address:port to accept HTTP on' },
+  listenTls: { kind: 'optional-listen', default: '', help: 'address:port to accept HTTPS on, HTTP/2 and HTTP/1.1 by ALPN (empty: off)' },
+  tlsCert: {
+    kind: 'string-list',
+    default: [],
+    help: 'certificate file (PEM, leaf then chain); repeat with --tls-key for more names, chosen by SNI; the first is the default. Re-read when the files change',
+  },
+  tlsKey: { kind: 'string-list', default: [], help: 'private key file of the --tls-cert at the same position' },
+  tlsTicketRotateSec: { kind: 'int', default: 3600, min: 60, help: 'TLS session ticket key lifetime: resumption across every worker, a new key on this schedule' },
+  hsts: { kind: 'string', default: '', help: 'Strict-Transport-Security value sent over HTTPS, e.g. max-age=31536000 (empty: none)' },
+  redirectHttp: { kind: 'bool', default: false, help: 'answer plain-HTTP requests with 308 to https:// (the health path excepted); needs --listen-tls' },
+  proxyProtocol: { kind: 'bool', default: false, help: 'public listeners expect a PROXY protocol v1/v2 header from an L4 balancer in --trusted-proxy' },
+  trustedProxies: { kind: 'address-list', default: [], flag: 'trusted-proxy', help: 'addresses/CIDRs of the balancers allowed to send a PROXY header; repeat or comma-separate' },
   upstreams: { kind: 'url-list', default: [], flag: 'upstream', roles: ['edge'], help: 'shield or origin URL; repeat for a consistent-hash ring of shields' },
   origins: { kind: 'url-list', default: [], flag: 'origin', roles: ['shield'], help: 'origin URL; repeat for a load-balanced pool' },
   balance: { kind: 'enum', default: 'round-robin', choices: ['round-robin', 'least-request', 'consistent-hash'], roles: ['shield'], help: 'origin load-balancing algorithm' },
@@ -108,6 +120,25 @@ export const OPTIONS = {
   rateLimitKeys: { kind: 'int', default: 100_000, min: 1, max: 10_000_000, roles: ['edge'], help: 'buckets kept per limit in each process (least recently used dropped first)' },
   rateLimitStore: { kind: 'string', default: '', roles: ['edge'], help: 'redis://host:port shared by the edges of a PoP (empty: limits are per node)' },
   rateLimitRedisFail: { kind: 'enum', default: 'local', choices: ['local', 'open'], roles: ['edge'], help: 'while Redis is slow or down: decide with the node-local limiter, or admit' },
+  clientHeaderTimeoutMs: ms('time a client has to send its request headers', 10_000),
+  clientRequestTimeoutMs: ms('time a client has to send its whole request, body included', 120_000),
+  clientKeepAliveTimeoutMs: ms('idle time before a client connection is closed (HTTP/1.1 keep-alive, HTTP/2 session)', 5_000),
+  clientHeaderMaxBytes: { kind: 'bytes', default: 16 * 1024, min: 1024, max: 1024 ** 2, help: 'request head size (431 beyond it)' },
+  clientMaxHeaders: { kind: 'int', default: 100, min: 8, max: 10_000, help: 'request header fields (431 beyond it)' },
+  maxConnections: { kind: 'int', default: 16_384, min: 1, help: 'open client connections per listener in each worker; more are closed at once' },
+  maxConnectionsPerClient: {
+    kind: 'int',
+    default: 256,
+    min: 0,
+    help: 'open connections per client address in each worker (0: no limit); trusted proxies and balancers are exempt',
+  },
+  h2MaxConcurrentStreams: { kind: 'int', default: 128, min: 1, max: 10_000, help: 'HTTP/2 streams a client may have open at once' },
+  h2ResetBurst: { kind: 'int', default: 1000, min: 1, help: 'HTTP/2 stream resets a client may send at once (CVE-2023-44487 rapid reset) before its session is closed' },
+  h2ResetRate: { kind: 'int', default: 33, min: 1, help: 'HTTP/2 stream resets per second a client may send after the burst' },
+  upstreamCa: { kind: 'string', default: '', help: 'CA file (PEM) that https:// upstreams are verified against (empty: the system CAs)' },
+  upstreamCert: { kind: 'string', default: '', help: 'client certificate (PEM) for https:// upstreams that require mTLS' },
+  upstreamKey: { kind: 'string', default: '', help: 'private key of --upstream-cert' },
+  upstreamInsecure: { kind: 'bool', default: false, help: 'do not verify https:// upstream certificates (logged as a warning at start)' },
   metrics: { kind: 'bool', default: true, help: 'latency histograms and byte counts on the request path (off only to measure their cost)' },
   upstreamConnections: { kind: 'int', default: 256, min: 1, help: 'connection pool size per upstream server' },
   connectTimeoutMs: ms('upstream connect timeout', 5_000),
@@ -145,6 +176,14 @@ export interface Route {
 export interface Config {
   role: Role;
   listen: { host: string; port: number };
+  listenTls: { host: string; port: number } | undefined;
+  tlsCert: string[];
+  tlsKey: string[];
+  tlsTicketRotateSec: number;
+  hsts: string;
+  redirectHttp: boolean;
+  proxyProtocol: boolean;
+  trustedProxies: string[];
   upstreams: string[];
   origins: string[];
   balance: 'round-robin' | 'least-request' | 'consistent-hash';
@@ -191,6 +230,20 @@ export interface Config {
   rateLimitKeys: number;
   rateLimitStore: string;
   rateLimitRedisFail: 'local' | 'open';
+  clientHeaderTimeoutMs: number;
+  clientRequestTimeoutMs: number;
+  clientKeepAliveTimeoutMs: number;
+  clientHeaderMaxBytes: number;
+  clientMaxHeaders: number;
+  maxConnections: number;
+  maxConnectionsPerClient: number;
+  h2MaxConcurrentStreams: number;
+  h2ResetBurst: number;
+  h2ResetRate: number;
+  upstreamCa: string;
+  upstreamCert: string;
+  upstreamKey: string;
+  upstreamInsecure: boolean;
   metrics: boolean;
   upstreamConnections: number;
   connectTimeoutMs: number;
@@ -417,6 +470,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
   checkRateLimitStore(values as unknown as Config);
   checkWafBody(values as unknown as Config);
+  checkTls(values as unknown as Config);
   return Object.freeze(values as unknown as Config);
 }
 
@@ -441,6 +495,18 @@ export function checkAdminExposure(config: Readonly<Config>, source: string): vo
   if (listen !== undefined && !isLoopback(listen.host) && config.adminToken === '') {
     throw new ConfigError('adminToken', source, `the admin API listens on ${listen.host}, beyond loopback: give --admin-token or --admin-token-file`);
   }
+}
+
+/** Certificates pair up with keys; TLS options need a TLS listener; a client certificate needs its key. */
+function checkTls(config: Config): void {
+  if (config.tlsCert.length !== config.tlsKey.length) {
+    throw new ConfigError('tlsKey', 'config', `${config.tlsCert.length} --tls-cert but ${config.tlsKey.length} --tls-key: give one key per certificate, in the same order`);
+  }
+  if (config.redirectHttp && config.listenTls === undefined) throw new ConfigError('redirectHttp', 'config', 'needs --listen-tls: there is no HTTPS listener to redirect to');
+  if (config.listenTls === undefined && config.tlsCert.length > 0) throw new ConfigError('tlsCert', 'config', 'certificates given but no --listen-tls');
+  if ((config.upstreamCert === '') !== (config.upstreamKey === '')) throw new ConfigError(config.upstreamCert === '' ? 'upstreamCert' : 'upstreamKey', 'config', 'give --upstream-cert and --upstream-key together');
+  if (config.trustedProxies.length > 0 && !config.proxyProtocol) throw new ConfigError('trustedProxies', 'config', 'only means something with --proxy-protocol');
+  if (config.proxyProtocol && config.trustedProxies.length === 0) throw new ConfigError('trustedProxies', 'config', '--proxy-protocol needs the balancers allowed to send the header: give --trusted-proxy');
 }
 
 function checkWafBody(config: Config): void {

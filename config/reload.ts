@@ -7,6 +7,15 @@ import { checkAdminExposure, type Config } from './config.js';
 
 export const RESTART_ONLY = [
   'listen',
+  'listenTls',
+  'tlsCert',
+  'tlsKey',
+  'tlsTicketRotateSec',
+  'proxyProtocol',
+  'clientHeaderMaxBytes',
+  'h2MaxConcurrentStreams',
+  'h2ResetBurst',
+  'h2ResetRate',
   'workers',
   'workerScheduling',
   'dataDir',

@@ -220,7 +220,7 @@ export class CachePipeline {
     return {
       req,
       res,
-      id: internal?.id ?? this.idPrefix + (++this.sequence).toString(36),
+      id: internal?.id ?? (peerTrusted ? forwardedRequestId(req.headers['x-request-id']) : undefined) ?? this.idPrefix + (++this.sequence).toString(36),
       startedAt: performance.now(),
       method: req.method ?? 'GET',
       httpVersion: internal?.httpVersion ?? req.httpVersion,
@@ -858,6 +858,11 @@ function withoutPort(hop: string): string {
   }
   const colon = hop.indexOf(':');
   return colon !== -1 && colon === hop.lastIndexOf(':') ? hop.slice(0, colon) : hop;
+}
+
+/** A trusted hop's request id, kept when it is one visible-ASCII token of at most 128 characters. */
+function forwardedRequestId(value: string | string[] | undefined): string | undefined {
+  return typeof value === 'string' && value.length <= 128 && /^[\x21-\x7e]+$/.test(value) ? value : undefined;
 }
 
 /**

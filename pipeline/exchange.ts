@@ -65,9 +65,13 @@ export interface Lookup {
 
 export const NOTHING_FOUND: Lookup = Object.freeze({ entry: undefined, variant: '', vary: undefined });
 
-/** Whether the client sends a body (RFC 9112 §6.3: Content-Length other than 0, or Transfer-Encoding). */
+/**
+ * Whether the client sends a body (RFC 9112 §6.3: Content-Length other than 0, or
+ * Transfer-Encoding; HTTP/2, RFC 9113 §8.1: a HEADERS frame that did not end the stream).
+ */
 export function hasRequestBody(req: IncomingMessage): boolean {
   const length = req.headers['content-length'];
+  if (req.httpVersionMajor === 2) return length !== '0' && (req as unknown as { stream: { endAfterHeaders: boolean } }).stream.endAfterHeaders === false;
   return length !== undefined ? length !== '0' : req.headers['transfer-encoding'] !== undefined;
 }
 
@@ -85,7 +89,9 @@ export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet
   delete headers['expect'];
   if (x.host !== '') headers['host'] = x.host;
   headers['via'] = appendVia(headers['via'], x.httpVersion, nodeName);
-  setForwarded(headers, { peerAddress: x.peerAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.req.headers.host });
+  setForwarded(headers, { peerAddress: x.peerAddress, peerTrusted: x.peerTrusted, proto: x.proto, host: x.host });
+  // The request id travels with the request, so every tier logs it under the same id.
+  headers['x-request-id'] = x.id;
   return headers;
 }
 

@@ -47,22 +47,36 @@ export function appendVia(existing: string | string[] | undefined, httpVersion: 
 }
 
 export interface ForwardedContext {
-  /** The connection's peer: the hop this node appends to X-Forwarded-For. */
+  /** The connection's peer (or the PROXY header's client): the hop this node appends to X-Forwarded-For. */
   peerAddress: string;
-  /** Whether the peer is a trusted hop whose X-Forwarded-* may be kept. */
+  /** Whether the peer is a trusted hop whose X-Forwarded-*, Forwarded and X-Request-Id may be kept. */
   peerTrusted: boolean;
   proto: 'http' | 'https';
-  host: string | undefined;
+  /** The host in the cache key: the one the origin is told, whatever else the client sent. */
+  host: string;
 }
 
-/** Sets X-Forwarded-For/-Proto/-Host. A client's own X-Forwarded-* is kept only from trusted hops. */
+/**
+ * Sets X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239). What a client sent is kept only
+ * from a trusted hop (X-Forwarded-For and Forwarded extended, its X-Forwarded-Proto kept).
+ * X-Forwarded-Host is always the cache key's host: an origin that builds links from it must
+ * never fill the cache for one host with links to another the client named (cache poisoning).
+ */
 export function setForwarded(headers: HeaderMap, ctx: ForwardedContext): void {
   const priorFor = ctx.peerTrusted ? headers['x-forwarded-for'] : undefined;
   const prior = priorFor === undefined ? '' : `${Array.isArray(priorFor) ? priorFor.join(', ') : priorFor}, `;
   headers['x-forwarded-for'] = prior + ctx.peerAddress;
   if (!ctx.peerTrusted || headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = ctx.proto;
-  if (!ctx.peerTrusted || headers['x-forwarded-host'] === undefined) {
-    if (ctx.host !== undefined) headers['x-forwarded-host'] = ctx.host;
-    else delete headers['x-forwarded-host'];
-  }
+  if (ctx.host !== '') headers['x-forwarded-host'] = ctx.host;
+  else delete headers['x-forwarded-host'];
+  const priorForwarded = ctx.peerTrusted ? headers['forwarded'] : undefined;
+  const element = forwardedElement(ctx);
+  headers['forwarded'] = priorForwarded === undefined ? element : `${Array.isArray(priorForwarded) ? priorForwarded.join(', ') : priorForwarded}, ${element}`;
+}
+
+/** This hop's Forwarded element (RFC 7239 §4): an IPv6 node is bracketed and quoted (§6), a host with a port quoted. */
+function forwardedElement(ctx: ForwardedContext): string {
+  const node = ctx.peerAddress.includes(':') ? `"[${ctx.peerAddress}]"` : ctx.peerAddress || 'unknown';
+  const host = ctx.host === '' ? '' : `;host=${/^[a-z0-9.\-]+$/i.test(ctx.host) ? ctx.host : `"${ctx.host.replace(/["\\]/g, '')}"`}`;
+  return `for=${node}${host};proto=${ctx.proto}`;
 }

@@ -3,13 +3,15 @@
  * and the shield share. Malformed requests get a 4xx and the node keeps serving; SIGTERM-style
  * shutdown stops accepting, finishes requests in flight, then closes the upstream and the store.
  */
-import { createServer, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo, Socket } from 'node:net';
+import { createServer, type Server } from 'node:http';
+import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CacheStore, StoredVariant, TierStats } from '../storage/cache-store.js';
 import { rmSync } from 'node:fs';
 import { CachePipeline, type CacheOutcome, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
+import { CertificateStore } from '../edge/tls/certificates.js';
+import { certificatePairs, Listeners } from './listeners.js';
 import { Metrics, type MetricsJson } from './metrics.js';
 import { NodeUpstream, type MemberHealth } from './node-upstream.js';
 import type { Upstream } from './upstream.js';
@@ -31,13 +33,16 @@ export function storeSnapshot(store: CacheStore): NodeSnapshot {
 }
 
 export interface RunningNode {
-  readonly server: Server;
+  /** The accept phase: plain and TLS listeners. */
+  readonly listeners: Listeners;
   readonly pipeline: CachePipeline;
   readonly store: CacheStore;
   readonly metrics: Metrics;
   readonly upstream: NodeUpstream;
   /** http://host:port the node listens on. */
   readonly url: string;
+  /** https://host:port of the TLS listener, when there is one. */
+  readonly tlsUrl?: string;
   snapshot(options?: { metrics?: boolean }): Promise<NodeSnapshot>;
   /** The stored variants of a URL given as its cache key. */
   inspect(url: string): Promise<StoredVariant[]>;
@@ -70,6 +75,8 @@ export interface NodeOptions {
   routing?: WorkerRouting;
   /** A worker's Unix socket, where the other workers send requests for keys it owns. */
   internalSocket?: string;
+  /** Session ticket keys shared by the node's workers. */
+  ticketKeys?: Buffer;
 }
 
 export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
@@ -113,57 +120,34 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     filters: [...(options.filters ?? []), ...(guard ? [guard.filter] : [])],
     ...(options.routing ? { routing: options.routing } : {}),
   });
-  // Open connections (tracked per connection, not per request), so shutdown can reach the
-  // response each one is writing and mark it Connection: close.
-  const connections = new Set<Socket>();
   const servedBy = config.servedBy ? (options.routing === undefined ? config.nodeName : `${config.nodeName}/worker-${options.routing.ownership.self}`) : undefined;
   let shuttingDown = false;
-  const server = createServer(
-    {
-      keepAliveTimeout: 5_000,
-      headersTimeout: 20_000,
-      requestTimeout: 120_000,
-      maxHeaderSize: 16 * 1024,
-    },
-    (req, res) => {
+  const certificates = config.listenTls === undefined ? undefined : new CertificateStore(certificatePairs(config), { logger });
+  // accept: the listeners hand every request, HTTP/1.1 or HTTP/2, plain or TLS, to the pipeline.
+  const listeners = new Listeners({
+    config,
+    logger,
+    metrics,
+    ...(certificates ? { certificates } : {}),
+    ...(options.ticketKeys ? { ticketKeys: options.ticketKeys } : {}),
+    handle: (req, res) => {
       if (shuttingDown) res.shouldKeepAlive = false;
       if (servedBy !== undefined) res.setHeader('x-served-by', servedBy);
       pipeline.handle(req, res);
     },
-  );
-  server.on('connection', (socket: Socket) => {
-    connections.add(socket);
-    socket.once('close', () => connections.delete(socket));
   });
-  server.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => {
-    metrics.inc('client_errors_total', 'malformed requests answered with a 4xx', { code: error.code ?? 'unknown' });
-    if (!socket.writable || (error as { bytesParsed?: number }).bytesParsed === undefined) {
-      socket.destroy();
-      return;
-    }
-    const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
-    const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
-    const body = `${status}: ${tooLarge ? 'request headers exceed 16 KiB' : 'malformed request'}\n`;
-    socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.listen.port, config.listen.host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
+  for (const server of [listeners.http, listeners.secure]) server?.on('clientError', (error: NodeJS.ErrnoException, socket: Socket) => answerClientError(error, socket, metrics, config.clientHeaderMaxBytes));
+  await listeners.listen();
   const internal = options.internalSocket === undefined ? undefined : await listenInternal(options.internalSocket, pipeline);
-  const address = server.address() as AddressInfo;
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   let closing: Promise<void> | undefined;
   return {
-    server,
+    listeners,
     pipeline,
     store,
     metrics,
     upstream,
-    url: `http://${host}:${address.port}`,
+    url: listeners.plain.url,
+    ...(listeners.tls ? { tlsUrl: listeners.tls.url } : {}),
     snapshot: async (options) => ({
       ...(options?.metrics ? { metrics: await metrics.json() } : {}),
       requests: metrics.requestsByOutcome(),
@@ -176,24 +160,19 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
     reconfigure: (next) => {
       // First what can fail (compiling rules): a reload that throws leaves the node as it was.
       guard?.reconfigure(next);
+      certificates?.reload();
+      listeners.reconfigure(next);
       if (upstreamChanged(config, next)) upstream.replace(options.makeUpstream(next));
       pipeline.reconfigure(pipelineSettings(next));
       logger.level = next.logLevel;
       config = next;
     },
     close: () => {
-      if (!shuttingDown) {
-        shuttingDown = true;
-        // Requests in flight finish, but their connections are not kept alive for more.
-        for (const socket of connections) {
-          const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
-          if (res && !res.headersSent) res.shouldKeepAlive = false;
-        }
-        // Connections whose response already went out close as soon as they turn idle.
-        server.keepAliveTimeout = 1;
-        if (internal) internal.keepAliveTimeout = 1;
-      }
-      return (closing ??= shutdown(server, internal, pipeline, upstream, store, config.shutdownTimeoutMs).then(() => guard?.close()));
+      shuttingDown = true;
+      return (closing ??= shutdown(listeners, internal, pipeline, upstream, store, config.shutdownTimeoutMs).then(() => {
+          certificates?.close();
+          return guard?.close();
+        }));
     },
   };
 }
@@ -266,17 +245,36 @@ async function listenInternal(path: string, pipeline: CachePipeline): Promise<Se
   return server;
 }
 
-async function shutdown(server: Server, internal: Server | undefined, pipeline: CachePipeline, upstream: Upstream, store: CacheStore, timeoutMs: number): Promise<void> {
-  const servers = internal ? [server, internal] : [server];
-  const closed = Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  for (const s of servers) s.closeIdleConnections();
+async function shutdown(listeners: Listeners, internal: Server | undefined, pipeline: CachePipeline, upstream: Upstream, store: CacheStore, timeoutMs: number): Promise<void> {
+  // Stop accepting, let requests in flight finish without keeping their connections, then close.
+  const stopped = listeners.stopAccepting();
+  const internalClosed = internal ? new Promise<void>((resolve) => internal.close(() => resolve())) : Promise.resolve();
+  if (internal) {
+    internal.keepAliveTimeout = 1;
+    internal.closeIdleConnections();
+  }
+  listeners.closeIdle();
   const timer = setTimeout(() => {
-    for (const s of servers) s.closeAllConnections();
+    listeners.closeAll();
+    internal?.closeAllConnections();
   }, timeoutMs);
   timer.unref();
-  await closed;
+  await Promise.all([stopped, internalClosed, listeners.drained()]);
   clearTimeout(timer);
   await pipeline.drain();
   await upstream.close();
   await store.close();
+}
+
+/** A request node:http could not parse: 431 or 400 and the connection closes; the node keeps serving. */
+function answerClientError(error: NodeJS.ErrnoException, socket: Socket, metrics: Metrics, maxHeaderBytes: number): void {
+  metrics.inc('client_errors_total', 'malformed requests answered with a 4xx', { code: error.code ?? 'unknown' });
+  if (!socket.writable || (error as { bytesParsed?: number }).bytesParsed === undefined) {
+    socket.destroy();
+    return;
+  }
+  const tooLarge = error.code === 'HPE_HEADER_OVERFLOW';
+  const status = tooLarge ? '431 Request Header Fields Too Large' : '400 Bad Request';
+  const body = `${status}: ${tooLarge ? `request headers exceed ${maxHeaderBytes} bytes` : 'malformed request'}\n`;
+  socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
 }

@@ -163,13 +163,16 @@ test('X-Forwarded-For/-Proto/-Host are set from what the edge saw; a client-sent
   t.is(seen['x-forwarded-host'], new URL(edge.url).host);
 });
 
-test('X-Forwarded-* from a peer in trustForwardedFrom are kept (client address appended)', async (t) => {
+test('X-Forwarded-For/-Proto and Forwarded from a peer in trustForwardedFrom are kept (this hop appended); X-Forwarded-Host is still the cache key host', async (t) => {
   const { origin, edge } = await setup(t, (_q, res) => send(res, 200, { 'cache-control': 'no-store' }), { trustForwardedFrom: ['127.0.0.1'] });
-  await fetchFrom(edge.url, '/xff', { headers: { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'www.example' } });
+  await fetchFrom(edge.url, '/xff', {
+    headers: { 'x-forwarded-for': '6.6.6.6', 'x-forwarded-proto': 'https', 'x-forwarded-host': 'www.example', forwarded: 'for=6.6.6.6;proto=https' },
+  });
   const seen = origin.requests[0]!.headers;
   t.is(seen['x-forwarded-for'], '6.6.6.6, 127.0.0.1');
   t.is(seen['x-forwarded-proto'], 'https');
-  t.is(seen['x-forwarded-host'], 'www.example');
+  t.is(seen['x-forwarded-host'], new URL(edge.url).host);
+  t.is(seen['forwarded'], `for=6.6.6.6;proto=https, for=127.0.0.1;host="${new URL(edge.url).host}";proto=https`);
 });
 
 // ---- upstream failures ------------------------------------------------------------------------------
