@@ -7,7 +7,10 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, OPTIONS, envName, flagName, loadConfig, optionsFor, optionSpec, type Config, type OptionName, type Role } from '../config/config.js';
 import { startDemoOrigin, demoIndex } from '../demo-origin/demo-origin.js';
-import { startEdge } from '../edge/edge.js';
+import { startEdge, upstreamTls } from '../edge/edge.js';
+import { CertificateStore, type CertificatePair } from '../edge/tls/certificates.js';
+import { certificatePairs } from '../pipeline/listeners.js';
+import { ensureSelfSigned } from '../edge/tls/self-signed.js';
 import type { RunningNode } from '../pipeline/node-server.js';
 import cluster from 'node:cluster';
 import { Primary } from '../cluster/primary.js';
@@ -18,7 +21,7 @@ import { WORKER_ENV } from '../cluster/messages.js';
 import { runWorker, type Starter } from '../cluster/worker.js';
 import type { Logger } from 'pino';
 import { runPurgeClient } from './purge-client.js';
-import { createLogger } from '../pipeline/logger.js';
+import { createLogger, silentLogger } from '../pipeline/logger.js';
 import { startShield } from '../origin-shield/shield.js';
 
 const USAGE = `outpost — a caching edge node (CDN point of presence) with an origin-shield tier
@@ -142,12 +145,17 @@ async function runStart(argv: readonly string[]): Promise<void> {
   });
   const shield = await startShield(shieldConfig);
   const { dataDir: _ignored, ...edgeFlags } = parsed.flags;
-  const edgeConfig = loadConfig('edge', {
-    fileContents: { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [], adminListen: '127.0.0.1:8081' },
-    flags: edgeFlags,
-    env: process.env,
-    file: parsed.config,
-  });
+  // HTTPS too: with no certificate given, a self-signed one for localhost in the data folder.
+  const edgeDefaults: Record<string, unknown> = { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [], adminListen: '127.0.0.1:8081', listenTls: '127.0.0.1:8443' };
+  const loadEdge = () => loadConfig('edge', { fileContents: edgeDefaults, flags: edgeFlags, env: process.env, file: parsed.config });
+  let edgeConfig = loadEdge();
+  let selfSigned: CertificatePair | undefined;
+  if (edgeConfig.listenTls !== undefined && edgeConfig.tlsCert.length === 0) {
+    selfSigned = await ensureSelfSigned(baseDir, createLogger(edgeConfig.logLevel, edgeConfig.nodeName));
+    edgeDefaults.tlsCert = [selfSigned.certFile];
+    edgeDefaults.tlsKey = [selfSigned.keyFile];
+    edgeConfig = loadEdge();
+  }
   const edge = await startEdge(edgeConfig);
   // One admin API for the chain: it reports on the edge, and its purges reach the shield too.
   const control = new LocalControl([edge, shield]);
@@ -158,9 +166,11 @@ async function runStart(argv: readonly string[]): Promise<void> {
   process.stderr.write(
     `\nOutpost is running:\n  edge    ${edge.url}\n  shield  ${shield.url}\n  origin  ${originUrl}${parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : ' (demo origin)'}\n` +
       (admin ? `  admin   ${admin.url}\n` : '') +
+      (edge.tlsUrl ? `  https   ${edge.tlsUrl.replace('127.0.0.1', 'localhost')}${selfSigned ? ` (self-signed: ${selfSigned.certFile})` : ''}\n` : '') +
       `  data    ${baseDir}/\n\n` +
       (parsed.extra.origin || process.env.OUTPOST_ORIGIN ? '' : `Demo paths:\n${demoIndex().replace(/^/gm, '  ')}\n\n`) +
       `Try:\n  curl -si ${edge.url}/hello    # twice: the second answer is a hit (see Cache-Status and Age)\n` +
+      (edge.tlsUrl ? `  curl -si ${selfSigned ? `--cacert ${selfSigned.certFile} ` : ''}${edge.tlsUrl.replace('127.0.0.1', 'localhost')}/hello    # the same cache over HTTPS (HTTP/2 with --http2)\n` : '') +
       (admin ? `  curl -s ${admin.url}/stats\n  curl -s -X POST ${admin.url}/purge -d '{"url": "${edge.url}/hello"}'\n` : '') +
       `\nCtrl-C stops everything.\n\n`,
   );
@@ -222,6 +232,10 @@ async function openAdmin(config: Readonly<Config>, control: NodeControl, logger:
 function checkNode(config: Readonly<Config>): Readonly<Config> {
   if (config.role === 'edge' && config.upstreams.length === 0) throw new ConfigError('upstreams', 'flag --upstream', 'the edge needs at least one --upstream URL');
   if (config.role === 'shield' && config.origins.length === 0 && config.routes.length === 0) throw new ConfigError('origins', 'flag --origin', 'the shield needs at least one --origin URL');
+  if (config.listenTls !== undefined && config.tlsCert.length === 0) throw new ConfigError('tlsCert', 'flag --tls-cert', '--listen-tls needs a --tls-cert and --tls-key');
+  // Certificate and upstream TLS files are read now, so a bad one stops the node before any worker forks.
+  if (config.listenTls !== undefined) new CertificateStore(certificatePairs(config), { logger: silentLogger(), watch: false }).close();
+  upstreamTls(config);
   return config;
 }
 

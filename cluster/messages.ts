@@ -35,7 +35,10 @@ export type WorkerMessage =
   | { type: 'reloaded'; error?: string };
 
 export type PrimaryMessage =
-  | { type: 'go'; id: number; purges: PurgeRequest[] }
+  /** `ticketKeys`: the node's TLS session ticket key (base64). */
+  | { type: 'go'; id: number; purges: PurgeRequest[]; ticketKeys: string }
+  /** A new TLS session ticket key for every worker (rotation). */
+  | { type: 'ticket-keys'; keys: string }
   /**
    * `memoryOnly`: the second pass of a node-wide purge, after every worker applied the first: each
    * worker drops copies it took from an owner that had not purged yet, and refuses copies in flight.

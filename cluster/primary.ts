@@ -5,6 +5,7 @@
  * SIGHUP, and on SIGTERM drains every worker before it exits.
  */
 import cluster, { type Worker } from 'node:cluster';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -74,6 +75,9 @@ export class Primary implements NodeControl {
   private readonly options: PrimaryOptions;
   /** Every rate-limit bucket of the node; workers spend tokens leased from it. */
   private readonly rateBuckets: LocalLimiter;
+  /** TLS session ticket key every worker encrypts with, so a ticket from one resumes on any (rotated on a schedule). */
+  private ticketKeys = randomBytes(48);
+  private ticketTimer: NodeJS.Timeout | undefined;
 
   constructor(options: PrimaryOptions) {
     this.options = options;
@@ -93,6 +97,13 @@ export class Primary implements NodeControl {
     cluster.on('message', (worker, message: WorkerMessage) => this.onMessage(worker, message));
     cluster.on('exit', (worker, code, signal) => this.onExit(worker, code, signal));
     for (const slot of this.slots) this.fork(slot);
+    if (this.config.listenTls !== undefined) {
+      this.ticketTimer = setInterval(() => {
+        this.ticketKeys = randomBytes(48);
+        for (const slot of this.slots) this.send(slot.worker, { type: 'ticket-keys', keys: this.ticketKeys.toString('base64') });
+      }, this.config.tlsTicketRotateSec * 1000);
+      this.ticketTimer.unref();
+    }
     process.on('SIGTERM', () => void this.stop('SIGTERM'));
     process.on('SIGINT', () => void this.stop('SIGINT'));
     process.on('SIGHUP', () => this.reload());
@@ -210,7 +221,7 @@ export class Primary implements NodeControl {
         const purges = slot.queued.splice(0);
         slot.applying = purges;
         slot.state = 'open';
-        this.send(worker, { type: 'go', id: message.id, purges });
+        this.send(worker, { type: 'go', id: message.id, purges, ticketKeys: this.ticketKeys.toString('base64') });
         return;
       }
       case 'ready':

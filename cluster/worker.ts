@@ -155,6 +155,9 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
           send({ type: 'reloaded', error: (error as Error).message });
         }
         return;
+      case 'ticket-keys':
+        node?.listeners.setTicketKeys(Buffer.from(message.keys, 'base64'));
+        return;
       case 'shutdown':
         void stop();
         return;
@@ -185,8 +188,9 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
   // Purges the node ran while this worker was down reach its shard before it serves anything.
   const go = await ask({ type: 'store-open', id: ++nextId });
   if (go.type === 'go') for (const request of go.purges) await purgeStore(store, request as PurgeRequest);
+  const ticketKeys = go.type === 'go' ? Buffer.from(go.ticketKeys, 'base64') : undefined;
   try {
-    node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index), nodeLimiter });
+    node = await start(config, { logger, store, routing, internalSocket: ownerSocket(runDir, index), nodeLimiter, ...(ticketKeys ? { ticketKeys } : {}) });
   } catch (error) {
     const code = (error as { code?: string }).code;
     fatal(`worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}`);

@@ -8,7 +8,9 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { healthFilter, HEALTH_PATH } from '../pipeline/health-filter.js';
 import { EdgeGuard, type GuardOptions } from './request-guard.js';
-import { HttpUpstream } from '../pipeline/http-upstream.js';
+import { readFileSync } from 'node:fs';
+import { ConfigError } from '../config/config-error.js';
+import { HttpUpstream, type UpstreamTls } from '../pipeline/http-upstream.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
 import type { Upstream } from '../pipeline/upstream.js';
@@ -25,17 +27,38 @@ export interface StartOptions {
   routing?: WorkerRouting;
   /** A worker's own Unix socket, for requests the other workers send it as a key's owner. */
   internalSocket?: string;
+  /** TLS session ticket key shared by the node's workers (from the primary). */
+  ticketKeys?: Buffer;
   /** A worker's node-wide rate limiter (tokens leased from the primary). */
   nodeLimiter?: GuardOptions['nodeLimiter'];
 }
 
+/** Pool size, timeouts and TLS of every upstream connection (shields from the edge, origins from the shield). */
 export function upstreamTimeouts(config: Readonly<Config>) {
   return {
     connections: config.upstreamConnections,
     connectTimeoutMs: config.connectTimeoutMs,
     headersTimeoutMs: config.firstByteTimeoutMs,
     bodyTimeoutMs: config.idleBodyTimeoutMs,
+    tls: upstreamTls(config),
   };
+}
+
+/** --upstream-ca, --upstream-cert/--upstream-key and --upstream-insecure, read from their files. */
+export function upstreamTls(config: Readonly<Config>): UpstreamTls {
+  const read = (field: 'upstreamCa' | 'upstreamCert' | 'upstreamKey'): string | undefined => {
+    const file = config[field];
+    if (file === '') return undefined;
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (error) {
+      throw new ConfigError(field, 'config', `cannot read ${file}: ${(error as Error).message}`);
+    }
+  };
+  const ca = read('upstreamCa');
+  const cert = read('upstreamCert');
+  const key = read('upstreamKey');
+  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}), rejectUnauthorized: !config.upstreamInsecure };
 }
 
 export function edgeUpstream(config: Readonly<Config>): Upstream {
@@ -61,5 +84,6 @@ export async function startEdge(config: Readonly<Config>, options: StartOptions 
     guard: (metrics) => new EdgeGuard(config, { logger, metrics, ...(options.nodeLimiter ? { nodeLimiter: options.nodeLimiter } : {}) }),
     routing: options.routing,
     internalSocket: options.internalSocket,
+    ...(options.ticketKeys ? { ticketKeys: options.ticketKeys } : {}),
   });
 }

@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
 import https from 'node:https';
+import type { UpstreamTls } from '../pipeline/http-upstream.js';
 
 export interface HealthCheckOptions {
   /** Path probed with GET. Default '/healthz'. */
@@ -28,6 +29,8 @@ export interface HealthCheckOptions {
   initiallyHealthy?: boolean;
   /** Host header sent with probes (default: the target's host:port). */
   host?: string;
+  /** For https:// targets: verified like the requests they stand for. */
+  tls?: UpstreamTls;
 }
 
 export const HEALTH_CHECK_DEFAULTS = {
@@ -68,7 +71,7 @@ export interface HealthChecker {
 }
 
 export class HealthChecker extends EventEmitter {
-  private readonly options: Required<Omit<HealthCheckOptions, 'host'>> & { host: string | undefined };
+  private readonly options: Required<Omit<HealthCheckOptions, 'host' | 'tls'>> & { host: string | undefined; tls: UpstreamTls | undefined };
   private readonly targets = new Map<string, Target>();
   private running = false;
 
@@ -83,6 +86,7 @@ export class HealthChecker extends EventEmitter {
       unhealthyThreshold: options.unhealthyThreshold ?? HEALTH_CHECK_DEFAULTS.unhealthyThreshold,
       initiallyHealthy: options.initiallyHealthy ?? HEALTH_CHECK_DEFAULTS.initiallyHealthy,
       host: options.host,
+      tls: options.tls,
     };
     for (const [name, value] of Object.entries({
       intervalMs: this.options.intervalMs,
@@ -194,7 +198,7 @@ export class HealthChecker extends EventEmitter {
 
   /** Resolves undefined when the probe passes, else a short reason. Never rejects. */
   private probe(url: string): Promise<string | undefined> {
-    const { path, timeoutMs, expectedStatus, host } = this.options;
+    const { path, timeoutMs, expectedStatus, host, tls } = this.options;
     const [min, max] = typeof expectedStatus === 'number' ? [expectedStatus, expectedStatus] : expectedStatus;
     return new Promise((resolve) => {
       let settled = false;
@@ -213,6 +217,7 @@ export class HealthChecker extends EventEmitter {
         req = client.request(target, {
           method: 'GET',
           agent: false,
+          ...(target.protocol === 'https:' ? tls : {}),
           headers: { connection: 'close', 'user-agent': 'outpost-health-check', ...(host ? { host } : {}) },
         });
       } catch (error) {

@@ -157,7 +157,7 @@ export class OriginPool extends EventEmitter implements Upstream {
       this.outliers.on('return', (event) => this.emit('returned', { ...event, url: event.id }));
     }
     if (options.healthCheck) {
-      this.health = new HealthChecker(urls, options.healthCheck);
+      this.health = new HealthChecker(urls, { ...(options.upstream?.tls ? { tls: options.upstream.tls } : {}), ...options.healthCheck });
       this.health.on('change', (change) => this.emit('health', change));
       this.health.start();
     }

@@ -96,7 +96,7 @@ export class ShieldRing extends EventEmitter implements Upstream {
     this.downMs = options.downMs ?? SHIELD_RING_DEFAULTS.downMs;
     this.now = options.now ?? Date.now;
     if (options.healthCheck) {
-      this.health = new HealthChecker(this.shields.map((s) => s.url), options.healthCheck);
+      this.health = new HealthChecker(this.shields.map((s) => s.url), { ...(options.upstream?.tls ? { tls: options.upstream.tls } : {}), ...options.healthCheck });
       this.health.on('change', (change) => this.emit('health', change));
       this.health.start();
     }

@@ -89,5 +89,6 @@ export async function startShield(config: Readonly<Config>, options: StartOption
     filters: [healthFilter],
     routing: options.routing,
     internalSocket: options.internalSocket,
+    ...(options.ticketKeys ? { ticketKeys: options.ticketKeys } : {}),
   });
 }

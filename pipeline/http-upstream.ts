@@ -21,6 +21,18 @@ export interface HttpUpstreamOptions {
   socketPath?: string;
   /** Largest response header section accepted (bytes). */
   maxHeaderSize?: number;
+  /** For https:// servers: the CAs to verify against, a client certificate, or no verification. */
+  tls?: UpstreamTls;
+}
+
+/** TLS towards https:// upstreams (re-encryption). SNI is the upstream's host name (undici sets it). */
+export interface UpstreamTls {
+  /** PEM CAs replacing the system ones. */
+  ca?: string;
+  /** Client certificate and key (PEM) for upstreams that require mTLS. */
+  cert?: string;
+  key?: string;
+  rejectUnauthorized: boolean;
 }
 
 export const HTTP_UPSTREAM_DEFAULTS = {
@@ -64,7 +76,7 @@ export function toUpstreamError(error: unknown, member: string, idempotent: bool
 export class HttpUpstream implements Upstream {
   readonly url: string;
   private readonly pool: Pool;
-  private readonly options: Required<Omit<HttpUpstreamOptions, 'url' | 'socketPath'>>;
+  private readonly options: Required<Omit<HttpUpstreamOptions, 'url' | 'socketPath' | 'tls'>>;
 
   constructor(options: HttpUpstreamOptions) {
     const parsed = new URL(options.url);
@@ -73,7 +85,7 @@ export class HttpUpstream implements Upstream {
     this.pool = new Pool(this.url, {
       connections: this.options.connections,
       pipelining: 1,
-      connect: { timeout: this.options.connectTimeoutMs },
+      connect: { timeout: this.options.connectTimeoutMs, ...options.tls },
       headersTimeout: this.options.headersTimeoutMs,
       bodyTimeout: this.options.bodyTimeoutMs,
       keepAliveTimeout: this.options.keepAliveTimeoutMs,

@@ -133,7 +133,18 @@ export class Listeners {
     this.trustedProxies = buildBlockList(config.trustedProxies);
     this.exempt = buildBlockList([...config.trustedProxies, ...config.trustForwardedFrom]);
     this.applyTimeouts();
-    if (this.secure && this.certificates) this.secure.setSecureContext(this.certificates.defaultOptions());
+  }
+
+  /**
+   * The certificates were re-read: clients that send no SNI get the server's own context, so it
+   * is replaced too. setSecureContext also replaces the session ticket key, which the node's
+   * workers share: it is put back.
+   */
+  refreshCertificates(): void {
+    if (!this.secure || !this.certificates) return;
+    const ticketKeys = this.secure.getTicketKeys();
+    this.secure.setSecureContext(this.certificates.defaultOptions());
+    this.secure.setTicketKeys(ticketKeys);
   }
 
   /** A new session ticket key from the primary: every worker resumes every other's sessions. */

@@ -107,6 +107,7 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
 export async function startNode(options: NodeOptions): Promise<RunningNode> {
   const { store, logger } = options;
   let config = options.config;
+  if (config.upstreamInsecure) logger.warn('--upstream-insecure: the certificates of https:// upstreams are NOT verified');
   const metrics = new Metrics({ detailed: config.metrics, labels: { role: config.role } });
   const upstream = new NodeUpstream(options.makeUpstream(config), metrics);
   registerGauges(metrics, store, upstream, () => pipeline.fills.inFlight);
@@ -122,7 +123,8 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
   });
   const servedBy = config.servedBy ? (options.routing === undefined ? config.nodeName : `${config.nodeName}/worker-${options.routing.ownership.self}`) : undefined;
   let shuttingDown = false;
-  const certificates = config.listenTls === undefined ? undefined : new CertificateStore(certificatePairs(config), { logger });
+  // Re-read when their files change (and on SIGHUP); the listener's default context follows.
+  const certificates = config.listenTls === undefined ? undefined : new CertificateStore(certificatePairs(config), { logger, onReload: () => listeners.refreshCertificates() });
   // accept: the listeners hand every request, HTTP/1.1 or HTTP/2, plain or TLS, to the pipeline.
   const listeners = new Listeners({
     config,
@@ -184,6 +186,10 @@ const UPSTREAM_OPTIONS = [
   'routes',
   'balance',
   'upstreamConnections',
+  'upstreamCa',
+  'upstreamCert',
+  'upstreamKey',
+  'upstreamInsecure',
   'connectTimeoutMs',
   'firstByteTimeoutMs',
   'idleBodyTimeoutMs',
