@@ -128,7 +128,7 @@ export const OPTIONS = {
   maxConnections: { kind: 'int', default: 16_384, min: 1, help: 'open client connections per listener in each worker; more are closed at once' },
   maxConnectionsPerClient: {
     kind: 'int',
-    default: 256,
+    default: 1024,
     min: 0,
     help: 'open connections per client address in each worker (0: no limit); trusted proxies and balancers are exempt',
   },

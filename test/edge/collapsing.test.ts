@@ -4,7 +4,7 @@
  */
 import test from 'ava';
 import { request } from 'undici';
-import { delay, fetchFrom, header, startOrigin, startTestEdge } from '../helpers/harness.js';
+import { delay, fetchFrom, header, startOrigin, startTestEdge, testDispatcher } from '../helpers/harness.js';
 
 const BODY = Buffer.alloc(256 * 1024, 'x');
 
@@ -50,7 +50,8 @@ test('waiters receive body bytes as they stream in, before the origin finishes',
     await edge.close();
     await origin.close();
   });
-  const responses = await Promise.all(Array.from({ length: 5 }, () => request(`${edge.url}/stream`)));
+  const dispatcher = await testDispatcher(edge.url);
+  const responses = await Promise.all(Array.from({ length: 5 }, () => request(`${edge.url}/stream`, { dispatcher })));
   const bodies = responses.map((r) => {
     let text = '';
     const first = new Promise<void>((resolve) => r.body.once('data', () => resolve()));
@@ -81,7 +82,7 @@ test('when the leading client aborts mid-body, waiters still get the full body',
     await origin.close();
   });
   const controller = new AbortController();
-  const leader = await request(`${edge.url}/abort`, { signal: controller.signal });
+  const leader = await request(`${edge.url}/abort`, { signal: controller.signal, dispatcher: await testDispatcher(edge.url) });
   await new Promise((resolve) => leader.body.once('data', resolve));
   const waiters = Array.from({ length: 5 }, () => fetchFrom(edge.url, '/abort'));
   await delay(50);

@@ -79,5 +79,5 @@ test('§2 the path is case-sensitive', async (t) => {
 test('§2 the key includes the scheme (Cache-Status key)', async (t) => {
   const { edge } = await setup(t, echo, { cacheStatusKey: true });
   const reply = await get(edge.url, '/s?q=1');
-  t.true(cacheStatus(reply).includes(`key="http://${new URL(edge.url).host}/s?q=1"`), cacheStatus(reply));
+  t.true(cacheStatus(reply).includes(`key="${new URL(edge.url).protocol}//${new URL(edge.url).host}/s?q=1"`), cacheStatus(reply));
 });

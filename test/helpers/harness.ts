@@ -5,6 +5,7 @@
 import { createServer, type IncomingMessage, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http';
 import type { ExecutionContext } from 'ava';
 import { connect, type AddressInfo } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +17,8 @@ import type { RunningNode } from '../../pipeline/node-server.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import type { CacheStore } from '../../storage/cache-store.js';
 import { openTieredStore } from '../../storage/tiered-store.js';
+import type { CertificatePair } from '../../edge/tls/certificates.js';
+import { makeCertificate, writePair } from './certificates.js';
 import { DelayedCommitStore } from './delayed-commit-store.js';
 
 export interface RecordedRequest {
@@ -105,12 +108,16 @@ async function testStore(dataDir: string, kind: string): Promise<CacheStore> {
  */
 export async function startTestEdge(upstream: string | string[], overrides: Record<string, unknown> = {}, store: CacheStore | TestStoreKind = TEST_STORE as TestStoreKind): Promise<TestEdge> {
   const dataDir = mkdtempSync(join(tmpdir(), 'outpost-edge-'));
+  // Over HTTP/2, the edge gets a TLS listener and the test's `edge.url` is that listener.
+  const overH2 = TEST_CLIENT === 'h2' && overrides['listenTls'] === undefined;
+  const tls = overH2 ? { listenTls: '127.0.0.1:0', tlsCert: [(await testCertificate()).certFile], tlsKey: [(await testCertificate()).keyFile] } : {};
   const config: Readonly<Config> = loadConfig('edge', {
-    fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...overrides },
+    fileContents: { listen: '127.0.0.1:0', upstreams: Array.isArray(upstream) ? upstream : [upstream], dataDir, accessLog: false, logLevel: 'silent', ...tls, ...overrides },
   });
   const node = await startEdge(config, { logger: silentLogger(), store: typeof store === 'string' ? await testStore(dataDir, store) : store });
   const edge: TestEdge = {
     ...node,
+    ...(overH2 ? { url: node.tlsUrl! } : {}),
     dataDir,
     close: async () => {
       liveEdges.delete(edge);
@@ -132,12 +139,31 @@ export interface Reply {
 /** A client with its own connection pool, so tests do not share sockets. */
 const agent = new Agent({ connections: 512, keepAliveTimeout: 1_000 });
 
+/**
+ * OUTPOST_TEST_CLIENT=h2 runs the same edge tests over HTTP/2: every test edge also listens for
+ * TLS (a certificate for 127.0.0.1 made once per test process) and `edge.url` is its https URL;
+ * fetchFrom then speaks HTTP/2 to it. npm test runs the caching tests both ways.
+ */
+export const TEST_CLIENT = process.env['OUTPOST_TEST_CLIENT'] ?? 'h1';
+let certificate: Promise<CertificatePair & { ca: string }> | undefined;
+function testCertificate(): Promise<CertificatePair & { ca: string }> {
+  return (certificate ??= makeCertificate(['localhost', '127.0.0.1']).then((pem) => ({ ...writePair(mkdtempSync(join(tmpdir(), 'outpost-cert-')), 'edge', pem), ca: pem.cert })));
+}
+let h2Agent: Agent | undefined;
+/** The client for a test edge's URL: HTTP/2 over TLS for its https URL (OUTPOST_TEST_CLIENT=h2). */
+export async function testDispatcher(base: string): Promise<Agent> {
+  if (!base.startsWith('https:')) return agent;
+  // Tests send Host fields of their own, which undici also uses as the TLS server name: the
+  // certificate is checked against the test CA, not against those names.
+  return (h2Agent ??= new Agent({ allowH2: true, connections: 64, keepAliveTimeout: 1_000, connect: { ca: (await testCertificate()).ca, checkServerIdentity: () => undefined } }));
+}
+
 export async function fetchFrom(base: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: string | Buffer } = {}): Promise<Reply> {
   const response = await undiciRequest(base + path, {
     method: (init.method ?? 'GET') as 'GET',
     headers: init.headers,
     body: init.body,
-    dispatcher: agent,
+    dispatcher: await testDispatcher(base),
   });
   const body = Buffer.from(await response.body.arrayBuffer());
   return { status: response.statusCode, headers: response.headers as Reply['headers'], body, text: body.toString('utf8') };
@@ -207,10 +233,12 @@ export async function settle(options: { commits?: boolean } = {}): Promise<void>
 }
 
 /** Sends raw bytes to `base` and returns everything received until the server closes (or the timeout). */
-export function raw(base: string, data: string | Buffer, timeoutMs = 3000): Promise<string> {
-  const { hostname, port } = new URL(base);
+export async function raw(base: string, data: string | Buffer, timeoutMs = 3000): Promise<string> {
+  const { hostname, port, protocol } = new URL(base);
+  // A test edge's https URL (OUTPOST_TEST_CLIENT=h2): the same bytes, HTTP/1.1 inside TLS.
+  const ca = protocol === 'https:' ? (await testCertificate()).ca : undefined;
   return new Promise((resolve) => {
-    const socket = connect(Number(port), hostname);
+    const socket = ca === undefined ? connect(Number(port), hostname) : tlsConnect({ host: hostname, port: Number(port), ca, ALPNProtocols: ['http/1.1'] });
     const chunks: Buffer[] = [];
     const done = () => {
       clearTimeout(timer);
