@@ -271,7 +271,7 @@ export class Listeners {
   /** --redirect-http: the same URL on the HTTPS listener (its port unless 443). */
   private redirect(req: IncomingMessage, res: ServerResponse): void {
     const host = (req.headers.host ?? '').replace(/:\d+$/, '');
-    const port = this.config.listenTls!.port;
+    const port = (this.tls!.front.address() as AddressInfo).port;
     if (host === '' || !/^[a-z0-9.\-[\]:]+$/i.test(host)) {
       answerPlain(res, 400, '400 Bad Request: no valid Host\n');
       return;

@@ -76,6 +76,8 @@ export async function startOrigin(handler: OriginHandler): Promise<TestOrigin> {
 
 export interface TestEdge extends RunningNode {
   store: CacheStore;
+  /** The config it started with (tests reload it as SIGHUP would). */
+  config: Readonly<Config>;
   /** Everything created for the test, removed on close. */
   dataDir: string;
 }
@@ -118,6 +120,7 @@ export async function startTestEdge(upstream: string | string[], overrides: Reco
   const edge: TestEdge = {
     ...node,
     ...(overH2 ? { url: node.tlsUrl! } : {}),
+    config,
     dataDir,
     close: async () => {
       liveEdges.delete(edge);
