@@ -33,6 +33,8 @@ Usage:
   outpost origin [--listen HOST:PORT]                  the demo origin alone
   outpost purge  --admin URL [--token T] (--url U | --prefix P | --tag T… | --all) [--soft]
                                                        purge through a node's admin API
+  outpost cert   --data-dir DIR                        a self-signed certificate for localhost in DIR/tls
+                                                       (made once, reused until 7 days before it expires)
   outpost COMMAND --help                               options of a command
 
 Every option is also a config-file field (--config FILE, JSON) and an OUTPOST_* environment variable.
@@ -239,6 +241,19 @@ function checkNode(config: Readonly<Config>): Readonly<Config> {
   return config;
 }
 
+/** `outpost cert`: the self-signed certificate `npm start` uses, for containers that want HTTPS without one of their own. */
+async function runCert(argv: readonly string[]): Promise<void> {
+  const at = argv.indexOf('--data-dir');
+  const dir = at !== -1 ? argv[at + 1] : undefined;
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write('Usage: outpost cert --data-dir DIR\n\nWrites DIR/tls/localhost.crt and DIR/tls/localhost.key (self-signed for localhost, 127.0.0.1 and ::1).\n');
+    return;
+  }
+  if (dir === undefined || dir.startsWith('--') || argv.length !== 2) throw new UsageError('outpost cert needs --data-dir DIR and nothing else');
+  const pair = await ensureSelfSigned(dir, createLogger('warn', 'outpost-cert'));
+  process.stdout.write(`${pair.certFile}\n${pair.keyFile}\n`);
+}
+
 async function runOrigin(argv: readonly string[]): Promise<void> {
   let listen = '127.0.0.1:7001';
   for (let i = 0; i < argv.length; i++) {
@@ -277,6 +292,8 @@ export async function main(argv: readonly string[]): Promise<void> {
         return await runStart(rest);
       case 'origin':
         return await runOrigin(rest);
+      case 'cert':
+        return await runCert(rest);
       case undefined:
       case '--help':
       case '-h':

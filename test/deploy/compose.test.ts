@@ -5,8 +5,9 @@
  * fails here instead of in a crash-looping container.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createServer, type Server } from 'node:http';
 import { BlockList, isIP, type AddressInfo } from 'node:net';
 import { dirname, join, posix } from 'node:path';
@@ -46,6 +47,8 @@ interface Service {
   ports?: Array<string | { target?: number; published?: string | number; host_ip?: string }>;
   volumes?: Array<string | { type?: string; source?: string; target?: string }>;
   networks?: string[] | Record<string, unknown>;
+  network_mode?: string;
+  restart?: string;
   healthcheck?: Healthcheck;
   depends_on?: string[] | Record<string, { condition?: string }>;
   profiles?: string[];
@@ -88,6 +91,7 @@ function environmentOf(service: Service): StringMap {
 }
 
 function networksOf(service: Service): string[] {
+  if (service.network_mode === 'none') return [];
   if (!service.networks) return ['default'];
   return Array.isArray(service.networks) ? service.networks : Object.keys(service.networks);
 }
@@ -164,8 +168,10 @@ function configFileOnHost(name: string, service: Service, path: string): string 
 const nodes = new Map<string, OutpostNode>();
 /** Services whose command or environment the CLI rejects: reported by one test, not at import. */
 const rejected = new Map<string, string>();
+/** One-shot outpost commands (the certs service): not nodes, run for real by their own test. */
+const isOneShot = (service: Service): boolean => commandOf(service)[0] === 'cert';
 for (const [name, service] of services) {
-  if (!isOutpost(service)) continue;
+  if (!isOutpost(service) || isOneShot(service)) continue;
   try {
     nodes.set(name, outpostNode(name, service));
   } catch (error) {
@@ -205,6 +211,7 @@ test('every outpost command and OUTPOST_* variable is accepted by the real CLI p
   for (const [name, service] of services) {
     if (!isOutpost(service)) continue;
     const role = commandOf(service)[0] as Role | 'origin';
+    if (isOneShot(service)) continue;
     for (const key of Object.keys(environmentOf(service))) {
       if (!key.startsWith('OUTPOST_')) continue;
       t.not(role, 'origin', `${name}: the demo origin reads no OUTPOST_* variables (${key})`);
@@ -340,7 +347,7 @@ test('every network used is declared and every declared network is used', (t) =>
   t.deepEqual([...declared].sort(), [...used].sort());
 });
 
-test('published ports bind 127.0.0.1 and map to the port the edge listens on', (t) => {
+test('published ports bind 127.0.0.1 and map to the ports the edge listens on (HTTP and HTTPS)', (t) => {
   let published = 0;
   for (const [name, service] of services) {
     for (const port of service.ports ?? []) {
@@ -349,7 +356,7 @@ test('published ports bind 127.0.0.1 and map to the port the edge listens on', (
         const parts = port.split(':');
         t.is(parts.length, 3, `${name}: "${port}" names the host address`);
         t.is(parts[0], '127.0.0.1', `${name}: "${port}" binds 127.0.0.1`);
-        t.is(Number(parts[2]), nodes.get(name)?.listen.port ?? -1, `${name}: "${port}" targets the listen port`);
+        t.true([nodes.get(name)?.listen.port, nodes.get(name)?.config?.listenTls?.port].includes(Number(parts[2])), `${name}: "${port}" targets the listen or listen-tls port`);
       } else {
         t.is(port.host_ip, '127.0.0.1', `${name}: port binds 127.0.0.1`);
         t.is(port.target, nodes.get(name)?.listen.port ?? -1);
@@ -361,7 +368,7 @@ test('published ports bind 127.0.0.1 and map to the port the edge listens on', (
     ['edge-1', 'edge-2'],
     'only the edges are published',
   );
-  t.is(published, 2);
+  t.is(published, 4, 'HTTP and HTTPS of each edge');
 });
 
 test('no value relies on ${…} interpolation that compose would substitute silently', (t) => {
@@ -426,6 +433,11 @@ test('depends_on waits for healthy services, follows the tiers and has no cycle'
   for (const [name, service] of services) {
     for (const [dep, spec] of Object.entries(dependsOn(service))) {
       t.truthy(compose.services[dep], `${name} depends on unknown service ${dep}`);
+      // A one-shot service is waited for until it has finished, a server until it is healthy.
+      if (isOneShot(compose.services[dep]!)) {
+        t.is(spec.condition, 'service_completed_successfully', `${name} → ${dep}`);
+        continue;
+      }
       t.is(spec.condition, 'service_healthy', `${name} → ${dep}`);
       t.truthy(compose.services[dep]?.healthcheck, `${dep} has a healthcheck for ${name} to wait on`);
     }
@@ -449,6 +461,27 @@ test('depends_on waits for healthy services, follows the tiers and has no cycle'
   t.notThrows(() => {
     for (const [name] of services) visit(name);
   });
+});
+
+test('the certs service really makes the certificate the edges read, in the volume they mount, as the node user', (t) => {
+  const certs = compose.services['certs']!;
+  t.is(certs.restart, 'no', 'made once, not restarted');
+  const [mount] = volumesOf(certs);
+  t.is(mount?.target, '/data', 'the image’s /data is the node user’s, so a new volume there is too');
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-certs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const [command, ...args] = commandOf(certs);
+  const run = spawnSync(process.execPath, [join(ROOT, 'bin', 'outpost'), command!, ...args.map((a) => (a === mount!.target ? dir : a))], { encoding: 'utf8' });
+  t.is(run.status, 0, run.stderr);
+  for (const edge of byRole('edge')) {
+    t.truthy(edge.config!.listenTls, `${edge.name} listens for TLS`);
+    const certMount = volumesOf(compose.services[edge.name]!).find((v) => v.source === mount!.source);
+    t.truthy(certMount, `${edge.name} mounts the certs volume`);
+    for (const file of [...edge.config!.tlsCert, ...edge.config!.tlsKey]) {
+      t.true(file.startsWith(`${certMount!.target}/`), `${edge.name}: ${file} is in the certs volume`);
+      t.true(existsSync(join(dir, posix.relative(certMount!.target, file))), `${edge.name}: the certs service writes ${file}`);
+    }
+  }
 });
 
 // ---- k6 -------------------------------------------------------------------------------------
