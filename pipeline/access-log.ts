@@ -22,6 +22,8 @@ function quote(value: string): string {
 
 export interface AccessLine {
   id: string;
+  /** identify's client address: the PROXY header's or a trusted X-Forwarded-For hop's when there is one. */
+  client: string;
   method: string;
   host: string;
   path: string;
@@ -52,7 +54,7 @@ export class AccessLog {
   }
 
   write(line: AccessLine): void {
-    const text = `{"level":30,"time":${Date.now()}${this.head}"${line.id}","method":${quote(line.method)},"host":${quote(line.host)},"path":${quote(line.path)},"status":${line.status},"bytes":${line.bytes},"ms":${line.ms},"cache":"${line.cache}"${line.detail === undefined ? '' : `,"detail":${quote(line.detail)}`},"complete":${line.complete},"msg":"request"}\n`;
+    const text = `{"level":30,"time":${Date.now()}${this.head}${quote(line.id)},"client":${quote(line.client)},"method":${quote(line.method)},"host":${quote(line.host)},"path":${quote(line.path)},"status":${line.status},"bytes":${line.bytes},"ms":${line.ms},"cache":"${line.cache}"${line.detail === undefined ? '' : `,"detail":${quote(line.detail)}`},"complete":${line.complete},"msg":"request"}\n`;
     this.pending.push(text);
     this.pendingChars += text.length;
     if (this.pendingChars >= BATCH_CHARS) this.flush();

@@ -775,6 +775,7 @@ export class CachePipeline {
     if (!logging) return;
     this.accessLog.write({
       id: x.id,
+      client: x.clientAddress,
       method: x.method,
       host: x.host,
       path: x.path,
@@ -860,9 +861,9 @@ function withoutPort(hop: string): string {
   return colon !== -1 && colon === hop.lastIndexOf(':') ? hop.slice(0, colon) : hop;
 }
 
-/** A trusted hop's request id, kept when it is one visible-ASCII token of at most 128 characters. */
+/** A trusted hop's request id, kept when it is one visible-ASCII token (no quote or backslash) of at most 128 characters. */
 function forwardedRequestId(value: string | string[] | undefined): string | undefined {
-  return typeof value === 'string' && value.length <= 128 && /^[\x21-\x7e]+$/.test(value) ? value : undefined;
+  return typeof value === 'string' && value.length <= 128 && /^[\x21\x23-\x5b\x5d-\x7e]+$/.test(value) ? value : undefined;
 }
 
 /**

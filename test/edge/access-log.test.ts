@@ -40,7 +40,7 @@ test('every request writes one JSON line with id, method, host, path, status, by
     t.is(typeof line.ms, 'number');
     t.is(line.complete, true);
   }
-  t.like(requests[0], { method: 'GET', path: '/a', status: 200, bytes: 5, cache: 'miss' });
+  t.like(requests[0], { method: 'GET', path: '/a', status: 200, bytes: 5, cache: 'miss', client: '127.0.0.1' });
   t.like(requests[1], { method: 'GET', path: '/a', status: 200, bytes: 5, cache: 'hit' });
   t.is(requests[2]!.path, '/q?x=%22quoted%22&y=%E2%9C%93');
   t.is(requests[2]!.host, 'ünïcode.test');
