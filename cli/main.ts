@@ -194,8 +194,8 @@ async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: 
     config,
     count: config.workers,
     logger,
-    onReady: (url) =>
-      process.stderr.write(`outpost ${config.role} listening on ${url}, ${upstreams(config)}; ${config.workers} worker${config.workers === 1 ? '' : 's'} (${config.workerScheduling})\n`),
+    onReady: (url, tlsUrl) =>
+      process.stderr.write(`outpost ${config.role} listening on ${url}${tlsUrl ? ` and ${tlsUrl}` : ''}, ${upstreams(config)}; ${config.workers} worker${config.workers === 1 ? '' : 's'} (${config.workerScheduling})\n`),
     reloadConfig: () => checkNode(load()),
     onReload: (next) => {
       config = next;

@@ -21,7 +21,7 @@ export const WORKER_ENV = {
 export type WorkerMessage =
   /** The shard is open; the primary answers with `go` and the purges it missed while down. */
   | { type: 'store-open'; id: number }
-  | { type: 'ready'; url: string }
+  | { type: 'ready'; url: string; tlsUrl?: string }
   /** The worker cannot start (bad shard, port in use): the node stops with this message. */
   | { type: 'fatal'; message: string }
   /** A purge the worker needs node-wide (§4.4 invalidation); answered with `purged`. */

@@ -50,7 +50,7 @@ export interface PrimaryOptions {
   count: number;
   logger: Logger;
   /** Printed once every worker listens. */
-  onReady: (url: string) => void;
+  onReady: (url: string, tlsUrl: string | undefined) => void;
   /** SIGHUP: re-reads flags, environment and config file; throws ConfigError when the new config is invalid. */
   reloadConfig?: () => Readonly<Config>;
   /** A reload the workers were given (the admin API takes its new purge peers and token). */
@@ -234,7 +234,7 @@ export class Primary implements NodeControl {
         }
         if (!this.everReady && this.slots.every((s) => s.state === 'ready')) {
           this.everReady = true;
-          this.options.onReady(message.url);
+          this.options.onReady(message.url, message.tlsUrl);
         } else if (this.everReady) {
           this.logger.info({ worker: slot.index, pid: worker.process.pid }, 'worker restarted and serving');
         }

@@ -196,7 +196,7 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     fatal(`worker ${index} cannot listen: ${code ? `${code}: ` : ''}${(error as Error).message}`);
     return;
   }
-  send({ type: 'ready', url: node.url });
+  send({ type: 'ready', url: node.url, ...(node.tlsUrl ? { tlsUrl: node.tlsUrl } : {}) });
 }
 
 /** Tells the primary why this worker cannot start, then exits once the message is out. */
