@@ -6,7 +6,7 @@
  * with `emit('connection')`. Both protocols reach the same request handler, so HTTP/2 and
  * HTTP/1.1 clients get the same cache.
  */
-import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, Server as HttpServerClass, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type AddressInfo, type BlockList, type Server as NetServer, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
@@ -57,6 +57,8 @@ export class Listeners {
   readonly secure: Http2SecureServer | undefined;
   /** Every client connection still open (shutdown reaches each one). */
   readonly sockets = new Set<Socket>();
+  /** The TLS sockets on top of some of them: an HTTP/1.1 response in progress is found on these. */
+  private readonly tlsSockets = new Set<TLSSocket>();
   private readonly sessions = new Set<ServerHttp2Session>();
   private readonly perClient = new Map<string, number>();
   private config: Readonly<Config>;
@@ -109,7 +111,11 @@ export class Listeners {
         },
       );
       this.secure = secure;
-      secure.on('secureConnection', (socket: TLSSocket) => carryProxiedAddress(socket));
+      secure.on('secureConnection', (socket: TLSSocket) => {
+        carryProxiedAddress(socket);
+        this.tlsSockets.add(socket);
+        socket.once('close', () => this.tlsSockets.delete(socket));
+      });
       secure.on('session', (session: ServerHttp2Session) => this.trackSession(session));
       secure.on('tlsClientError', (error: NodeJS.ErrnoException) => this.metrics.inc('tls_handshake_errors_total', 'TLS handshakes that failed', { code: error.code ?? 'unknown' }));
       if (!options.ticketKeys) this.rotateTicketKeys(config.tlsTicketRotateSec);
@@ -161,13 +167,16 @@ export class Listeners {
 
   /** Shutdown: idle HTTP/1.1 connections close now, busy ones once their response is out; HTTP/2 sessions get GOAWAY. */
   closeIdle(): void {
-    this.http.keepAliveTimeout = 1;
-    this.http.closeIdleConnections();
-    if (this.secure) (this.secure as unknown as HttpServer).keepAliveTimeout = 1;
-    for (const socket of this.sockets) {
+    for (const server of [this.http, this.secure as unknown as HttpServer | undefined]) {
+      if (!server) continue;
+      server.keepAliveTimeout = 1;
+      // The secure server is not an http.Server, but with allowHTTP1 node:http tracks its
+      // HTTP/1.1 connections the same way (see the constructor), so the same method applies.
+      HttpServerClass.prototype.closeIdleConnections.call(server);
+    }
+    for (const socket of [...this.sockets, ...this.tlsSockets]) {
       const res = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
       if (res && !res.headersSent) res.shouldKeepAlive = false;
-      else if (!res && !(socket as { alpnProtocol?: string | false }).alpnProtocol) socket.end();
     }
     for (const session of this.sessions) session.close();
   }

@@ -247,3 +247,40 @@ test('HTTP/2 requests get the same caching answers as HTTP/1.1: a conditional hi
   const mismatch = await get({ ':authority': 'localhost', host: 'other.example' });
   t.is(mismatch.status, 400, 'RFC 9113 §8.3.1: a Host that differs from :authority is malformed');
 });
+
+test('shutdown: requests in flight over HTTPS and HTTP/2 finish, then the listeners close', async (t) => {
+  const dir = tempDir(t);
+  const pem = await makeCertificate(['localhost']);
+  const pair = writePair(dir, 'edge', pem);
+  let arrived = 0;
+  const { edge } = await setup(
+    t,
+    (_q, res) => {
+      arrived++;
+      setTimeout(() => send(res, 200, { 'cache-control': 'no-store' }, 'late but whole'), 400);
+    },
+    { listenTls: '127.0.0.1:0', tlsCert: [pair.certFile], tlsKey: [pair.keyFile] },
+  );
+  const url = edge.tlsUrl!.replace('127.0.0.1', 'localhost');
+  const h1 = new Agent({ connect: { ca: pem.cert } });
+  t.teardown(() => h1.close());
+  const overH1 = request(`${url}/slow1`, { dispatcher: h1 }).then(async (r) => [r.statusCode, await r.body.text()]);
+  // node's own HTTP/2 client: undici's fails streams in flight when a graceful GOAWAY arrives.
+  const session = http2.connect(url, { ca: pem.cert });
+  session.on('error', () => undefined);
+  const overH2 = new Promise<[number, string]>((resolve, reject) => {
+    const stream = session.request({ ':path': '/slow2' });
+    let status = 0;
+    let body = '';
+    stream.on('response', (headers) => (status = Number(headers[':status'])));
+    stream.on('data', (chunk: Buffer) => (body += chunk.toString()));
+    stream.on('end', () => resolve([status, body]));
+    stream.on('error', reject);
+  });
+  await waitFor(() => arrived === 2);
+  const closed = edge.close();
+  t.deepEqual(await overH1, [200, 'late but whole']);
+  t.deepEqual(await overH2, [200, 'late but whole']);
+  await closed;
+  await t.throwsAsync(handshake(edge.tlsUrl!, { ca: pem.cert, servername: 'localhost' }), undefined, 'no longer accepting');
+});
