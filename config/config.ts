@@ -123,8 +123,8 @@ export const OPTIONS = {
   clientHeaderTimeoutMs: ms('time a client has to send its request headers', 10_000),
   clientRequestTimeoutMs: ms('time a client has to send its whole request, body included', 120_000),
   clientKeepAliveTimeoutMs: ms('idle time before a client connection is closed (HTTP/1.1 keep-alive, HTTP/2 session)', 5_000),
-  clientHeaderMaxBytes: { kind: 'bytes', default: 16 * 1024, min: 1024, max: 1024 ** 2, help: 'request head size (431 beyond it)' },
-  clientMaxHeaders: { kind: 'int', default: 100, min: 8, max: 10_000, help: 'request header fields (431 beyond it)' },
+  clientHeaderMaxBytes: { kind: 'bytes', default: 16 * 1024, min: 1024, max: 1024 ** 2, help: 'request head size (431 beyond it; over HTTP/2 the stream is reset)' },
+  clientMaxHeaders: { kind: 'int', default: 100, min: 8, max: 10_000, help: 'request header fields (431 beyond it; over HTTP/2 the stream is reset)' },
   maxConnections: { kind: 'int', default: 16_384, min: 1, help: 'open client connections per listener in each worker; more are closed at once' },
   maxConnectionsPerClient: {
     kind: 'int',

@@ -7,7 +7,7 @@
  * HTTP/1.1 clients get the same cache.
  */
 import { createServer as createHttpServer, Server as HttpServerClass, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
-import { createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
+import { constants as h2constants, createSecureServer, type Http2SecureServer, type Http2ServerRequest, type Http2ServerResponse, type ServerHttp2Session } from 'node:http2';
 import { createServer as createNetServer, type AddressInfo, type BlockList, type Server as NetServer, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
@@ -98,7 +98,7 @@ export class Listeners {
           maxHeaderListPairs: config.clientMaxHeaders + 4,
           maxSessionRejectedStreams: 100,
           maxSessionInvalidFrames: 100,
-          // Rapid reset (CVE-2023-44487): node:http2 closes a session resetting streams faster than this.
+          // Rapid reset (CVE-2023-44487): node releases after 20 apply these in nghttp2; trackSession enforces them on every release.
           ...({ streamResetBurst: config.h2ResetBurst, streamResetRate: config.h2ResetRate } as object),
           settings: { maxConcurrentStreams: config.h2MaxConcurrentStreams, maxHeaderListSize: config.clientHeaderMaxBytes, enablePush: false },
         },
@@ -124,6 +124,8 @@ export class Listeners {
     this.applyTimeouts();
     // node:http sets up its header and request timeout checks when a server starts listening;
     // these never do (their fronts listen), so they are told they are.
+    // The secure server's HTTP/1.1 timeout checks run every 30 s unless it is told otherwise, like the plain one.
+    if (this.secure) (this.secure as unknown as { connectionsCheckingInterval: number }).connectionsCheckingInterval = TIMEOUT_CHECK_INTERVAL_MS;
     this.http.emit('listening');
     this.secure?.emit('listening');
   }
@@ -294,9 +296,26 @@ export class Listeners {
   private trackSession(session: ServerHttp2Session): void {
     this.sessions.add(session);
     let open = 0;
+    // Rapid reset (CVE-2023-44487): a bucket of h2ResetBurst stream resets per session, refilled at
+    // h2ResetRate a second. node 20's http2 has no such option (later releases take
+    // streamResetBurst/Rate), and nghttp2's own limit is fixed.
+    let resets = this.config.h2ResetBurst;
+    let refilledAt = performance.now();
     session.on('stream', (stream) => {
       open++;
-      stream.once('close', () => open--);
+      stream.once('close', () => {
+        open--;
+        if (!stream.rstCode || session.destroyed) return;
+        const { h2ResetBurst, h2ResetRate } = this.config;
+        const now = performance.now();
+        resets = Math.min(h2ResetBurst, resets + ((now - refilledAt) / 1000) * h2ResetRate);
+        refilledAt = now;
+        if (--resets < 0) {
+          this.metrics.inc('h2_sessions_closed_total', 'HTTP/2 sessions the node closed, by reason', { reason: 'rapid-reset' });
+          session.goaway(h2constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          session.destroy();
+        }
+      });
     });
     session.setTimeout(this.config.clientKeepAliveTimeoutMs, () => {
       if (open === 0) session.close();
