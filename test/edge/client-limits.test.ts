@@ -295,7 +295,7 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 test.serial('slowloris: 1,000 connections trickling header bytes do not stop another client being served, and are closed after about clientHeaderTimeoutMs', async (t) => {
   t.timeout(45_000);
-  // ulimit -n is 20000 here: the 1,000 client sockets and the edge's 1,000 fit in this one process.
+  // The 1,000 client sockets and the edge's 1,000 are in this one process (.ci/run raises the open-file limit to the hard limit).
   const SLOW = 1_000;
   const HEADER_TIMEOUT = 2_000;
   const { edge } = await edgeFor(t, cached, { maxConnectionsPerClient: 0, clientHeaderTimeoutMs: HEADER_TIMEOUT });
@@ -324,7 +324,7 @@ test.serial('slowloris: 1,000 connections trickling header bytes do not stop ano
     const reply = await get(edge.url, '/page');
     t.is(reply.status, 200);
     t.regex(String(reply.headers['cache-status']), /; hit/, 'a cache hit');
-    t.true(reply.ms < 2_000, `request ${i} answered in ${Math.round(reply.ms)} ms with ${stillOpen} slow connections open`);
+    t.true(reply.ms < 5_000, `request ${i} answered in ${Math.round(reply.ms)} ms with ${stillOpen} slow connections open`);
     if (i === 0) t.true(stillOpen >= SLOW * 0.9, `served while the slowloris holds on (${stillOpen} open)`);
   }
 
