@@ -122,10 +122,15 @@ export class Listeners {
       this.tls = this.front(secure, 'https');
     }
     this.applyTimeouts();
+    if (this.secure) {
+      // Its HTTP/1.1 connections read these from the server as node:http's own do; unset, they
+      // are node's defaults (16 KiB heads; timeout checks every 30 s).
+      const h1 = this.secure as unknown as { maxHeaderSize: number; connectionsCheckingInterval: number };
+      h1.maxHeaderSize = config.clientHeaderMaxBytes;
+      h1.connectionsCheckingInterval = TIMEOUT_CHECK_INTERVAL_MS;
+    }
     // node:http sets up its header and request timeout checks when a server starts listening;
     // these never do (their fronts listen), so they are told they are.
-    // The secure server's HTTP/1.1 timeout checks run every 30 s unless it is told otherwise, like the plain one.
-    if (this.secure) (this.secure as unknown as { connectionsCheckingInterval: number }).connectionsCheckingInterval = TIMEOUT_CHECK_INTERVAL_MS;
     this.http.emit('listening');
     this.secure?.emit('listening');
   }
