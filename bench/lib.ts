@@ -274,6 +274,27 @@ export async function wrk(url: string, options: { seconds: number; connections: 
   return parseWrk(out);
 }
 
+/**
+ * Runs a load tool (h2load, openssl s_time…) as a child in its own group, so it is killed with the
+ * rest on error; resolves with its exit code and stdout + stderr, whatever the code.
+ */
+export async function runTool(command: string, args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; out: string }> {
+  const child = spawn(command, args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'], env: options.env ?? process.env });
+  children.add(child);
+  let out = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (out += c.toString()));
+  const code = await new Promise<number | null>((resolve) => {
+    child.once('error', (error) => {
+      out += String(error);
+      resolve(-1);
+    });
+    child.once('exit', (c) => resolve(c));
+  });
+  children.delete(child);
+  return { code, out };
+}
+
 // ---------------------------------------------------------------- numbers and tables
 
 export function percentile(sorted: readonly number[], p: number): number {
@@ -333,4 +354,32 @@ export function treeCpuSeconds(pid: number): number {
   };
   visit(pid);
   return ticks / TICKS_PER_SECOND;
+}
+
+/**
+ * CPU seconds the whole machine has spent so far (every core; /proc/stat): `tasks` in processes
+ * (user, nice, system), `interrupts` in hard and soft interrupts (loopback packets are mostly
+ * softirq work, which no process's /proc/PID/stat counts), `steal` taken by the hypervisor.
+ */
+export function machineCpuSeconds(): { tasks: number; interrupts: number; steal: number } {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+    return { tasks: (f[0]! + f[1]! + f[2]!) / TICKS_PER_SECOND, interrupts: (f[5]! + f[6]!) / TICKS_PER_SECOND, steal: f[7]! / TICKS_PER_SECOND };
+  } catch {
+    return { tasks: Number.NaN, interrupts: Number.NaN, steal: Number.NaN };
+  }
+}
+
+/**
+ * CPU seconds of this process (`self`) and of its exited, reaped children (`children`: wrk, h2load,
+ * s_time… once they have exited; /proc/self/stat cutime + cstime).
+ */
+export function ownCpuSeconds(): { self: number; children: number } {
+  try {
+    const stat = readFileSync('/proc/self/stat', 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ').map(Number);
+    return { self: (f[11]! + f[12]!) / TICKS_PER_SECOND, children: (f[13]! + f[14]!) / TICKS_PER_SECOND };
+  } catch {
+    return { self: Number.NaN, children: Number.NaN };
+  }
 }

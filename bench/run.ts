@@ -1,7 +1,7 @@
 /**
  * `npm run bench` — the edge's benchmark harness (node dist/bench/run.js [scenario…]).
  *
- * Scenarios (default: all of hits, stampede, swr, shield, ejection, workers; `profile` and `admin` on
+ * Scenarios (default: all of hits, stampede, swr, shield, ejection, workers, guard, tls; `profile` and `admin` on
  * demand, and `profile` automatically after `hits` when hot 1 KiB hits fall under 70 % of the bare server):
  *   hits      hot hits through the edge vs a bare node:http server replaying the edge's exact hit
  *             response vs nginx proxy_cache, 1 KiB and 100 KiB (wrk)
@@ -17,9 +17,18 @@
  *   admin     issue 10: hot 1 KiB hits with --metrics true vs false (interleaved rounds); POST /purge
  *             latency with a purge peer vs without, and with the peer down; bench/purge.js (100,000
  *             objects purged on the disk tier) as a child, its table included verbatim
+ *   guard     issue 11: hot 1 KiB hits with a browser's headers, WAF off vs built-in WAF in block mode
+ *             vs a local rate limit vs a Redis-backed one (interleaved rounds)
+ *   tls       issue 12: the edge terminating TLS vs nginx terminating TLS (1 worker each, same EC P-256
+ *             certificate, suites and groups), hot 1 KiB hits: HTTPS keep-alive HTTP/1.1 (wrk), h2
+ *             (h2load; apt-get installs nghttp2-client when missing), new connections with a full TLS 1.3
+ *             and 1.2 handshake each (openssl s_time -new) and resumed ones (wrk, Connection: close);
+ *             requests/s and per CPU-second as ratios to nginx; a --cpu-prof profile of the edge for a
+ *             row under 0.5× (BENCH_TLS_PROFILE_BELOW). BENCH_TLS_SECONDS (8), BENCH_TLS_ROUNDS (2),
+ *             BENCH_TLS_HANDSHAKE_CLIENTS (8); plain HTTP/1.1 on both as a reference row
  *
  * Only ratios measured within one run are meaningful; absolute numbers vary between runs/machines.
- * Every server (origin, edge, shield, bare, nginx, varnishd, wrk) is a child process in its own
+ * Every server (origin, edge, shield, bare, nginx, varnishd, wrk, h2load, s_time) is a child process in its own
  * process group on 127.0.0.1, killed at the end even on error; temp folders are removed.
  */
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -38,8 +47,12 @@ import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
   HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
-  originStats, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
+  machineCpuSeconds, originStats, ownCpuSeconds, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
+import {
+  OPENSSL, describeTally, edgeTally, ensureH2load, fileSize, getHttp1, getHttp2, h2load, negotiated, nginxTally, nginxVersion, resumes, sTime,
+  startNginxTls, summarizeProfile, toolVersion, waitHttps, writeBenchCertificate, type Tally,
+} from './tls.js';
 
 const HIT_SECONDS = Number(process.env.BENCH_HIT_SECONDS ?? 10);
 const HIT_ROUNDS = Number(process.env.BENCH_HIT_ROUNDS ?? 2);
@@ -1128,6 +1141,361 @@ async function guard(): Promise<void> {
   await cleanup();
 }
 
+// ---------------------------------------------------------------- tls (issue 12)
+
+const TLS_SECONDS = Number(process.env.BENCH_TLS_SECONDS ?? 8);
+const TLS_ROUNDS = Number(process.env.BENCH_TLS_ROUNDS ?? 2);
+/** openssl s_time processes at once for the full-handshake rows (each one connection at a time). */
+const TLS_HANDSHAKE_CLIENTS = Number(process.env.BENCH_TLS_HANDSHAKE_CLIENTS ?? 8);
+const TLS_PROFILE_SECONDS = Number(process.env.BENCH_TLS_PROFILE_SECONDS ?? 6);
+const H2_CLIENTS = 32;
+const H2_STREAMS = 10;
+/** Under this edge/nginx ratio (requests/s or per CPU-second) a row gets a --cpu-prof profile of the edge. */
+const TLS_PROFILE_BELOW = Number(process.env.BENCH_TLS_PROFILE_BELOW ?? 0.5);
+
+interface TlsLoad {
+  rate: number;
+  errors: string;
+  /** What the load tool reports it negotiated (h2load). */
+  negotiated?: string;
+}
+
+interface TlsRow {
+  key: string;
+  label: string;
+  tool: string;
+  unit: string;
+  skip?: string;
+  /** A reference row (plain HTTP): measured and shown, never profiled. */
+  reference?: boolean;
+  run: (target: TlsTarget, seconds: number) => Promise<TlsLoad>;
+}
+
+/** A server's two listeners: HTTPS and plain HTTP. */
+interface TlsTarget {
+  tls: number;
+  plain: number;
+}
+
+interface TlsMeasured extends TlsLoad {
+  cores: number;
+  perCpuSecond: number;
+  /** Cores busy on the whole machine meanwhile: in processes (server, load tool, this one, anything else), in interrupts, stolen. */
+  machineCores: number;
+  interruptCores: number;
+  stealCores: number;
+  /** Cores the load tool's processes used. */
+  toolCores: number;
+  /** Cores of processes other than the server, the load tool and this one (other work on the box). */
+  otherCores: number;
+}
+
+/** One load run against `port` while reading the CPU of the server's process tree (`pid` and its children). */
+async function tlsMeasure(pid: number, row: TlsRow, target: TlsTarget, seconds = TLS_SECONDS): Promise<TlsMeasured> {
+  const cpuBefore = treeCpuSeconds(pid);
+  const machineBefore = machineCpuSeconds();
+  const ownBefore = ownCpuSeconds();
+  const started = performance.now();
+  const load = await row.run(target, seconds);
+  const wall = (performance.now() - started) / 1000;
+  const cores = (treeCpuSeconds(pid) - cpuBefore) / wall;
+  const own = ownCpuSeconds();
+  const machine = machineCpuSeconds();
+  const tasksCores = (machine.tasks - machineBefore.tasks) / wall;
+  const interruptCores = (machine.interrupts - machineBefore.interrupts) / wall;
+  const stealCores = (machine.steal - machineBefore.steal) / wall;
+  const toolCores = (own.children - ownBefore.children) / wall;
+  const otherCores = tasksCores - cores - toolCores - (own.self - ownBefore.self) / wall;
+  return { ...load, cores, perCpuSecond: load.rate / cores, machineCores: tasksCores + interruptCores + stealCores, interruptCores, stealCores, toolCores, otherCores };
+}
+
+function wrkErrors(r: { non2xx: number; socketErrors: string }): string {
+  return [r.non2xx ? `${r.non2xx} non-2xx` : '', r.socketErrors ? `socket errors: ${r.socketErrors}` : ''].filter(Boolean).join('; ');
+}
+
+function mergeTally(into: Map<string, Tally>, key: string, t: Tally): void {
+  const cur = into.get(key) ?? { lines: 0, counts: new Map<string, number>() };
+  cur.lines += t.lines;
+  for (const [k, n] of t.counts) cur.counts.set(k, (cur.counts.get(k) ?? 0) + n);
+  into.set(key, cur);
+}
+
+/**
+ * Issue 12: the edge terminating TLS (HTTP/2 and HTTP/1.1 by ALPN, one worker) against nginx
+ * terminating TLS in front of proxy_cache (one worker), same certificate (EC P-256), versions,
+ * suites and groups, hot 1 KiB hits: HTTPS keep-alive HTTP/1.1 (wrk), h2 (h2load), and new
+ * connections, each a full handshake (openssl s_time -new), TLS 1.3 and 1.2, plus wrk with
+ * Connection: close (which resumes its session). Edge and nginx alternate, round after round.
+ */
+async function tls(): Promise<void> {
+  out(`## tls — issue 12: TLS termination, edge vs nginx (1 worker each, same certificate, EC P-256), hot 1 KiB hits; ${TLS_ROUNDS} rounds of ${TLS_SECONDS} s per row and server, edge and nginx alternating`);
+  if (!WRK) {
+    out('wrk: not installed — scenario skipped');
+    return;
+  }
+  const ngVersion = nginxVersion();
+  if (!ngVersion) {
+    out('nginx: not installed — scenario skipped (every row is a ratio to nginx)');
+    return;
+  }
+  const h2 = ensureH2load(out);
+  out();
+  out(`tools: ${toolVersion(WRK, ['--version'])}; ${h2.path ? toolVersion(h2.path, ['--version']) : `h2load: ${h2.why}`}; ${toolVersion(OPENSSL, ['version'])}; ${ngVersion.text} (${ngVersion.parts[1]! >= 25 ? '`http2 on;`' : '`listen … ssl http2`'})`);
+  const dir = tempDir('tls');
+  const cert = await writeBenchCertificate(dir);
+  const origin = await startOrigin();
+  const tlsExtra = (port: number) => ['--listen-tls', `${HOST}:${port}`, '--tls-cert', cert.certFile, '--tls-key', cert.keyFile];
+  const edgeTlsPort = await freePort();
+  const edge = await startEdge(origin.port, dir, 'edge', { extra: tlsExtra(edgeTlsPort) });
+  await waitHttps(edgeTlsPort, cert, edge);
+  const nginx = (await startNginxTls(origin.port, dir, cert))!;
+  const path = '/1k';
+
+  // Correctness first: both caches warm, and a GET over h2 and over HTTP/1.1 (by ALPN) answers 200 from the cache.
+  const servers: Array<{ name: string; port: number; target: TlsTarget; pid: number; log: () => string; tally: (offset: number) => Tally }> = [
+    { name: 'outpost edge', port: edgeTlsPort, target: { tls: edgeTlsPort, plain: edge.port }, pid: edge.child.pid!, log: () => edge.accessLog, tally: (offset) => edgeTally(edge.accessLog, offset, path) },
+    { name: 'nginx', port: nginx.port, target: { tls: nginx.port, plain: nginx.plainPort }, pid: nginx.child.pid!, log: () => nginx.accessLog, tally: (offset) => nginxTally(nginx.accessLog, offset) },
+  ];
+  const checkRows: string[][] = [];
+  let allHits = true;
+  for (const server of servers) {
+    let viaH2 = await getHttp2(server.port, path, cert);
+    for (let i = 0; i < 10 && !/hit/i.test(viaH2.cacheStatus); i++) {
+      await sleep(50);
+      viaH2 = await getHttp2(server.port, path, cert);
+    }
+    const viaH1 = await getHttp1(server.port, path, cert);
+    for (const [label, r, alpn] of [['h2', viaH2, 'h2'], ['HTTP/1.1', viaH1, 'http/1.1']] as const) {
+      const ok = r.status === 200 && /hit/i.test(r.cacheStatus) && r.alpn === alpn && r.bytes === 1024;
+      allHits &&= ok;
+      checkRows.push([server.name, label, String(r.status), r.cacheStatus, r.alpn, `${r.protocol} ${r.cipher}`, `${r.bytes} B`, ok ? 'OK' : 'NOT OK']);
+    }
+  }
+  out();
+  out(`check before measuring — a fresh connection, GET ${path}, certificate verified (node's client, its own suite order):`);
+  out();
+  out(table(['server', 'ALPN asked', 'status', 'cache-status', 'ALPN', 'TLS', 'body', 'verdict'], checkRows, [false, false, true, false, false, false, true, false]));
+  out();
+  if (!allHits) out('**NOT OK: a check above is not a 200 hit — the figures below may measure something else**');
+  const negRows: string[][] = [];
+  for (const server of servers) {
+    for (const version of ['tls1_3', 'tls1_2'] as const) {
+      const n = await negotiated(server.port, version);
+      const resumed = await resumes(server.port, cert, version === 'tls1_3' ? 'TLSv1.3' : 'TLSv1.2').catch((error: Error) => `error: ${error.message}`);
+      negRows.push(typeof n === 'string' ? [server.name, version, n, '', '', '', String(resumed)] : [server.name, version, n.protocol, n.cipher, n.group, n.signature, resumed === true ? 'yes' : String(resumed)]);
+    }
+  }
+  out('what OpenSSL\'s default client (as openssl s_time and wrk) negotiates, and whether a second connection offering the first one\'s session resumes (node client):');
+  out();
+  out(table(['server', 'asked', 'protocol', 'suite', 'key exchange', 'signature', 'resumes'], negRows, [false, false, false, false, false, false, false]));
+  out();
+
+  const url = (port: number) => `https://${HOST}:${port}${path}`;
+  const rows: TlsRow[] = [
+    {
+      key: 'h1',
+      label: 'HTTPS keep-alive HTTP/1.1 hot hits (TLS 1.3)',
+      tool: 'wrk -t1 -c50',
+      unit: 'requests/s',
+      run: async (target, seconds) => {
+        const r = await wrk(url(target.tls), { seconds, connections: 50 });
+        return { rate: r.rps, errors: wrkErrors(r) };
+      },
+    },
+    {
+      key: 'h2',
+      label: 'h2 hot hits (TLS 1.3)',
+      tool: `h2load -t1 -c${H2_CLIENTS} -m${H2_STREAMS} --warm-up-time=1`,
+      unit: 'requests/s',
+      ...(h2.path ? {} : { skip: h2.why! }),
+      run: async (target, seconds) => {
+        const r = await h2load(h2.path!, url(target.tls), { seconds, clients: H2_CLIENTS, streams: H2_STREAMS, warmup: 1 });
+        const errors = [r.failed ? `${r.failed} failed` : '', r.errored ? `${r.errored} errored` : '', r.timeout ? `${r.timeout} timeout` : '', r.statusOther ? `${r.statusOther} non-2xx` : ''].filter(Boolean).join('; ');
+        return { rate: r.rps, errors, negotiated: `${r.alpn}, ${r.protocol} ${r.cipher}, ${r.tempKey}` };
+      },
+    },
+    ...(['tls1_3', 'tls1_2'] as const).map((version): TlsRow => ({
+      key: `full-${version}`,
+      label: `new connection per request, full ${version === 'tls1_3' ? 'TLS 1.3' : 'TLS 1.2'} handshake (no resumption), HTTP/1.0 GET`,
+      tool: `openssl s_time -new -${version} ×${TLS_HANDSHAKE_CLIENTS}`,
+      unit: 'handshakes/s',
+      ...(OPENSSL ? {} : { skip: 'openssl is not installed' }),
+      run: async (target, seconds) => {
+        const r = await sTime(target.tls, { path, seconds: Math.max(1, Math.round(seconds)), processes: TLS_HANDSHAKE_CLIENTS, version });
+        return { rate: r.connections / r.wall, errors: r.errors };
+      },
+    })),
+    {
+      key: 'resumed',
+      label: 'new connection per request, TLS 1.3 resumed (wrk keeps its session across reconnects)',
+      tool: 'wrk -t1 -c50 -H "Connection: close"',
+      unit: 'handshakes/s',
+      run: async (target, seconds) => {
+        const r = await wrk(url(target.tls), { seconds, connections: 50, headers: ['Connection: close'] });
+        return { rate: r.rps, errors: wrkErrors(r) };
+      },
+    },
+    {
+      key: 'plain',
+      label: '(reference, no TLS) plain HTTP/1.1 keep-alive hot hits',
+      tool: 'wrk -t1 -c50',
+      unit: 'requests/s',
+      reference: true,
+      run: async (target, seconds) => {
+        const r = await wrk(`http://${HOST}:${target.plain}${path}`, { seconds, connections: 50 });
+        return { rate: r.rps, errors: wrkErrors(r) };
+      },
+    },
+  ];
+
+  // Unmeasured: the first seconds under load (JIT, buffers) would otherwise count against the first server only.
+  for (const server of servers) {
+    await wrk(url(server.port), { seconds: 1, connections: 50 });
+    await wrk(`http://${HOST}:${server.target.plain}${path}`, { seconds: 1, connections: 50 });
+    if (h2.path) await h2load(h2.path, url(server.port), { seconds: 1, clients: H2_CLIENTS, streams: H2_STREAMS, warmup: 0 });
+    // s_time's HTTP/1.0 GET has no Host header: for the edge that is another cache key (nginx keys on the proxied URL), stored here.
+    if (OPENSSL) await sTime(server.port, { path, seconds: 1, processes: 1, version: 'tls1_3' });
+  }
+
+  const originBefore = await originStats(origin.port, path);
+  const results = new Map<string, TlsMeasured[][]>(); // row key → rounds → [edge, nginx]
+  const logs = new Map<string, Tally>(); // `${row} ${server}` → access-log tally over every round
+  const negotiatedBy = new Map<string, Set<string>>();
+  for (const row of rows) {
+    if (row.skip) continue;
+    const rounds: TlsMeasured[][] = [];
+    for (let round = 0; round < TLS_ROUNDS; round++) {
+      const pair: TlsMeasured[] = [];
+      for (const server of servers) {
+        const offset = fileSize(server.log());
+        const m = await tlsMeasure(server.pid, row, server.target);
+        await sleep(600); // the edge batches access lines for up to 250 ms
+        mergeTally(logs, `${row.key} ${server.name}`, server.tally(offset));
+        if (m.negotiated) negotiatedBy.set(`${row.key} ${server.name}`, (negotiatedBy.get(`${row.key} ${server.name}`) ?? new Set()).add(m.negotiated));
+        pair.push(m);
+      }
+      rounds.push(pair);
+    }
+    results.set(row.key, rounds);
+  }
+  const originGrowth = (await originStats(origin.port, path)).path - originBefore.path;
+
+  const mean = (xs: number[]) => xs.reduce((sum, x) => sum + x, 0) / xs.length;
+  const perRound = (xs: number[], fmt: (n: number) => string) => (xs.length > 1 ? ` (${xs.map(fmt).join(' / ')})` : '');
+  const tableRows: string[][] = [];
+  const ratios = new Map<string, { rps: number; perCpu: number }>();
+  for (const row of rows) {
+    const rounds = results.get(row.key);
+    if (!rounds) {
+      tableRows.push([row.label, row.tool, `skipped: ${row.skip}`, '', '', '', '', '', '', '']);
+      continue;
+    }
+    const edgeRates = rounds.map((r) => r[0]!.rate);
+    const nginxRates = rounds.map((r) => r[1]!.rate);
+    const rateRatios = rounds.map((r) => r[0]!.rate / r[1]!.rate);
+    const cpuRatios = rounds.map((r) => r[0]!.perCpuSecond / r[1]!.perCpuSecond);
+    ratios.set(row.key, { rps: mean(rateRatios), perCpu: mean(cpuRatios) });
+    const errors = rounds.flatMap((r) => r.map((m, i) => (m.errors ? `${i === 0 ? 'edge' : 'nginx'}: ${m.errors}` : ''))).filter(Boolean);
+    tableRows.push([
+      row.label,
+      row.tool,
+      `${fmtInt(mean(edgeRates))}${perRound(edgeRates, fmtInt)}`,
+      `${fmtInt(mean(nginxRates))}${perRound(nginxRates, fmtInt)}`,
+      `**${fmtRatio(mean(rateRatios))}**${perRound(rateRatios, fmtRatio)}`,
+      fmtInt(mean(rounds.map((r) => r[0]!.perCpuSecond))),
+      fmtInt(mean(rounds.map((r) => r[1]!.perCpuSecond))),
+      `**${fmtRatio(mean(cpuRatios))}**${perRound(cpuRatios, fmtRatio)}`,
+      `${mean(rounds.map((r) => r[0]!.cores)).toFixed(2)} / ${mean(rounds.map((r) => r[1]!.cores)).toFixed(2)}`,
+      [...new Set(errors)].join('; '),
+    ]);
+  }
+  out(`### ${path} (1 KiB, Cache-Control: max-age=3600) — rate is requests/s, or new connections (handshakes) per second; mean of ${TLS_ROUNDS} rounds (per round in brackets)`);
+  out();
+  out(table(
+    ['row', 'load', 'edge /s', 'nginx /s', 'edge / nginx', 'edge per CPU-s', 'nginx per CPU-s', 'edge / nginx per CPU-s', 'CPU cores edge / nginx', 'errors'],
+    tableRows,
+    [false, false, true, true, true, true, true, true, true, false],
+  ));
+  out();
+  out('Per CPU-s: the rate divided by the CPU the server\'s whole process tree used (edge primary + worker; nginx master + worker, /proc), since the load generator shares the 2 cores.');
+  out();
+  out(`CPU of the whole machine during the measured runs, in cores of ${availableParallelism()} (/proc/stat; mean of ${TLS_ROUNDS} rounds): the server's process tree, the load tool, interrupts (loopback packets are mostly softirq work, counted in no process), and other processes (other work on a shared box: machine − server − load tool − the bench process, ≈ ±0.1, shown as 0 below 0):`);
+  out();
+  const cpuRows: string[][] = [];
+  for (const row of rows) {
+    const rounds = results.get(row.key);
+    if (!rounds) continue;
+    for (const [i, name] of ['edge', 'nginx'].entries()) {
+      const pick = (f: (m: TlsMeasured) => number) => mean(rounds.map((r) => f(r[i]!))).toFixed(2);
+      cpuRows.push([row.label, name, pick((m) => m.machineCores), pick((m) => m.cores), pick((m) => m.toolCores), pick((m) => m.interruptCores), pick((m) => Math.max(0, m.otherCores)), pick((m) => m.stealCores)]);
+    }
+  }
+  out(table(['row', 'server', 'machine busy', 'server', 'load tool', 'interrupts', 'other processes', 'steal'], cpuRows, [false, false, true, true, true, true, true, true]));
+  out();
+  out(`origin requests for ${path} during the measured runs: ${originGrowth} ${originGrowth === 0 ? '(all hits)' : '(NOT all hits)'}`);
+  out();
+  out('access logs during the measured runs (edge: its JSON lines for the path; nginx: status, cache, HTTP version, TLS version, suite, group, resumed or not):');
+  out();
+  const keyOrder = (k: string) => (k.startsWith('HTTP ') ? 0 : k.startsWith('cache') ? 1 : k === 'incomplete' ? 2 : 3);
+  for (const row of rows) {
+    if (!results.has(row.key)) continue;
+    out(`- ${row.label}:`);
+    for (const server of servers) {
+      const t = logs.get(`${row.key} ${server.name}`);
+      const tool = negotiatedBy.get(`${row.key} ${server.name}`);
+      out(`  - ${server.name}: ${fmtInt(t?.lines ?? 0)} lines — ${t ? describeTally(t, keyOrder) : 'none'}${tool ? `; h2load says: ${[...tool].join(' | ')}` : ''}`);
+    }
+  }
+  out();
+  const resumedNginx = logs.get(`resumed nginx`);
+  const fullNginx = ['full-tls1_3', 'full-tls1_2'].map((k) => logs.get(`${k} nginx`)).filter((t): t is Tally => t !== undefined);
+  const fullResumed = fullNginx.reduce((sum, t) => sum + (t.counts.get('resumed') ?? 0), 0);
+  out(`check: the s_time rows are full handshakes — nginx logged ${fullResumed} resumed connections in them ${fullResumed === 0 ? '(OK, none)' : '(NOT OK)'}`);
+  if (resumedNginx) {
+    const share = (resumedNginx.counts.get('resumed') ?? 0) / resumedNginx.lines;
+    out(`note: wrk with Connection: close RESUMES its TLS session on every reconnect (it keeps the session across SSL_clear) — ${(share * 100).toFixed(1)} % of nginx's connections in that row resumed; so that row is resumed (abbreviated) handshakes, not full ones; the edge resumes too (table above).`);
+  }
+  out();
+
+  // A short profile of the edge for each row where it is under half of nginx.
+  const slow = rows.filter((row) => {
+    const r = ratios.get(row.key);
+    return r !== undefined && !row.reference && (r.rps < TLS_PROFILE_BELOW || r.perCpu < TLS_PROFILE_BELOW);
+  });
+  for (const row of slow) {
+    const r = ratios.get(row.key)!;
+    out(`### profile — ${row.label}: edge/nginx ${fmtRatio(r.rps)} requests/s, ${fmtRatio(r.perCpu)} per CPU-s (< ${TLS_PROFILE_BELOW}); a fresh edge with node --cpu-prof under ${row.tool} for ${TLS_PROFILE_SECONDS} s, its worker's top self time`);
+    out();
+    const profDir = join(dir, `prof-${row.key}`);
+    const profPort = await freePort();
+    const profEdge = await startEdge(origin.port, dir, `edge-prof-${row.key}`, { extra: tlsExtra(profPort), nodeArgs: ['--cpu-prof', '--cpu-prof-dir', profDir] });
+    await waitHttps(profPort, cert, profEdge);
+    for (let i = 0; i < 10 && !/hit/i.test((await getHttp2(profPort, path, cert)).cacheStatus); i++) await sleep(50);
+    // V8's profiler and process.hrtime both read CLOCK_MONOTONIC: keep only the samples taken while the load ran.
+    const windowStart = Number(process.hrtime.bigint() / 1000n);
+    const load = await row.run({ tls: profPort, plain: profEdge.port }, TLS_PROFILE_SECONDS);
+    const windowEnd = Number(process.hrtime.bigint() / 1000n);
+    await stop(profEdge.child, 10_000); // SIGTERM: the edge exits and writes the profiles
+    const summary = summarizeProfile(profDir, windowStart, windowEnd);
+    if (!summary) {
+      out('no .cpuprofile written');
+      out();
+      continue;
+    }
+    out(`${fmtInt(load.rate)} ${row.unit} while profiled (the profiler costs throughput); busy (non-idle) samples: ${fmtInt(summary.busyMs)} ms of ${fmtInt(summary.windowMs)} ms`);
+    out();
+    out(table(['self %', 'self ms', 'function (file:line)'], summary.top.map((t) => [`${(t.share * 100).toFixed(1)}%`, t.ms.toFixed(0), t.label]), [true, true, false]));
+    out();
+    out(table(
+      ['part', 'inclusive (a frame of it on the stack)', 'self (the sampled frame is in it)'],
+      summary.buckets.map((b) => [b.name, Number.isFinite(b.share) ? `${(b.share * 100).toFixed(1)}%` : '—', `${(b.self * 100).toFixed(1)}%`]),
+      [false, true, true],
+    ));
+    out();
+  }
+  await cleanup();
+}
+
 // ---------------------------------------------------------------- main
 
 function header(): void {
@@ -1150,13 +1518,13 @@ function header(): void {
   out();
 }
 
-type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile' | 'admin' | 'guard';
-const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile, admin, guard };
+type ScenarioName = 'hits' | 'stampede' | 'swr' | 'shield' | 'ejection' | 'workers' | 'profile' | 'admin' | 'guard' | 'tls';
+const SCENARIOS: Record<ScenarioName, (outcome: Outcome) => Promise<void>> = { hits, stampede, swr, shield, ejection, workers, profile, admin, guard, tls };
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
   for (const a of args) if (!(a in SCENARIOS)) throw new Error(`unknown scenario ${JSON.stringify(a)}; one of ${Object.keys(SCENARIOS).join(', ')}`);
-  const chosen = (args.length > 0 ? args : ['hits', 'stampede', 'swr', 'shield', 'ejection', 'workers', 'guard']) as ScenarioName[];
+  const chosen = (args.length > 0 ? args : ['hits', 'stampede', 'swr', 'shield', 'ejection', 'workers', 'guard', 'tls']) as ScenarioName[];
   header();
   const outcome: Outcome = {};
   const started = performance.now();

@@ -394,7 +394,7 @@ test('names come from DNS subjectAltNames, else the subject CN; an expired certi
   t.is((await handshake(port, { servername: 'old.example' })).cert.subject.CN, 'old.example');
 });
 
-test('close() stops watching; a removed directory is a warning and the old pair keeps serving', async (t) => {
+test('close() stops watching; files that disappear are an error naming the file and the old pair keeps serving', async (t) => {
   const f = await shared();
   const dir = tempDir(t);
   const pair = writePair(dir, 'a', f.exact);
@@ -403,21 +403,17 @@ test('close() stops watching; a removed directory is a warning and the old pair 
   const store = new CertificateStore([pair], { logger, onReload: () => reloads++ });
   store.close();
   writePair(dir, 'a', await makeCertificate(['a.example'], { ca: f.ca }));
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
   t.is(reloads, 0);
   // Explicit reload still works after close (SIGHUP path).
   t.deepEqual(store.reload(), []);
   t.is(reloads, 1);
 
   const again = new CertificateStore([pair], { logger, onReload: () => reloads++ });
+  t.teardown(() => again.close());
   rmSync(dir, { recursive: true, force: true });
-  await until(async () => (lines.some((line) => line.level === 40 && String(line.msg).includes(`stopped watching ${dir}`)) ? true : undefined), 'the lost watch to be logged');
-  // The pair's files are gone: a reload keeps the old context.
-  const errors = again.reload();
-  t.is(errors.length, 1);
-  t.regex(errors[0]!, /ENOENT/);
-  again.close();
-  t.is(again.names()[0]![0], 'a.example');
+  await until(async () => (lines.some((line) => line.level === 50 && String(line.msg).includes(pair.certFile) && String(line.msg).includes('ENOENT')) ? true : undefined), 'the missing file to be logged');
+  t.is(again.names()[0]![0], 'a.example', 'the old pair is still served');
 });
 
 test('ensureSelfSigned creates a localhost pair that serves and verifies against itself, then reuses it', async (t) => {
@@ -480,17 +476,4 @@ test('ensureSelfSigned regenerates an expired, nearly expired or garbage certifi
   const regenerated = new X509Certificate(readFileSync(pair.certFile));
   t.true(regenerated.checkPrivateKey(createPrivateKey(readFileSync(pair.keyFile))));
   t.is(statSync(pair.keyFile).mode & 0o777, 0o600);
-});
-
-test('certificate generation is fast enough to make per test', async (t) => {
-  const f = await shared();
-  const started = performance.now();
-  await makeCa('Timing CA');
-  const ca = performance.now();
-  await makeCertificate(['timing.example'], { ca: f.ca });
-  const leaf = performance.now();
-  await Promise.all(Array.from({ length: 10 }, (_, i) => makeCertificate([`n${i}.example`], { ca: f.ca })));
-  const ten = performance.now();
-  t.log(`makeCa ${Math.round(ca - started)} ms, makeCertificate ${Math.round(leaf - ca)} ms, 10 in parallel ${Math.round(ten - leaf)} ms`);
-  t.true(leaf - started < 5000);
 });
