@@ -167,7 +167,8 @@ test('a cached object is no shelter: rules apply to hits, and a reload swaps the
 });
 
 test('requests the HTTP parser accepts but the WAF must judge: a header flood, invalid bytes in the target, a broken JSON body; none reaches the origin, the node keeps serving', async (t) => {
-  const { origin, edge } = await setup(t, ok, { waf: 'block' });
+  // The listener's own limit (clientMaxHeaders, 431) is raised so the flood reaches the WAF.
+  const { origin, edge } = await setup(t, ok, { waf: 'block', clientMaxHeaders: 1000 });
   const host = new URL(edge.url).host;
   const flood = Array.from({ length: 120 }, (_, i) => `X-H${i}: ${i}\r\n`).join('');
   t.regex(await raw(edge.url, `GET /flood HTTP/1.1\r\nHost: ${host}\r\n${flood}Connection: close\r\n\r\n`), /^HTTP\/1\.1 403/);
