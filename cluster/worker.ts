@@ -51,9 +51,17 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
   // Questions this worker asks the primary, by id.
   const pending = new Map<number, (message: PrimaryMessage) => void>();
   let nextId = 0;
-  const ask = (message: Extract<WorkerMessage, { id: number }>): Promise<PrimaryMessage> =>
-    new Promise((resolve) => {
-      pending.set(message.id, resolve);
+  /** Sends a question; with `timeoutMs`, gives up (rejects) when no answer comes in time. */
+  const ask = (message: Extract<WorkerMessage, { id: number }>, timeoutMs?: number): Promise<PrimaryMessage> =>
+    new Promise((resolve, reject) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+        pending.delete(message.id);
+        reject(new Error(`no answer from the primary within ${timeoutMs} ms`));
+      }, timeoutMs);
+      pending.set(message.id, (answer) => {
+        clearTimeout(timer);
+        resolve(answer);
+      });
       send(message);
     });
   let node: RunningNode | undefined;
@@ -90,12 +98,8 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
     workers: count,
     ask: async (request) => {
       if (!process.connected) throw new Error('the primary is gone');
-      const id = ++nextId;
       // A primary that does not answer in time (stopping, overloaded) must not hold requests: the limiter admits them.
-      const timer = setTimeout(() => pending.get(id)?.({ type: 'purged', id, affected: 0, error: 'no lease in time' }), LEASE_TIMEOUT_MS);
-      const answer = await ask({ type: 'rate-lease', id, request });
-      clearTimeout(timer);
-      pending.delete(id);
+      const answer = await ask({ type: 'rate-lease', id: ++nextId, request }, LEASE_TIMEOUT_MS);
       if (answer.type !== 'rate-grant') throw new Error('no lease from the primary');
       return answer.grant;
     },

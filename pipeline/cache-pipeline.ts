@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
 import { AccessLog } from './access-log.js';
-import { buildBlockList, inAddressList } from './address-list.js';
+import { buildBlockList, inAddressList, withoutPort } from './address-list.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, has } from './cache-control.js';
@@ -26,6 +26,7 @@ import {
   forwardInterim,
   hasRequestBody,
   upstreamHeaders,
+  writeTextAnswer,
   type Exchange,
   type Lookup,
   type RequestFilter,
@@ -726,17 +727,10 @@ export class CachePipeline {
       res.destroy();
       return;
     }
-    const body = `${status} ${statusText(status)}: ${message}\nrequest id: ${x.id}\n`;
-    res.writeHead(status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-      'cache-control': 'no-store',
-      'x-request-id': x.id,
+    writeTextAnswer(x, status, message, {
       'cache-status': this.cacheStatus(x, undefined, member ?? (x.outcome === 'synthetic' ? 'fwd=miss; detail=only-if-cached' : `fwd=miss; detail=${x.detail ?? 'error'}`)),
       ...(x.internal !== undefined ? { [OUTCOME_FIELD]: encodeOutcome(x) } : {}),
     });
-    x.bytes = Buffer.byteLength(body);
-    res.end(x.method === 'HEAD' ? undefined : body);
   }
 
   private internalError(x: Exchange, error: unknown): void {
@@ -844,21 +838,6 @@ function hostLines(rawHeaders: string[]): number {
     if (name.length === 4 && name.toLowerCase() === 'host') count++;
   }
   return count;
-}
-
-const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 500: 'Internal Server Error', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
-function statusText(status: number): string {
-  return STATUS_TEXT[status] ?? 'Error';
-}
-
-/** Some balancers append the client's port: `203.0.113.5:4711`, `[2001:db8::1]:443`. */
-function withoutPort(hop: string): string {
-  if (hop.startsWith('[')) {
-    const end = hop.indexOf(']');
-    return end === -1 ? hop : hop.slice(1, end);
-  }
-  const colon = hop.indexOf(':');
-  return colon !== -1 && colon === hop.lastIndexOf(':') ? hop.slice(0, colon) : hop;
 }
 
 /** A trusted hop's request id, kept when it is one visible-ASCII token (no quote or backslash) of at most 128 characters. */

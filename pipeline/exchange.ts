@@ -2,7 +2,7 @@
  * The per-request state every phase reads and writes (DESIGN.md request flow), and the small
  * helpers the phases share for talking upstream on a request's behalf.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type OutgoingHttpHeaders, type ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { CachedEntry } from '../storage/cache-store.js';
 import type { Directives } from './cache-control.js';
@@ -167,20 +167,11 @@ export function asUpstreamError(error: unknown): UpstreamError {
 }
 
 /**
- * A request filter's own answer (403 from the WAF, 429 from a limit): short plain text naming
- * the request id, never stored. The body of the request, if any, is not read.
+ * A short plain-text answer the node writes itself (an error, a filter's refusal): the status,
+ * the reason and the request id; never stored. A HEAD gets the headers only.
  */
-export function answerFromFilter(x: Exchange, status: number, detail: string, text: string, headers: Record<string, string> = {}): true {
-  x.outcome = 'synthetic';
-  x.detail = detail;
-  if (x.body !== undefined && !x.req.complete) {
-    // The rest of a body paused after its first bytes were inspected is not worth receiving:
-    // discard what arrives and close the connection after this answer. (An unread body that was
-    // never paused, node:http discards by itself.)
-    x.res.shouldKeepAlive = false;
-    x.req.resume();
-  }
-  const body = `${text}\nrequest id: ${x.id}\n`;
+export function writeTextAnswer(x: Exchange, status: number, message: string, headers: OutgoingHttpHeaders = {}): void {
+  const body = `${status} ${STATUS_CODES[status] ?? 'Error'}: ${message}\nrequest id: ${x.id}\n`;
   x.res.writeHead(status, {
     ...headers,
     'content-type': 'text/plain; charset=utf-8',
@@ -190,5 +181,22 @@ export function answerFromFilter(x: Exchange, status: number, detail: string, te
   });
   x.bytes = x.method === 'HEAD' ? 0 : Buffer.byteLength(body);
   x.res.end(x.method === 'HEAD' ? undefined : body);
+}
+
+/**
+ * A request filter's own answer (403 from the WAF, 429 from a limit). The body of the request,
+ * if any, is not read.
+ */
+export function answerFromFilter(x: Exchange, status: number, detail: string, message: string, headers: OutgoingHttpHeaders = {}): true {
+  x.outcome = 'synthetic';
+  x.detail = detail;
+  if (x.body !== undefined && !x.req.complete) {
+    // The rest of a body paused after its first bytes were inspected is not worth receiving:
+    // discard what arrives and close the connection after this answer. (An unread body that was
+    // never paused, node:http discards by itself.)
+    x.res.shouldKeepAlive = false;
+    x.req.resume();
+  }
+  writeTextAnswer(x, status, message, headers);
   return true;
 }

@@ -375,12 +375,9 @@ function carryProxiedAddress(socket: TLSSocket): void {
 function asHttp1Request(req: Http2ServerRequest, res: Http2ServerResponse): boolean {
   const headers = req.headers;
   const authority = headers[':authority'];
-  if (authority !== undefined) {
-    if (headers.host !== undefined && headers.host !== authority) {
-      answerPlain(res as unknown as ServerResponse, 400, '400 Bad Request: Host differs from :authority\n');
-      return false;
-    }
-    headers.host = authority;
+  if (authority !== undefined && headers.host !== undefined && headers.host.toLowerCase() !== authority.toLowerCase()) {
+    answerPlain(res as unknown as ServerResponse, 400, '400 Bad Request: Host differs from :authority\n');
+    return false;
   }
   // node:http2 reads url and method from the pseudo-header fields: they become the request's own.
   Object.defineProperty(req, 'url', { value: headers[':path'], writable: true });
@@ -394,6 +391,9 @@ function asHttp1Request(req: Http2ServerRequest, res: Http2ServerResponse): bool
     raw[kept++] = raw[i + 1]!;
   }
   raw.length = kept;
-  if (authority !== undefined && headers.host === authority && !raw.some((name, i) => i % 2 === 0 && name.toLowerCase() === 'host')) raw.unshift('host', authority);
+  if (authority !== undefined && headers.host === undefined) {
+    headers.host = authority;
+    raw.unshift('host', authority);
+  }
   return true;
 }

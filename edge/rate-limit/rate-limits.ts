@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import type { Config } from '../../config/config.js';
 import type { RateLimitSpec } from '../../config/request-rules.js';
 import { answerFromFilter, type Exchange, type RequestFilter } from '../../pipeline/exchange.js';
+import { hostName } from '../../pipeline/address-list.js';
 import type { Metrics } from '../../pipeline/metrics.js';
 import { compileMatch } from '../string-match.js';
 import type { Decision, Rate } from './gcra.js';
@@ -71,7 +72,7 @@ export class RateLimits {
 
   private deny(x: Exchange, limit: CompiledLimit, decision: Decision): true {
     this.metrics.inc('rate_limited_total', 'requests answered 429 by a rate limit', { limit: limit.name });
-    return answerFromFilter(x, 429, `rate-limit:${limit.name}`, `429 Too Many Requests: rate limit "${limit.name}" exceeded`, {
+    return answerFromFilter(x, 429, `rate-limit:${limit.name}`, `rate limit "${limit.name}" exceeded`, {
       'retry-after': String(Math.max(1, Math.ceil(decision.retryAfterMs / 1000))),
       'ratelimit-policy': limit.policy,
       ratelimit: rateLimitItem(limit, decision),
@@ -96,11 +97,12 @@ export class RateLimits {
 }
 
 /**
- * q requests per w seconds: the rate as given when the burst is one period of it (the default),
- * else the burst and the time it takes to refill (so `r` never exceeds `q`).
+ * q requests per w seconds: the rate as given when the burst is at most one period of it (the
+ * default is one period), else the burst and the time it takes to refill (so `r` never exceeds `q`).
  */
 function policyItem(name: string, requests: number, periodMs: number, burst: number, intervalMs: number): string {
-  if (burst === requests) return `"${name}";q=${requests};w=${periodMs / 1000}`;
+  // A burst smaller than the rate refills within one period: the rate is what a client may pace to.
+  if (burst <= requests) return `"${name}";q=${requests};w=${periodMs / 1000}`;
   return `"${name}";q=${burst};w=${Math.max(1, Math.round((burst * intervalMs) / 1000))}`;
 }
 
@@ -144,7 +146,7 @@ type KeyPart = (x: Exchange, group: string) => string | undefined;
 
 function compileKeyPart(part: RateLimitSpec['key'][number]): KeyPart {
   if (part === 'clientAddress') return (x) => clientBucket(x.clientAddress);
-  if (part === 'host') return (x) => bounded(x.host.toLowerCase());
+  if (part === 'host') return (x) => bounded(hostName(x.host));
   if (part === 'path') return (_x, group) => group;
   const name = part.slice('header:'.length);
   // A request without the field is not under this limit (as an Envoy descriptor that cannot be built).

@@ -28,8 +28,12 @@ export function needsDecoding(value: string, plusAsSpace: boolean): boolean {
   return false;
 }
 
-/** Appends to `out` the decoded forms of `value` that differ from those already in it. */
-export function addDecodedForms(value: string, plusAsSpace: boolean, out: string[]): void {
+/**
+ * Appends to `out` the decoded forms of `value` that differ from those already in it, and
+ * returns the index of the fully decoded one (the raw value's own when decoding changes
+ * nothing, as for a literal backslash that only normalising rewrites).
+ */
+export function addDecodedForms(value: string, plusAsSpace: boolean, out: string[]): number {
   let cur = value.length > MAX_DECODE ? value.slice(0, MAX_DECODE) : value;
   if (plusAsSpace && cur.includes('+')) cur = cur.replaceAll('+', ' ');
   let normalised = false;
@@ -45,8 +49,10 @@ export function addDecodedForms(value: string, plusAsSpace: boolean, out: string
     if (cur === before) break;
   }
   push(out, cur);
+  const decoded = out.indexOf(cur);
   const norm = normalise(cur);
   if (norm !== cur) push(out, norm);
+  return decoded;
 }
 
 function push(out: string[], form: string): void {

@@ -41,10 +41,10 @@ function compileRule(spec: WafRuleSpec): CompiledRule {
     tests.push((v) => (test(v.host) ? `host=${v.host}` : undefined));
   }
   if (spec.path) tests.push(decodedField('path', anyOf(spec.path), (v) => v.path));
-  if (spec.query) tests.push(decodedField('query', anyOf(spec.query), (v) => v.query));
+  if (spec.query) tests.push(decodedField('query', anyOf(spec.query), (v) => v.query, () => true));
   for (const [name, matches] of Object.entries(spec.headers ?? {})) tests.push(namedField(`header:${name}`, matches, (v) => v.header(name)));
   for (const [name, matches] of Object.entries(spec.cookies ?? {})) tests.push(namedField(`cookie:${name}`, matches, (v) => v.cookie(name)));
-  if (spec.body) tests.push(decodedField('body', anyOf(spec.body), (v) => v.bodyText()));
+  if (spec.body) tests.push(decodedField('body', anyOf(spec.body), (v) => v.bodyText(), (v) => v.formBody()));
   return {
     id: spec.id,
     message: spec.message,
@@ -62,12 +62,12 @@ function compileRule(spec: WafRuleSpec): CompiledRule {
   };
 }
 
-/** A value tried raw and in each decoded form. */
-function decodedField(part: string, test: StringTest, read: (v: WafView) => string | undefined): FieldTest {
+/** A value tried raw and in each decoded form; `plus`: whether its '+' is a space. */
+function decodedField(part: string, test: StringTest, read: (v: WafView) => string | undefined, plus: (v: WafView) => boolean = () => false): FieldTest {
   return (v) => {
     const value = read(v);
     if (value === undefined) return undefined;
-    for (const form of v.forms(value)) if (test(form)) return `${part}=${form}`;
+    for (const form of v.forms(value, plus(v))) if (test(form)) return `${part}=${form}`;
     return undefined;
   };
 }

@@ -2,6 +2,7 @@
  * What the WAF reads of one request, worked out once and only when a rule asks: path and query
  * split, cookies parsed, decoded forms of each value cached, the body's first bytes as text.
  */
+import { hostName } from '../../pipeline/address-list.js';
 import { decodedForms } from './decode.js';
 import type { WafRequest } from './builtin/index.js';
 import type { Exchange } from '../../pipeline/exchange.js';
@@ -19,13 +20,15 @@ export class WafView implements WafRequest {
   body: Buffer | undefined;
   private cookies: Map<string, string> | undefined;
   private decoded: Map<string, string[]> | undefined;
+  private decodedPlus: Map<string, string[]> | undefined;
   private text: string | undefined;
 
   constructor(x: Exchange) {
     this.method = x.method;
     this.headers = x.req.headers;
     this.rawHeaders = x.req.rawHeaders;
-    this.host = x.host.toLowerCase();
+    // The name, as rules give it: without the port or a final dot (the key's host is lower case already).
+    this.host = hostName(x.host);
     this.clientAddress = x.clientAddress;
     const q = x.path.indexOf('?');
     this.path = q === -1 ? x.path : x.path.slice(0, q);
@@ -46,13 +49,20 @@ export class WafView implements WafRequest {
     return (this.text ??= this.body.toString('utf8'));
   }
 
-  /** The value and its decoded forms (decoded once per request). */
-  forms(value: string): readonly string[] {
-    const cached = this.decoded?.get(value);
-    if (cached !== undefined) return cached;
-    const forms = decodedForms(value);
-    (this.decoded ??= new Map()).set(value, forms);
+  /**
+   * The value and its decoded forms (decoded once per request). `plus`: '+' is a space, as in a
+   * query or a form body (application/x-www-form-urlencoded), not in a path or a header.
+   */
+  forms(value: string, plus = false): readonly string[] {
+    const cache = plus ? (this.decodedPlus ??= new Map()) : (this.decoded ??= new Map());
+    let forms = cache.get(value);
+    if (forms === undefined) cache.set(value, (forms = decodedForms(value, plus)));
     return forms;
+  }
+
+  /** Whether the body is a form, whose '+' is a space. */
+  formBody(): boolean {
+    return (this.header('content-type') ?? '').toLowerCase().startsWith('application/x-www-form-urlencoded');
   }
 
 }

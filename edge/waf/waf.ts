@@ -96,6 +96,6 @@ export class Waf {
   }
 
   private block(x: Exchange, rule: string): true {
-    return answerFromFilter(x, 403, `waf:${rule}`, `403 Forbidden: blocked by rule ${rule}`);
+    return answerFromFilter(x, 403, `waf:${rule}`, `blocked by rule ${rule}`);
   }
 }

@@ -165,3 +165,11 @@ test('a 403 or 429 to a request whose body was not read closes the connection, a
   t.is((await fetchFrom(edge.url, '/after')).status, 200);
   t.is(origin.requests.length, 1);
 });
+
+test('RateLimit-Policy: a burst below the rate advertises the rate (the pace a client may keep), a burst above it the burst and its refill time', async (t) => {
+  const below = await setup(t, cached, { rateLimit: '100/s', rateLimitBurst: 10, rateLimitHeaders: true, waf: 'off' });
+  t.is(header(await fetchFrom(below.edge.url, '/b'), 'ratelimit-policy'), '"default";q=100;w=1');
+  const above = await setup(t, cached, { rateLimit: '10/s', rateLimitBurst: 50, rateLimitHeaders: true, waf: 'off' });
+  t.is(header(await fetchFrom(above.edge.url, '/a'), 'ratelimit-policy'), '"default";q=50;w=5');
+});
+

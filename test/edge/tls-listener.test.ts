@@ -246,6 +246,7 @@ test('HTTP/2 requests get the same caching answers as HTTP/1.1: a conditional hi
   t.regex(String(conditional.headers['cache-status']), /; hit/);
   const mismatch = await get({ ':authority': 'localhost', host: 'other.example' });
   t.is(mismatch.status, 400, 'RFC 9113 §8.3.1: a Host that differs from :authority is malformed');
+  t.is((await get({ ':authority': 'localhost', host: 'LOCALHOST' })).status, 200, 'host names compare case-insensitively');
 });
 
 test('shutdown: requests in flight over HTTPS and HTTP/2 finish, then the listeners close', async (t) => {

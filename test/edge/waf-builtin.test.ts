@@ -244,3 +244,8 @@ test('matches name the part and keep the matched text short', (t) => {
   t.true(query!.matched.length <= 120);
   t.is(sets[1].inspect(get('', { path: '/..%2f..%2fetc/passwd' }))?.part, 'path');
 });
+
+test('a literal backslash is judged raw as well as normalised: `w\\hoami` is stopped like `w%5choami`, an ordinary Windows path is not', (t) => {
+  for (const query of ['c=;w\\hoami', 'c=|dir c:\\', 'c=;un\\ame -a', 'c=;w%5choami']) t.is(sets[1].inspect(get(query))?.family, 'rce', query);
+  for (const query of ['path=C:\\Users\\me\\file.txt', 'name=O\\Brien']) t.is(sets[1].inspect(get(query)), undefined, query);
+});

@@ -198,3 +198,26 @@ test('method and host rules ignore case; a log or allow rule works in the body p
   t.is(edge.metrics.get('waf_matches_total', { rule: 'trusted-import', action: 'allow' }), 1);
   t.is(origin.requests.length, 2);
 });
+
+test("a query rule reads '+' as a space, as the application will (and a form body's); a host rule ignores the port", async (t) => {
+  const { origin, edge } = await setup(
+    t,
+    ok,
+    rules(
+      { id: 'no-union', query: { regex: 'union\\s+select', ignoreCase: true } },
+      { id: 'no-union-form', phase: 'body', body: { regex: 'union\\s+select', ignoreCase: true } },
+      { id: 'shop-admin', host: 'shop.example', path: '/admin' },
+    ),
+  );
+  t.is((await fetchFrom(edge.url, '/q?q=union%20select')).status, 403);
+  t.is((await fetchFrom(edge.url, '/q?q=union+select')).status, 403);
+  const form = { 'content-type': 'application/x-www-form-urlencoded' };
+  t.is((await fetchFrom(edge.url, '/f', { method: 'POST', body: 'q=union+select', headers: form })).status, 403);
+  // In a path '+' is a plus, and in a JSON body too.
+  t.is((await fetchFrom(edge.url, '/f', { method: 'POST', body: '{"q":"union+select"}', headers: { 'content-type': 'application/json' } })).status, 200);
+  t.is((await fetchFrom(edge.url, '/admin', { headers: { host: 'shop.example:8080' } })).status, 403);
+  t.is((await fetchFrom(edge.url, '/admin', { headers: { host: 'Shop.Example.' } })).status, 403);
+  t.is((await fetchFrom(edge.url, '/admin', { headers: { host: 'other.example:8080' } })).status, 200);
+  t.is(origin.requests.length, 2);
+});
+

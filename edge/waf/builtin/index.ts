@@ -169,10 +169,12 @@ interface Hit {
   matched: string;
 }
 
-function firstHit(forms: readonly string[], sigs: readonly Signature[]): Hit | undefined {
-  // The raw form is read only when nothing decodes: a query's '+' is a space and '%27' a quote
-  // to the application, and reading them literally only invents tokens.
-  const first = forms.length > 1 ? 1 : 0;
+/**
+ * Signatures read the forms from `first`, the fully decoded one, on: the raw form is skipped
+ * when decoding changed it (a query's '+' is a space and '%27' a quote to the application, and
+ * reading them literally only invents tokens), and read when it did not.
+ */
+function firstHit(forms: readonly string[], sigs: readonly Signature[], first: number): Hit | undefined {
   let mask = 0;
   for (let i = first; i < forms.length; i++) mask |= charMask(forms[i]!);
   for (const sig of sigs) {
@@ -238,8 +240,8 @@ class Pass {
       const forms = this.forms;
       forms.length = 0;
       forms.push(value.length > MAX_DECODE ? value.slice(0, MAX_DECODE) : value);
-      if (needsDecoding(value, plus)) addDecodedForms(value, plus, forms);
-      hit = firstHit(forms, sigs) ?? null;
+      const first = needsDecoding(value, plus) ? addDecodedForms(value, plus, forms) : 0;
+      hit = firstHit(forms, sigs, first) ?? null;
       forms.length = 0;
       if (value.length <= SCAN_CACHE_VALUE) {
         if (cache.size >= SCAN_CACHE) cache.clear();
@@ -259,7 +261,7 @@ class Pass {
       const forms = this.forms;
       forms.length = 0;
       forms.push(value);
-      hit = firstHit(forms, sigs) ?? null;
+      hit = firstHit(forms, sigs, 0) ?? null;
       forms.length = 0;
       if (value.length <= 512) {
         if (cache.size >= INERT_CACHE) cache.clear();
