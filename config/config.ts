@@ -465,7 +465,9 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
     const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list' || spec.kind === 'purge-peers';
-    values[name] = convert(name, list ? raws : raws[raws.length - 1], `flag --${flagName(name)}`, values[name]);
+    // A list flag may be repeated and each value comma-separated, as in the environment.
+    const given = list ? raws.flatMap((raw) => raw.split(',').map((item) => item.trim()).filter(Boolean)) : raws[raws.length - 1];
+    values[name] = convert(name, given, `flag --${flagName(name)}`, values[name]);
   }
   checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
   checkRateLimitStore(values as unknown as Config);

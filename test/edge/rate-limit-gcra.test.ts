@@ -144,25 +144,17 @@ test('1,000,000 distinct keys: size stays within maxKeys and memory within a bou
   t.like(table.take('client-0.example', rate, 1000), { remaining: 9 });
 });
 
-test('an existing key, want 1, is cheap', (t) => {
+test('a hot key among 10,000 under a stream at twice its rate admits exactly half (no drift over 1,000,000 takes)', (t) => {
   const table = new GcraTable({ maxKeys: 100_000 });
   for (let i = 0; i < 10_000; i++) table.take(`k${i}`, R100, 0);
   const rate: Rate = { intervalMs: 0.001, burst: 10 };
-  let best = 0;
   let now = 0;
-  for (let round = 0; round < 5; round++) {
-    const n = 2_000_000;
-    let allowed = 0;
-    const start = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) {
-      if (table.take('hot', rate, now).allowed) allowed++;
-      now += 0.0005;
-    }
-    const perSecond = (n / Number(process.hrtime.bigint() - start)) * 1e9;
-    best = Math.max(best, perSecond);
-    t.true(Math.abs(allowed - n / 2) <= 10, `${allowed}`);
+  let allowed = 0;
+  const n = 1_000_000;
+  for (let i = 0; i < n; i++) {
+    if (table.take('hot', rate, now).allowed) allowed++;
+    now += 0.0005;
   }
-  t.log(`${(best / 1e6).toFixed(1)} M takes/s`);
-  // Target is ≥ 5 M/s on an idle core; the assertion leaves room for a loaded CI machine.
-  t.true(best > 1e6);
+  // The burst, then one in two.
+  t.true(Math.abs(allowed - n / 2) <= 10, `${allowed}`);
 });

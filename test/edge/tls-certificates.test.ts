@@ -5,7 +5,7 @@
  * certificate to be served rather than sleeping.
  */
 import test from 'ava';
-import { X509Certificate, createPrivateKey, randomBytes } from 'node:crypto';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -287,24 +287,23 @@ test('a Kubernetes-style secret update (..data symlink swapped) is picked up', a
   t.pass();
 });
 
-test('after a reload, clients without SNI get the new default once onReload sets the server context (ticket keys kept)', async (t) => {
+test('after a reload that changed a pair, onReload is called, and clients without SNI get the new default once it sets the server context', async (t) => {
   const { dir, pairs, f } = await threePairs(t);
   let server: Server | undefined;
+  let reloads = 0;
   const onReload = (): void => {
-    // setSecureContext gives the server fresh random ticket keys: keep the shared ones.
-    const keys = server!.getTicketKeys();
+    reloads++;
     server!.setSecureContext(store.defaultOptions());
-    server!.setTicketKeys(keys);
   };
   const store = new CertificateStore(pairs, { logger: silentLogger(), watch: false, onReload });
   const served = await serve(t, store);
   server = served.server;
-  const keys = randomBytes(48);
-  server.setTicketKeys(keys);
+  t.deepEqual(store.reload(), []);
+  t.is(reloads, 0, 'files unchanged: nothing to do');
   const renewed = await makeCertificate(['default.example'], { ca: f.ca });
   writePair(dir, 'default', renewed);
   t.deepEqual(store.reload(), []);
-  t.true(server.getTicketKeys().equals(keys));
+  t.is(reloads, 1);
   t.is((await handshake(served.port)).cert.fingerprint256, fingerprint(renewed.cert));
   t.is((await handshake(served.port, { servername: 'unknown.example' })).cert.fingerprint256, fingerprint(renewed.cert));
 });
@@ -383,9 +382,12 @@ test('names come from DNS subjectAltNames, else the subject CN; an expired certi
   const many = writePair(dir, 'many', await makeCertificate(['Multi.Example', 'other.example', '*.multi.example', '10.0.0.1'], { ca: f.ca }));
   const expiredPem = await makeCertificate(['old.example'], { ca: f.ca, notBefore: new Date(Date.now() - 10 * 86400_000), notAfter: new Date(Date.now() - 86400_000) });
   const expired = writePair(dir, 'expired', expiredPem);
+  // No subjectAltName: the CN names it. A CN beside DNS names is ignored (RFC 6125 §6.4.4).
+  const cnOnly = writePair(dir, 'cn-only', await makeCertificate(['CN-Only.Example'], { ca: f.ca, noSubjectAltName: true }));
+  const cnAside = writePair(dir, 'cn-aside', await makeCertificate(['san.example'], { ca: f.ca, cn: 'cn.example' }));
   const { logger, lines } = memoryLogger();
-  const store = new CertificateStore([many, expired], { logger, watch: false });
-  t.deepEqual(store.names(), [['multi.example', 'other.example', '*.multi.example'], ['old.example']]);
+  const store = new CertificateStore([many, expired, cnOnly, cnAside], { logger, watch: false });
+  t.deepEqual(store.names(), [['multi.example', 'other.example', '*.multi.example'], ['old.example'], ['cn-only.example'], ['san.example']]);
   const warning = lines.find((line) => line.level === 40);
   t.truthy(warning);
   t.true(String(warning!.msg).includes(expired.certFile));

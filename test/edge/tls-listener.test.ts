@@ -4,6 +4,7 @@
  * and https:// upstreams verified against a CA, with a client certificate, or (explicitly) not.
  */
 import test from 'ava';
+import { X509Certificate } from 'node:crypto';
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
@@ -12,8 +13,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { Agent, request } from 'undici';
-import { fetchFrom, header, send, setup, startTestEdge, waitFor, type TestEdge } from '../helpers/harness.js';
+import { fetchFrom, header, raw, send, setup, startTestEdge, waitFor, type TestEdge } from '../helpers/harness.js';
 import { makeCa, makeCertificate, writePair, type PemPair } from '../helpers/certificates.js';
+import { startTestShield } from '../shield/fixtures/chain.js';
 
 const cacheable = (_q: unknown, res: Parameters<typeof send>[0]) => send(res, 200, { 'cache-control': 'max-age=60' }, 'hello over tls');
 
@@ -24,13 +26,16 @@ function tempDir(t: { teardown(fn: () => void): void }): string {
 }
 
 /** Connects, returns what the server presented and negotiated, and closes. */
-function handshake(url: string, options: ConnectionOptions): Promise<{ cn: string; alpn: string | false; protocol: string | null; session: Buffer | undefined; reused: boolean }> {
+function handshake(
+  url: string,
+  options: ConnectionOptions,
+): Promise<{ cn: string; serial: string; cipher: string; alpn: string | false; protocol: string | null; session: Buffer | undefined; reused: boolean }> {
   const { hostname, port } = new URL(url);
   return new Promise((resolve, reject) => {
     let session: Buffer | undefined;
     const socket: TLSSocket = tlsConnect({ host: hostname, port: Number(port), ...options }, () => {
       const peer = socket.getPeerCertificate();
-      const result = { cn: String(peer.subject?.CN), alpn: socket.alpnProtocol ?? false, protocol: socket.getProtocol(), reused: socket.isSessionReused() };
+      const result = { cn: String(peer.subject?.CN), serial: String(peer.serialNumber), cipher: socket.getCipher().name, alpn: socket.alpnProtocol ?? false, protocol: socket.getProtocol(), reused: socket.isSessionReused() };
       // TLS 1.3 tickets arrive after the handshake: wait a moment for one.
       setTimeout(() => {
         socket.end();
@@ -82,31 +87,37 @@ test('ALPN offers h2 and http/1.1; both reach one cache', async (t) => {
   t.is(origin.count(), 1);
 });
 
-test('TLS 1.2 and 1.3 only, with ECDHE AEAD suites for 1.2', async (t) => {
+test('TLS 1.3 by default; TLS 1.2 negotiates an ECDHE suite with an AEAD cipher (the refusal of 1.1 and of CBC suites: tls-certificates)', async (t) => {
   const dir = tempDir(t);
   const pem = await makeCertificate(['localhost']);
   const { edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)]);
   const url = edge.tlsUrl!;
   const options = { ca: pem.cert, servername: 'localhost' };
   t.is((await handshake(url, options)).protocol, 'TLSv1.3');
-  t.is((await handshake(url, { ...options, maxVersion: 'TLSv1.2' })).protocol, 'TLSv1.2');
-  await t.throwsAsync(handshake(url, { ...options, minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' }));
+  const tls12 = await handshake(url, { ...options, maxVersion: 'TLSv1.2' });
+  t.is(tls12.protocol, 'TLSv1.2');
+  t.regex(tls12.cipher, /^ECDHE-ECDSA-(AES(128|256)-GCM-SHA(256|384)|CHACHA20-POLY1305)$/);
 });
 
-test('sessions resume from a ticket, also after the certificates were re-read', async (t) => {
+test('sessions resume from a ticket, also after a renewed certificate was loaded (the shared ticket key is kept), and clients without SNI get the renewed one', async (t) => {
   const dir = tempDir(t);
-  const pem = await makeCertificate(['localhost']);
-  const pair = writePair(dir, 'edge', pem);
+  const ca = await makeCa();
+  const pair = writePair(dir, 'edge', await makeCertificate(['localhost'], { ca }));
   const { edge } = await tlsEdge(t, [pair]);
-  const options = { ca: pem.cert, servername: 'localhost' };
+  const options = { ca: ca.cert, servername: 'localhost' };
   for (const maxVersion of ['TLSv1.2', 'TLSv1.3'] as const) {
     const first = await handshake(edge.tlsUrl!, { ...options, maxVersion });
     t.truthy(first.session);
     t.true((await handshake(edge.tlsUrl!, { ...options, maxVersion, session: first.session! })).reused, maxVersion);
   }
   const before = await handshake(edge.tlsUrl!, options);
+  const renewed = await makeCertificate(['localhost'], { ca });
+  writePair(dir, 'edge', renewed);
+  // As SIGHUP does: the files are re-read, and the listener's own context (no SNI) replaced.
   edge.reconfigure(edge.config);
-  t.true((await handshake(edge.tlsUrl!, { ...options, session: before.session! })).reused, 'the ticket key survives a reload');
+  const noSni = await handshake(edge.tlsUrl!, { ca: ca.cert, checkServerIdentity: () => undefined });
+  t.is(noSni.serial, new X509Certificate(renewed.cert).serialNumber, 'a client without SNI gets the renewed certificate');
+  t.true((await handshake(edge.tlsUrl!, { ...options, session: before.session! })).reused, 'a ticket from before the renewal still resumes');
 });
 
 test('a certificate replaced on disk is served without a restart; a broken one is refused and the old one keeps serving', async (t) => {
@@ -142,20 +153,30 @@ test('a certificate replaced on disk is served without a restart; a broken one i
   t.is(reply.status, 200);
 });
 
-test('HSTS is sent over HTTPS only, when configured', async (t) => {
+test('HSTS is sent over HTTPS only (HTTP/1.1 and HTTP/2), when configured; a reload changes it for the next response', async (t) => {
   const dir = tempDir(t);
   const pem = await makeCertificate(['localhost']);
-  const { edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)], { hsts: 'max-age=31536000; includeSubDomains' });
+  const pair = writePair(dir, 'edge', pem);
+  const { edge } = await tlsEdge(t, [pair], { hsts: 'max-age=31536000; includeSubDomains' });
+  const url = edge.tlsUrl!.replace('127.0.0.1', 'localhost');
   const h1 = new Agent({ connect: { ca: pem.cert } });
-  t.teardown(() => h1.close());
-  const secure = await request(`${edge.tlsUrl!.replace('127.0.0.1', 'localhost')}/hsts`, { dispatcher: h1 });
-  await secure.body.text();
-  t.is(secure.headers['strict-transport-security'], 'max-age=31536000; includeSubDomains');
-  const plain = await fetchFrom(edge.url, '/hsts');
-  t.is(header(plain, 'strict-transport-security'), undefined, 'RFC 6797 §7.2: never over plain HTTP');
+  const h2 = new Agent({ allowH2: true, connect: { ca: pem.cert } });
+  t.teardown(() => Promise.all([h1.close(), h2.close()]).then(() => undefined));
+  const hsts = async (dispatcher: Agent) => {
+    const reply = await request(`${url}/hsts`, { dispatcher });
+    await reply.body.text();
+    return reply.headers['strict-transport-security'];
+  };
+  t.is(await hsts(h1), 'max-age=31536000; includeSubDomains');
+  t.is(await hsts(h2), 'max-age=31536000; includeSubDomains');
+  t.is(header(await fetchFrom(edge.url, '/hsts'), 'strict-transport-security'), undefined, 'RFC 6797 §7.2: never over plain HTTP');
+  edge.reconfigure({ ...edge.config, hsts: '' });
+  t.is(await hsts(h1), undefined, 'none when not configured');
+  edge.reconfigure({ ...edge.config, hsts: 'max-age=60' });
+  t.is(await hsts(h2), 'max-age=60');
 });
 
-test('--redirect-http answers plain HTTP with 308 to the HTTPS listener, the health path excepted', async (t) => {
+test('--redirect-http answers plain HTTP with 308 (not stored) to the HTTPS listener, the health path excepted; no valid Host is a 400; a reload turns it off', async (t) => {
   const dir = tempDir(t);
   const pem = await makeCertificate(['localhost']);
   const { origin, edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)], { redirectHttp: true });
@@ -163,8 +184,13 @@ test('--redirect-http answers plain HTTP with 308 to the HTTPS listener, the hea
   const reply = await fetchFrom(edge.url, '/path?q=1', { headers: { host: 'www.example:8080' } });
   t.is(reply.status, 308);
   t.is(header(reply, 'location'), `https://www.example:${tlsPort}/path?q=1`);
+  t.is(header(reply, 'cache-control'), 'no-store');
   t.is((await fetchFrom(edge.url, '/__outpost/health')).status, 200);
+  t.regex(await raw(edge.url, 'GET /nohost HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 400 /, 'HTTP/1.0 without Host: nowhere to redirect to');
+  t.regex(await raw(edge.url, 'GET /x HTTP/1.1\r\nHost: evil.example/@x\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400 /, 'a Host that is no host name');
   t.is(origin.count(), 0);
+  edge.reconfigure({ ...edge.config, redirectHttp: false });
+  t.is((await fetchFrom(edge.url, '/served')).status, 200);
 });
 
 // ---- https:// upstreams (re-encryption) ------------------------------------------------------
@@ -284,4 +310,27 @@ test('shutdown: requests in flight over HTTPS and HTTP/2 finish, then the listen
   t.deepEqual(await overH2, [200, 'late but whole']);
   await closed;
   await t.throwsAsync(handshake(edge.tlsUrl!, { ca: pem.cert, servername: 'localhost' }), undefined, 'no longer accepting');
+});
+
+test('a ring of https:// shields on a private CA: requests and the ring’s health checks are verified against --upstream-ca, so both stay healthy', async (t) => {
+  t.timeout(30_000);
+  const dir = tempDir(t);
+  const ca = await makeCa();
+  writeFileSync(join(dir, 'ca.pem'), ca.cert);
+  const origin = await httpsOrigin(t, await makeCertificate(['localhost'], { ca }));
+  const shields = [];
+  for (const name of ['a', 'b']) {
+    const pair = writePair(dir, `shield-${name}`, await makeCertificate(['localhost'], { ca }));
+    const shield = await startTestShield(origin.url, { listenTls: '127.0.0.1:0', tlsCert: [pair.certFile], tlsKey: [pair.keyFile], upstreamCa: join(dir, 'ca.pem') });
+    t.teardown(() => shield.close());
+    shields.push(shield.tlsUrl!.replace('127.0.0.1', 'localhost'));
+  }
+  const edge = await edgeOf(t, shields[0]!, { upstreams: shields, upstreamCa: join(dir, 'ca.pem') });
+  for (let i = 0; i < 8; i++) t.is((await fetchFrom(edge.url, `/ring${i}`)).status, 200);
+  // The ring probes every 2 s and marks a shield down after 2 failed probes: past that, still up.
+  await new Promise((resolve) => setTimeout(resolve, 5_000));
+  t.deepEqual(
+    edge.upstream.memberHealth().map((m) => m.healthy),
+    [true, true],
+  );
 });

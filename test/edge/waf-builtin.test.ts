@@ -199,7 +199,7 @@ test('never throws on garbage', (t) => {
   for (const request of odd) for (const p of [1, 2, 3] as const) t.notThrows(() => sets[p].inspect(request));
 });
 
-test('adversarial 100 KiB inputs finish (linear-time expressions)', (t) => {
+test('adversarial 100 KiB inputs are inspected without throwing, within the test timeout (a backtracking expression would hang here)', (t) => {
   const N = 100 * 1024;
   const units = ["'", '"', '<', 'a', '%25', '../', '/*', ' ', '<a ', ' onx', 'javascript:', '${', '${${', '{{', '1 or ', 'union select ', '\\', '&#', '%u', '%c0',
     'http://', '[::', '0x', ';', '|', '`', '$(', '/etc/', '<!ENTITY ', 'O:1:"', 'sleep(', '-- ', '=', '(', '.', '//', '\r\n', '%0a', '&', '+', 'é', '\ud800', '\u0000',

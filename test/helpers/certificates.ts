@@ -16,6 +16,10 @@ export interface PemPair {
 export interface CertificateOptions {
   /** Signs with this CA; default: self-signed. */
   ca?: PemPair;
+  /** The subject CN (default: the first name). */
+  cn?: string;
+  /** Leave out the subjectAltName extension: the CN alone names the certificate. */
+  noSubjectAltName?: boolean;
   notBefore?: Date;
   notAfter?: Date;
 }
@@ -43,7 +47,7 @@ export async function makeCertificate(names: string[], options: CertificateOptio
   if (names.length === 0) throw new Error('makeCertificate needs at least one name');
   // A minute back: a certificate "valid from now" can look not yet valid to a peer a tick behind.
   const notBeforeDate = options.notBefore ?? new Date(Date.now() - 60_000);
-  const generated = await generate([{ name: 'commonName', value: names[0]! }], {
+  const generated = await generate([{ name: 'commonName', value: options.cn ?? names[0]! }], {
     keyType: 'ec',
     curve: 'P-256',
     algorithm: 'sha256',
@@ -54,7 +58,9 @@ export async function makeCertificate(names: string[], options: CertificateOptio
       { name: 'basicConstraints', cA: false, critical: true },
       { name: 'keyUsage', digitalSignature: true, critical: true },
       { name: 'extKeyUsage', serverAuth: true, clientAuth: true },
-      { name: 'subjectAltName', altNames: names.map((name) => (isIP(name) === 0 ? { type: 2 as const, value: name } : { type: 7 as const, ip: name })) },
+      ...(options.noSubjectAltName
+        ? []
+        : [{ name: 'subjectAltName' as const, altNames: names.map((name) => (isIP(name) === 0 ? { type: 2 as const, value: name } : { type: 7 as const, ip: name })) }]),
     ],
   });
   // selfsigned's PEM has no final newline: concatenating a chain would glue two armour lines.

@@ -1,0 +1,397 @@
+/**
+ * TLS, PROXY protocol and client-limit options are checked at start-up: each rule below rejects a
+ * bad combination or value with a ConfigError naming the field (and where it came from), while
+ * the nearest valid setting loads. The CLI applies the checks that need files (certificates, the
+ * upstream CA) before it listens or creates its data folder, and exits 2 naming the field.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig, type Config, type ConfigSources } from '../../config/config.js';
+import { makeCertificate, writePair } from '../helpers/certificates.js';
+
+const bin = fileURLToPath(new URL('../../../bin/outpost', import.meta.url));
+
+interface Rule {
+  /** The rule, as it appears in the test title. */
+  rule: string;
+  bad: ConfigSources;
+  /** ConfigError.field, and the start of the message: `invalid <field> (<source>): …`. */
+  field: string;
+  source: string;
+  /** What the rest of the message must say. */
+  reason: RegExp;
+  /** The nearest valid setting, and what it loads to. */
+  good: ConfigSources;
+  loads: Partial<Config>;
+}
+
+const TLS = { listenTls: '127.0.0.1:0' };
+
+const rules: Rule[] = [
+  {
+    rule: 'tlsKey: as many --tls-key as --tls-cert (file)',
+    bad: { fileContents: { ...TLS, tlsCert: ['a.crt', 'b.crt'], tlsKey: ['a.key'] } },
+    field: 'tlsKey',
+    source: 'config',
+    reason: /2 --tls-cert but 1 --tls-key/,
+    good: { fileContents: { ...TLS, tlsCert: ['a.crt', 'b.crt'], tlsKey: ['a.key', 'b.key'] } },
+    loads: { tlsCert: ['a.crt', 'b.crt'], tlsKey: ['a.key', 'b.key'] },
+  },
+  {
+    rule: 'tlsKey: as many --tls-key as --tls-cert (a key with no certificate, flags)',
+    bad: { flags: { listenTls: ['127.0.0.1:0'], tlsKey: ['a.key'] } },
+    field: 'tlsKey',
+    source: 'config',
+    reason: /0 --tls-cert but 1 --tls-key/,
+    good: { flags: { listenTls: ['127.0.0.1:0'], tlsCert: ['a.crt'], tlsKey: ['a.key'] } },
+    loads: { tlsCert: ['a.crt'], tlsKey: ['a.key'] },
+  },
+  {
+    rule: 'redirectHttp needs listenTls',
+    bad: { fileContents: { redirectHttp: true } },
+    field: 'redirectHttp',
+    source: 'config',
+    reason: /needs --listen-tls/,
+    good: { fileContents: { ...TLS, tlsCert: ['a.crt'], tlsKey: ['a.key'], redirectHttp: true } },
+    loads: { redirectHttp: true, listenTls: { host: '127.0.0.1', port: 0 } },
+  },
+  {
+    rule: 'redirectHttp needs listenTls (flag --redirect-http)',
+    bad: { flags: { redirectHttp: ['true'] } },
+    field: 'redirectHttp',
+    source: 'config',
+    reason: /needs --listen-tls/,
+    good: { flags: { redirectHttp: ['true'], listenTls: ['127.0.0.1:0'], tlsCert: ['a.crt'], tlsKey: ['a.key'] } },
+    loads: { redirectHttp: true, listenTls: { host: '127.0.0.1', port: 0 } },
+  },
+  {
+    rule: 'tlsCert needs listenTls',
+    bad: { fileContents: { tlsCert: ['a.crt'], tlsKey: ['a.key'] } },
+    field: 'tlsCert',
+    source: 'config',
+    reason: /certificates given but no --listen-tls/,
+    good: { fileContents: { ...TLS, tlsCert: ['a.crt'], tlsKey: ['a.key'] } },
+    loads: { tlsCert: ['a.crt'], listenTls: { host: '127.0.0.1', port: 0 } },
+  },
+  {
+    rule: 'upstreamCert needs upstreamKey',
+    bad: { fileContents: { upstreamCert: 'client.crt' } },
+    field: 'upstreamKey',
+    source: 'config',
+    reason: /give --upstream-cert and --upstream-key together/,
+    good: { fileContents: { upstreamCert: 'client.crt', upstreamKey: 'client.key' } },
+    loads: { upstreamCert: 'client.crt', upstreamKey: 'client.key' },
+  },
+  {
+    rule: 'upstreamKey needs upstreamCert',
+    bad: { flags: { upstreamKey: ['client.key'] } },
+    field: 'upstreamCert',
+    source: 'config',
+    reason: /give --upstream-cert and --upstream-key together/,
+    good: { flags: { upstreamKey: ['client.key'], upstreamCert: ['client.crt'] } },
+    loads: { upstreamCert: 'client.crt', upstreamKey: 'client.key' },
+  },
+  {
+    rule: 'trustedProxies needs proxyProtocol',
+    bad: { fileContents: { trustedProxies: ['10.0.0.0/8'] } },
+    field: 'trustedProxies',
+    source: 'config',
+    reason: /only means something with --proxy-protocol/,
+    good: { fileContents: { trustedProxies: ['10.0.0.0/8'], proxyProtocol: true } },
+    loads: { proxyProtocol: true, trustedProxies: ['10.0.0.0/8'] },
+  },
+  {
+    rule: 'proxyProtocol needs trustedProxies',
+    bad: { flags: { proxyProtocol: ['true'] } },
+    field: 'trustedProxies',
+    source: 'config',
+    reason: /--proxy-protocol needs the balancers .*--trusted-proxy/,
+    good: { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', '::1'] } },
+    loads: { proxyProtocol: true, trustedProxies: ['10.0.0.1', '::1'] },
+  },
+  {
+    rule: 'tlsTicketRotateSec at least 60',
+    bad: { fileContents: { tlsTicketRotateSec: 59 } },
+    field: 'tlsTicketRotateSec',
+    source: 'config',
+    reason: /must be at least 60, got 59/,
+    good: { fileContents: { tlsTicketRotateSec: 60 } },
+    loads: { tlsTicketRotateSec: 60 },
+  },
+  {
+    rule: 'tlsTicketRotateSec at least 60 (environment)',
+    bad: { env: { OUTPOST_TLS_TICKET_ROTATE_SEC: '0' } },
+    field: 'tlsTicketRotateSec',
+    source: 'environment OUTPOST_TLS_TICKET_ROTATE_SEC',
+    reason: /must be at least 60, got 0/,
+    good: { env: { OUTPOST_TLS_TICKET_ROTATE_SEC: '86400' } },
+    loads: { tlsTicketRotateSec: 86_400 },
+  },
+  {
+    rule: 'clientMaxHeaders at least 8',
+    bad: { fileContents: { clientMaxHeaders: 7 } },
+    field: 'clientMaxHeaders',
+    source: 'config',
+    reason: /must be at least 8, got 7/,
+    good: { fileContents: { clientMaxHeaders: 8 } },
+    loads: { clientMaxHeaders: 8 },
+  },
+  {
+    rule: 'clientMaxHeaders at most 10000',
+    bad: { flags: { clientMaxHeaders: ['10001'] } },
+    field: 'clientMaxHeaders',
+    source: 'flag --client-max-headers',
+    reason: /must be at most 10000, got 10001/,
+    good: { flags: { clientMaxHeaders: ['10000'] } },
+    loads: { clientMaxHeaders: 10_000 },
+  },
+  {
+    rule: 'clientHeaderMaxBytes at least 1KB',
+    bad: { fileContents: { clientHeaderMaxBytes: 1023 } },
+    field: 'clientHeaderMaxBytes',
+    source: 'config',
+    reason: /must be at least 1024, got 1023/,
+    good: { fileContents: { clientHeaderMaxBytes: '1KB' } },
+    loads: { clientHeaderMaxBytes: 1024 },
+  },
+  {
+    rule: 'clientHeaderMaxBytes at most 1MB',
+    bad: { flags: { clientHeaderMaxBytes: ['1025KB'] } },
+    field: 'clientHeaderMaxBytes',
+    source: 'flag --client-header-max-bytes',
+    reason: /must be at most 1048576, got 1049600/,
+    good: { flags: { clientHeaderMaxBytes: ['1MB'] } },
+    loads: { clientHeaderMaxBytes: 1024 * 1024 },
+  },
+  {
+    rule: 'h2MaxConcurrentStreams at least 1',
+    bad: { fileContents: { h2MaxConcurrentStreams: 0 } },
+    field: 'h2MaxConcurrentStreams',
+    source: 'config',
+    reason: /must be at least 1, got 0/,
+    good: { fileContents: { h2MaxConcurrentStreams: 1 } },
+    loads: { h2MaxConcurrentStreams: 1 },
+  },
+  {
+    rule: 'maxConnectionsPerClient not negative (0 is no limit)',
+    bad: { fileContents: { maxConnectionsPerClient: -1 } },
+    field: 'maxConnectionsPerClient',
+    source: 'config',
+    reason: /must be at least 0, got -1/,
+    good: { fileContents: { maxConnectionsPerClient: 0 } },
+    loads: { maxConnectionsPerClient: 0 },
+  },
+  {
+    rule: 'trustedProxies are addresses or CIDRs',
+    bad: { fileContents: { proxyProtocol: true, trustedProxies: ['10.0.0.1', 'not-an-ip'] } },
+    field: 'trustedProxies',
+    source: 'config',
+    reason: /not an IP address or CIDR: "not-an-ip"/,
+    good: { fileContents: { proxyProtocol: true, trustedProxies: ['10.0.0.1', '192.168.0.0/16', 'fd00::/8'] } },
+    loads: { proxyProtocol: true, trustedProxies: ['10.0.0.1', '192.168.0.0/16', 'fd00::/8'] },
+  },
+  {
+    rule: 'trustedProxies are addresses or CIDRs (flag --trusted-proxy, repeated)',
+    bad: { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', 'not-an-ip'] } },
+    field: 'trustedProxies',
+    source: 'flag --trusted-proxy',
+    reason: /not an IP address or CIDR: "not-an-ip"/,
+    good: { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', '10.1.0.0/16'] } },
+    loads: { proxyProtocol: true, trustedProxies: ['10.0.0.1', '10.1.0.0/16'] },
+  },
+];
+
+const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+for (const rule of rules) {
+  test(`rule ${rule.rule}: rejected naming ${rule.field}, the valid setting loads`, (t) => {
+    const error = t.throws(() => loadConfig('edge', rule.bad), { instanceOf: ConfigError });
+    t.is(error?.field, rule.field);
+    t.is(error?.source, rule.source);
+    t.true(error!.message.startsWith(`invalid ${rule.field} (${rule.source}): `), error!.message);
+    t.regex(error!.message, rule.reason);
+    t.like(loadConfig('edge', rule.good), rule.loads);
+  });
+}
+
+test('the valid settings load to the values given', (t) => {
+  const tls = loadConfig('edge', { fileContents: { ...TLS, tlsCert: ['a.crt', 'b.crt'], tlsKey: ['a.key', 'b.key'], redirectHttp: true } });
+  t.deepEqual(tls.listenTls, { host: '127.0.0.1', port: 0 });
+  t.deepEqual([tls.tlsCert, tls.tlsKey, tls.redirectHttp], [['a.crt', 'b.crt'], ['a.key', 'b.key'], true]);
+  const proxy = loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', '10.1.0.0/16', '::1'] } });
+  t.deepEqual([proxy.proxyProtocol, proxy.trustedProxies], [true, ['10.0.0.1', '10.1.0.0/16', '::1']]);
+  const fromEnv = loadConfig('edge', { env: { OUTPOST_PROXY_PROTOCOL: 'true', OUTPOST_TRUSTED_PROXIES: '10.0.0.1, 10.1.0.0/16' } });
+  t.deepEqual(fromEnv.trustedProxies, ['10.0.0.1', '10.1.0.0/16'], 'the environment variable is comma-separated');
+  const client = loadConfig('edge', { fileContents: { upstreamCert: 'client.crt', upstreamKey: 'client.key' } });
+  t.deepEqual([client.upstreamCert, client.upstreamKey], ['client.crt', 'client.key']);
+  const bounds = loadConfig('edge', {
+    fileContents: { tlsTicketRotateSec: 60, clientMaxHeaders: 8, clientHeaderMaxBytes: '1KB', h2MaxConcurrentStreams: 1, maxConnectionsPerClient: 0 },
+    flags: { clientHeaderMaxBytes: ['1MB'] },
+  });
+  t.like(bounds, { tlsTicketRotateSec: 60, clientMaxHeaders: 8, clientHeaderMaxBytes: 1024 * 1024, h2MaxConcurrentStreams: 1, maxConnectionsPerClient: 0 });
+  t.is(loadConfig('edge', { flags: { clientMaxHeaders: ['10000'] } }).clientMaxHeaders, 10_000);
+  t.is(loadConfig('edge', { fileContents: { clientHeaderMaxBytes: 1024 } }).clientHeaderMaxBytes, 1024);
+});
+
+// A list flag's value is split on commas as the environment's is (--drop-query-params a,b too).
+test('rule trustedProxies (flag --trusted-proxy): a comma-separated value is split, as its help says', (t) => {
+  const config = loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1,10.1.0.0/16'] } });
+  t.deepEqual(config.trustedProxies, ['10.0.0.1', '10.1.0.0/16']);
+  const error = t.throws(() => loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1,not-an-ip'] } }), { instanceOf: ConfigError });
+  t.regex(error!.message, /not an IP address or CIDR: "not-an-ip"$/);
+  t.deepEqual(loadConfig('edge', { flags: { dropQueryParams: ['utm_source,utm_medium', 'fbclid'] } }).dropQueryParams, ['utm_source', 'utm_medium', 'fbclid']);
+});
+
+// ---- The CLI: checks that read files run before the node listens ----
+
+/** Every OUTPOST_* variable of the test run left out, so only the flags count. */
+function cleanEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('OUTPOST_')));
+}
+
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+  ms: number;
+}
+
+/**
+ * Spawns `outpost edge` with a data folder that does not exist yet (the primary creates it once
+ * its config is checked); kills the child in teardown in case it started after all.
+ */
+function runEdge(t: ExecutionContext, dir: string, args: string[], timeoutMs = 20_000): Promise<Run> {
+  const dataDir = join(dir, 'data');
+  const child = spawn(
+    process.execPath,
+    [bin, 'edge', '--upstream', 'http://127.0.0.1:1', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--workers', '1', '--access-log', 'false', ...args],
+    { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() },
+  );
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  const started = Date.now();
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      // Let the last stderr chunk arrive.
+      child.stderr.once('close', () => resolve({ code, signal, stderr, ms: Date.now() - started }));
+      if (child.stderr.closed) resolve({ code, signal, stderr, ms: Date.now() - started });
+    });
+  });
+}
+
+function tempDir(t: ExecutionContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-tls-options-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Exit 2 (a ConfigError), the field named in `outpost: invalid <field> (<source>): …`, nothing started. */
+function assertRefused(t: ExecutionContext, run: Run, dir: string, field: string, source: string, reason: RegExp): void {
+  t.is(run.signal, null, `not killed by the timeout: ${run.stderr}`);
+  t.is(run.code, 2, run.stderr);
+  t.regex(run.stderr, new RegExp(`^outpost: invalid ${field} \\(${escape(source)}\\): `), run.stderr);
+  t.regex(run.stderr, reason);
+  t.notRegex(run.stderr, /listening on/);
+  t.false(existsSync(join(dir, 'data')), 'refused before the data folder is created');
+  t.true(run.ms < 15_000, `exited after ${run.ms} ms`);
+}
+
+test('CLI rule tlsCert: --listen-tls without --tls-cert exits 2 naming tlsCert before listening', async (t) => {
+  const dir = tempDir(t);
+  const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0']);
+  assertRefused(t, run, dir, 'tlsCert', 'flag --tls-cert', /--listen-tls needs a --tls-cert and --tls-key/);
+});
+
+test('CLI rule tlsCert: a --tls-cert file that is not a certificate exits 2 naming tlsCert and the file', async (t) => {
+  const dir = tempDir(t);
+  const good = writePair(dir, 'good', await makeCertificate(['localhost']));
+  const garbage = join(dir, 'garbage.crt');
+  writeFileSync(garbage, 'this is not a certificate\n');
+  const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', garbage, '--tls-key', good.keyFile]);
+  assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(garbage)}: not a PEM certificate`));
+});
+
+test('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 naming the file', async (t) => {
+  const dir = tempDir(t);
+  const good = writePair(dir, 'good', await makeCertificate(['localhost']));
+  const garbage = join(dir, 'armoured.crt');
+  writeFileSync(garbage, '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n');
+  const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', garbage, '--tls-key', good.keyFile]);
+  assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(garbage)}: invalid certificate`));
+});
+
+test('CLI rule tlsCert: a --tls-key that does not match its certificate exits 2 naming both files', async (t) => {
+  const dir = tempDir(t);
+  const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
+  const b = writePair(dir, 'b', await makeCertificate(['b.localhost']));
+  const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', a.certFile, '--tls-key', b.keyFile]);
+  assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(b.keyFile)}: private key does not match the certificate in ${escape(a.certFile)}`));
+});
+
+test('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file', async (t) => {
+  const dir = tempDir(t);
+  const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
+  const missing = join(dir, 'missing.key');
+  const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', a.certFile, '--tls-key', missing]);
+  assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(missing)}: cannot read \\(ENOENT\\)`));
+});
+
+test('CLI rule upstreamCa: an unreadable --upstream-ca exits 2 naming upstreamCa and the file', async (t) => {
+  const dir = tempDir(t);
+  const run = await runEdge(t, dir, ['--upstream-ca', '/nonexistent']);
+  assertRefused(t, run, dir, 'upstreamCa', 'config', /cannot read \/nonexistent: ENOENT/);
+});
+
+test('CLI rule upstreamKey: --upstream-cert without --upstream-key exits 2 naming upstreamKey', async (t) => {
+  const dir = tempDir(t);
+  const client = writePair(dir, 'client', await makeCertificate(['client.localhost']));
+  const run = await runEdge(t, dir, ['--upstream-cert', client.certFile]);
+  assertRefused(t, run, dir, 'upstreamKey', 'config', /give --upstream-cert and --upstream-key together/);
+});
+
+test('CLI control: a valid --tls-cert/--tls-key pair with --listen-tls and --upstream-ca starts and listens on HTTPS', async (t) => {
+  const dir = tempDir(t);
+  const pair = writePair(dir, 'edge', await makeCertificate(['localhost']));
+  const ca = join(dir, 'ca.pem');
+  writeFileSync(ca, (await makeCertificate(['ca.localhost'])).cert);
+  const dataDir = join(dir, 'data');
+  const child = spawn(
+    process.execPath,
+    [bin, 'edge', '--upstream', 'http://127.0.0.1:1', '--listen', '127.0.0.1:0', '--data-dir', dataDir, '--workers', '1', '--access-log', 'false',
+      '--listen-tls', '127.0.0.1:0', '--tls-cert', pair.certFile, '--tls-key', pair.keyFile, '--upstream-ca', ca, '--redirect-http'],
+    { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() },
+  );
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let stderr = '';
+  const listening = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not listening after 30 s: ${stderr}`)), 30_000);
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+      const line = /outpost edge listening on [^\n]*\n/.exec(stderr);
+      if (line) {
+        clearTimeout(timer);
+        resolve(line[0]);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`exited ${code}: ${stderr}`));
+    });
+  });
+  t.regex(listening, /listening on http:\/\/127\.0\.0\.1:\d+ and https:\/\/127\.0\.0\.1:\d+/);
+  t.true(existsSync(dataDir));
+  const exit = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  child.kill('SIGTERM');
+  t.is(await exit, 0, stderr);
+});
