@@ -477,6 +477,7 @@ test('the certs service really makes the certificate the edges read, in the volu
     t.truthy(edge.config!.listenTls, `${edge.name} listens for TLS`);
     const certMount = volumesOf(compose.services[edge.name]!).find((v) => v.source === mount!.source);
     t.truthy(certMount, `${edge.name} mounts the certs volume`);
+    t.is(dependsOn(compose.services[edge.name]!)['certs']?.condition, 'service_completed_successfully', `${edge.name} starts once the certificate exists`);
     for (const file of [...edge.config!.tlsCert, ...edge.config!.tlsKey]) {
       t.true(file.startsWith(`${certMount!.target}/`), `${edge.name}: ${file} is in the certs volume`);
       t.true(existsSync(join(dir, posix.relative(certMount!.target, file))), `${edge.name}: the certs service writes ${file}`);

@@ -91,6 +91,10 @@ test('the request id of a trusted hop is kept: sent upstream, and named in error
   t.not(origin.requests[1]!.headers['x-request-id'], 'has spaces in it');
   await fetchFrom(edge.url, '/long', { headers: { 'x-request-id': 'x'.repeat(129) } });
   t.not(origin.requests[2]!.headers['x-request-id'], 'x'.repeat(129));
+  // A quote or backslash would break the access log's JSON and the error bodies' one line.
+  await fetchFrom(edge.url, '/quoted', { headers: { 'x-request-id': 'a"b\\c' } });
+  t.not(origin.requests[3]!.headers['x-request-id'], 'a"b\\c');
+  t.regex(String(origin.requests[3]!.headers['x-request-id']), /^[0-9a-z]+-[0-9a-z]+$/);
 });
 
 test('one request id through edge, shield and origin when the shield trusts the edge', async (t) => {

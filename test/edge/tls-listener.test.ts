@@ -334,3 +334,34 @@ test('a ring of https:// shields on a private CA: requests and the ring’s heal
     [true, true],
   );
 });
+
+test('HTTP/2 request bodies: forwarded whole without a Content-Length, and read by the WAF\'s body phase (a body ends with the stream, RFC 9113 §8.1)', async (t) => {
+  const dir = tempDir(t);
+  const pem = await makeCertificate(['localhost']);
+  const pair = writePair(dir, 'edge', pem);
+  const { origin, edge } = await setup(t, (_q, res, body) => send(res, 200, { 'cache-control': 'no-store' }, `got ${body.length}`), {
+    listenTls: '127.0.0.1:0',
+    tlsCert: [pair.certFile],
+    tlsKey: [pair.keyFile],
+    waf: { mode: 'block', rules: [{ id: 'no-drop', phase: 'body', body: { regex: 'drop table', ignoreCase: true } }] },
+  });
+  const session = http2.connect(edge.tlsUrl!.replace('127.0.0.1', 'localhost'), { ca: pem.cert });
+  t.teardown(() => session.close());
+  const post = (body: string) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      // node's client sends no content-length unless told: the body is known by its END_STREAM.
+      const stream = session.request({ ':path': '/submit', ':method': 'POST', 'content-type': 'text/plain' });
+      let status = 0;
+      let text = '';
+      stream.on('response', (headers) => (status = Number(headers[':status'])));
+      stream.on('data', (chunk: Buffer) => (text += chunk.toString()));
+      stream.on('end', () => resolve({ status, text }));
+      stream.on('error', reject);
+      stream.end(body);
+    });
+  t.deepEqual(await post('a'.repeat(5000)), { status: 200, text: 'got 5000' });
+  t.is(origin.requests[0]!.headers['content-length'], undefined);
+  t.is((await post('please DROP TABLE users')).status, 403);
+  t.is(origin.requests.length, 1);
+});
+
