@@ -1,8 +1,9 @@
 /**
  * The accept phase (pipeline/listeners.ts) against slow and abusive clients, over real sockets
  * on 127.0.0.1: a slowloris, per-client and per-listener connection limits, header count and
- * size limits, request and keep-alive timeouts, and the HTTP/2 attacks (too many streams,
- * rapid reset CVE-2023-44487, CONTINUATION flood CVE-2024-27983 family) on the TLS listener.
+ * size limits (HTTP/1.1 on both listeners, HTTP/2), request, keep-alive and TLS handshake
+ * timeouts, and the HTTP/2 attacks (too many streams, rapid reset CVE-2023-44487 and the polite
+ * client its limiter must leave alone, CONTINUATION flood CVE-2024-27983 family) on the TLS listener.
  * HTTP/2 frames for the raw attacks are built byte by byte here (RFC 9113 §4.1, RFC 7541).
  *
  * A normal client that must not be confused with the attacker connects from 127.0.0.2, since
@@ -17,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { makeCertificate, writePair, type PemPair } from '../helpers/certificates.js';
-import { fetchFrom, raw, send, settle, startOrigin, startTestEdge, waitFor, type OriginHandler, type TestEdge, type TestOrigin } from '../helpers/harness.js';
+import { delay, fetchFrom, raw, send, settle, startOrigin, startTestEdge, waitFor, type OriginHandler, type TestEdge, type TestOrigin } from '../helpers/harness.js';
 
 /** The "other" client: per-client limits apply to 127.0.0.1, the attacker. */
 const OTHER = '127.0.0.2';
@@ -195,6 +196,51 @@ function h2get(session: ClientHttp2Session, path: string): Promise<{ status: num
   });
 }
 
+/** Sends raw bytes over TLS (ALPN http/1.1, this file's CA) and returns everything received until the edge closes (or the timeout). */
+function rawTls(tlsUrl: string, ca: string, data: string, timeoutMs = 3_000): Promise<{ alpn: string | false | null; text: string }> {
+  const { port } = new URL(tlsUrl);
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ host: '127.0.0.1', port: Number(port), ca, ALPNProtocols: ['http/1.1'] });
+    const chunks: Buffer[] = [];
+    let alpn: string | false | null = null;
+    const done = () => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ alpn, text: Buffer.concat(chunks).toString('latin1') });
+    };
+    const timer = setTimeout(done, timeoutMs);
+    socket.once('secureConnect', () => {
+      alpn = socket.alpnProtocol;
+      socket.write(data);
+    });
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.on('end', done);
+    socket.on('close', done);
+    socket.on('error', done);
+  });
+}
+
+/** A TLS handshake with the TLS listener: whether it completed, or the edge closed the connection first. */
+function tlsHandshake(t: ExecutionContext, tlsUrl: string, ca: string): Promise<{ outcome: 'handshake' | 'closed'; ms: number }> {
+  const { port } = new URL(tlsUrl);
+  const started = performance.now();
+  const socket = tlsConnect({ host: '127.0.0.1', port: Number(port), ca, ALPNProtocols: ['h2'] });
+  t.teardown(() => socket.destroy());
+  return new Promise((resolve) => {
+    const end = (outcome: 'handshake' | 'closed') => resolve({ outcome, ms: performance.now() - started });
+    socket.once('secureConnect', () => end('handshake'));
+    socket.once('error', () => end('closed'));
+    socket.once('close', () => end('closed'));
+  });
+}
+
+/** The sum of a counter over all its label values (as /metrics would show it). */
+async function counterTotal(edge: TestEdge, name: string): Promise<{ total: number; labels: Record<string, unknown>[] }> {
+  const metric = (await edge.metrics.json()).find((m) => m.name === `outpost_${name}`);
+  const values = (metric?.values ?? []) as { labels: Record<string, unknown>; value: number }[];
+  return { total: values.reduce((sum, v) => sum + v.value, 0), labels: values.map((v) => v.labels) };
+}
+
 /** RFC 9113 §4.1: 24-bit length, 8-bit type, 8-bit flags, reserved bit + 31-bit stream id, payload. */
 function frame(type: number, flags: number, streamId: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   const head = Buffer.alloc(9);
@@ -290,6 +336,8 @@ class RawH2 {
 }
 
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+const rapidResetClosed = (edge: TestEdge) => edge.metrics.get('h2_sessions_closed_total', { reason: 'rapid-reset' });
 
 // ---------- slowloris ----------
 
@@ -419,6 +467,28 @@ test('maxConnections (per listener): with 3 open, a 4th connection is dropped at
   t.is(refused(edge, 'max-connections'), 1);
 });
 
+test('maxConnections on the TLS listener too: with 3 sessions open, a 4th connection is dropped before its handshake, counted as max-connections; a freed slot admits again', async (t) => {
+  const { edge, ca } = await tlsEdgeFor(t, cached, { maxConnections: 3, maxConnectionsPerClient: 0, clientKeepAliveTimeoutMs: 60_000 });
+  const three: ClientHttp2Session[] = [];
+  for (let i = 0; i < 3; i++) {
+    const session = await h2session(t, edge.tlsUrl!, ca);
+    t.is((await h2get(session, '/tls-kept')).status, 200, `session ${i} within the limit is served`);
+    three.push(session);
+  }
+  const fourth = await tlsHandshake(t, edge.tlsUrl!, ca);
+  t.is(fourth.outcome, 'closed', 'the 4th connection gets no TLS handshake');
+  t.true(fourth.ms < 3_000, `closed at once (${Math.round(fourth.ms)} ms)`);
+  t.is(refused(edge, 'max-connections'), 1, "counted as 'max-connections'");
+  for (const session of three) t.false(session.closed || session.destroyed, 'the three admitted sessions stay open');
+  t.is((await h2get(three[0]!, '/tls-kept')).status, 200, 'and keep being served');
+  // Below the limit again, the TLS listener admits.
+  three[0]!.destroy();
+  t.true(await waitFor(() => edge.listeners.sockets.size <= 2, 5_000), 'the edge saw the session close');
+  const again = await h2session(t, edge.tlsUrl!, ca);
+  t.is((await h2get(again, '/tls-kept')).status, 200, 'admitted in the freed slot');
+  t.is(refused(edge, 'max-connections'), 1, 'no further refusals');
+});
+
 // ---------- request head limits ----------
 
 function headWith(fields: number, extra = ''): string {
@@ -474,6 +544,28 @@ test('clientHeaderMaxBytes: a request head larger than the limit gets 431 naming
   t.is(origin.count('/head'), 1);
 });
 
+test('clientMaxHeaders over HTTP/1.1 on the TLS listener (ALPN http/1.1): eleven fields get 431, ten are served', async (t) => {
+  const { origin, edge, ca } = await tlsEdgeFor(t, cached, { clientMaxHeaders: 10 });
+  const atLimit = await rawTls(edge.tlsUrl!, ca, headWith(9));
+  t.is(atLimit.alpn, 'http/1.1', 'HTTP/1.1 was chosen by ALPN');
+  t.regex(atLimit.text, /^HTTP\/1\.1 200 /, 'ten fields (Connection: close included) are served');
+  const over = await rawTls(edge.tlsUrl!, ca, headWith(10));
+  t.regex(over.text, /^HTTP\/1\.1 431 /, 'eleven fields get 431');
+  t.regex(over.text, /more than 10 header fields/);
+  t.is(origin.count('/fields'), 1, 'only the request within the limit was forwarded');
+});
+
+test("clientHeaderMaxBytes over HTTP/1.1 on the TLS listener (ALPN http/1.1): with '2KB', a 3 KB head gets 431, a 1 KB one is served", async (t) => {
+  const { origin, edge, ca } = await tlsEdgeFor(t, cached, { clientHeaderMaxBytes: '2KB' });
+  const small = await rawTls(edge.tlsUrl!, ca, `GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(1000)}\r\nConnection: close\r\n\r\n`);
+  t.is(small.alpn, 'http/1.1');
+  t.regex(small.text, /^HTTP\/1\.1 200 /, 'a 1 KB head is served');
+  const big = await rawTls(edge.tlsUrl!, ca, `GET /head HTTP/1.1\r\nHost: x\r\nX-Pad: ${'a'.repeat(3000)}\r\nConnection: close\r\n\r\n`);
+  t.regex(big.text, /^HTTP\/1\.1 431 /, 'a 3 KB head gets 431 (not node\'s 16 KiB default)');
+  t.regex(big.text, /2048 bytes/, 'the body names the limit');
+  t.is(origin.count('/head'), 1, 'only the small request was forwarded');
+});
+
 // ---------- timeouts ----------
 
 test('clientRequestTimeoutMs: a POST whose body never completes is cut (closed or 408) after about that time', async (t) => {
@@ -525,6 +617,29 @@ test('clientKeepAliveTimeoutMs: an idle HTTP/2 session on the TLS listener gets 
   const idle = (goawayAt ?? closedAt)! - idleFrom;
   t.true(idle >= IDLE * 0.7 && idle <= IDLE + 4_000, `ended after ${Math.round(idle)} ms idle`);
   t.true(await waitFor(() => closedAt !== undefined, 5_000), 'the session closes');
+});
+
+test('TLS handshake timeout (clientHeaderTimeoutMs): a TCP connection to the TLS listener that sends nothing is closed after about that time and counted in tls_handshake_errors_total', async (t) => {
+  const HANDSHAKE_TIMEOUT = 1_500;
+  const { edge, ca } = await tlsEdgeFor(t, cached, { clientHeaderTimeoutMs: HANDSHAKE_TIMEOUT });
+  t.is((await counterTotal(edge, 'tls_handshake_errors_total')).total, 0, 'no handshake errors before');
+  const conn = await RawConnection.open(edge.tlsUrl!);
+  t.teardown(() => conn.destroy());
+  t.true(await conn.waitClosed(HANDSHAKE_TIMEOUT + 4_000), 'closed by the edge');
+  const after = conn.closedAt! - conn.connectedAt;
+  t.true(after >= HANDSHAKE_TIMEOUT * 0.75, `not before the timeout (${Math.round(after)} ms)`);
+  t.true(after <= HANDSHAKE_TIMEOUT + 2_500, `soon after it (${Math.round(after)} ms)`);
+  t.is(conn.text, '', 'nothing was sent to a client that never said hello');
+  t.true(await waitFor(async () => (await counterTotal(edge, 'tls_handshake_errors_total')).total === 1, 2_000), 'one handshake error counted');
+  const { labels } = await counterTotal(edge, 'tls_handshake_errors_total');
+  t.deepEqual(
+    labels.map((l) => l['code']),
+    ['ERR_TLS_HANDSHAKE_TIMEOUT'],
+    "labelled with node's handshake timeout code",
+  );
+  // A client that does say hello is still served.
+  const session = await h2session(t, edge.tlsUrl!, ca);
+  t.is((await h2get(session, '/after')).status, 200);
 });
 
 // ---------- HTTP/2 attacks ----------
@@ -618,8 +733,8 @@ async function rapidReset(h2: RawH2, pairs: number): Promise<number> {
   return sent;
 }
 
-// With today's code this passes on nghttp2's own limit (1,000 resets, then GOAWAY), not on the
-// configured 100/10: the next test is the one that checks the configured values are applied.
+// nghttp2's own limit (1,000 resets, then GOAWAY) would also end this flood: the rapid-reset
+// counter shows it was the edge's limiter (listeners.ts trackSession, 100/10 here) that did.
 test.serial('rapid reset (CVE-2023-44487): a client sending HEADERS + RST_STREAM for up to 5,000 streams gets GOAWAY long before the end; another client keeps being served', async (t) => {
   const { edge, ca } = await tlsEdgeFor(t, cached, { h2ResetBurst: 100, h2ResetRate: 10, clientKeepAliveTimeoutMs: 60_000 });
   const bystander = await h2session(t, edge.tlsUrl!, ca);
@@ -636,6 +751,8 @@ test.serial('rapid reset (CVE-2023-44487): a client sending HEADERS + RST_STREAM
     t.true(goaway.lastStreamId < 2 * sent - 1, `streams after ${goaway.lastStreamId} are not processed`);
   }
 
+  t.true(await waitFor(() => rapidResetClosed(edge) >= 1, 2_000), `the edge's own limiter ended it: h2_sessions_closed_total{reason="rapid-reset"} is ${rapidResetClosed(edge)}`);
+
   const during = await h2get(bystander, '/rr');
   t.is(during.status, 200, 'the other client is still served on its session');
   t.regex(String(during.headers['cache-status']), /; hit/);
@@ -644,7 +761,7 @@ test.serial('rapid reset (CVE-2023-44487): a client sending HEADERS + RST_STREAM
 
 test("rapid reset: the configured h2ResetBurst/h2ResetRate (100, 10/s) apply: 400 quick resets, 4x that burst but under nghttp2's built-in 1000, end the session", async (t) => {
   // node:http2 on Node 20 has no streamResetBurst/streamResetRate options (later lines do):
-  // listeners.ts passes them anyway and they are silently ignored.
+  // listeners.ts passes them anyway (ignored here) and enforces them itself in trackSession.
   const { edge, ca } = await tlsEdgeFor(t, cached, { h2ResetBurst: 100, h2ResetRate: 10, clientKeepAliveTimeoutMs: 60_000 });
   const bystander = await h2session(t, edge.tlsUrl!, ca);
   t.is((await h2get(bystander, '/rr')).status, 200);
@@ -652,7 +769,34 @@ test("rapid reset: the configured h2ResetBurst/h2ResetRate (100, 10/s) apply: 40
   const attacker = await RawH2.open(t, edge.tlsUrl!, ca);
   const sent = await rapidReset(attacker, 400);
   t.true(await waitFor(() => attacker.goaway !== undefined || attacker.closed, 3_000), `GOAWAY or close after ${sent} resets against a configured burst of 100`);
+  t.is(rapidResetClosed(edge), 1, 'counted once as h2_sessions_closed_total{reason="rapid-reset"}');
   t.is((await h2get(bystander, '/rr')).status, 200, 'the other session is still served');
+});
+
+test('rapid reset: a polite client cancelling about 5 streams a second for 3 s (15 resets against h2ResetBurst 10, refilled at 10/s) keeps its session and is still served', async (t) => {
+  const { edge, ca } = await tlsEdgeFor(t, cached, { h2ResetBurst: 10, h2ResetRate: 10, clientKeepAliveTimeoutMs: 60_000 });
+  const h2 = await RawH2.open(t, edge.tlsUrl!, ca);
+  await h2.write(Buffer.concat([PREFACE, frame(FRAME.SETTINGS, 0, 0)]));
+  // A well-behaved client acknowledges the server's SETTINGS (RFC 9113 §6.5.3).
+  t.true(await waitFor(() => h2.frames.some((f) => f.type === FRAME.SETTINGS && (f.flags & 0x1) === 0), 3_000), "the server's SETTINGS");
+  await h2.write(frame(FRAME.SETTINGS, 0x1, 0));
+  const cancel = Buffer.alloc(4);
+  cancel.writeUInt32BE(0x8); // CANCEL
+  const RESETS = 15;
+  // More than the burst in all, but never faster than the refill: each is 200 ms after the last.
+  for (let i = 0; i < RESETS; i++) {
+    const id = 1 + 2 * i;
+    await h2.write(Buffer.concat([frame(FRAME.HEADERS, FLAG.END_STREAM | FLAG.END_HEADERS, id, requestBlock('/polite')), frame(FRAME.RST_STREAM, 0, id, cancel)]));
+    await delay(200);
+    t.false(h2.closed || h2.goaway !== undefined, `still open after ${i + 1} resets`);
+  }
+  const last = 1 + 2 * RESETS;
+  await h2.write(frame(FRAME.HEADERS, FLAG.END_STREAM | FLAG.END_HEADERS, last, requestBlock('/polite')));
+  t.true(await waitFor(() => h2.responses().includes(last) || h2.closed, 5_000), 'the next request is answered');
+  t.true(h2.responses().includes(last), `a response on stream ${last}, on the same session`);
+  t.is(h2.goaway, undefined, 'no GOAWAY');
+  t.false(h2.closed, 'the session is still open');
+  t.is(rapidResetClosed(edge), 0, 'no session closed for rapid reset');
 });
 
 test.serial('CONTINUATION flood (CVE-2024-27983 family): HEADERS without END_HEADERS then thousands of CONTINUATION frames: the server ends the connection early and keeps serving others', async (t) => {

@@ -13,7 +13,10 @@ import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { pino } from 'pino';
 import { ConfigError, loadConfig } from '../../config/config.js';
+import { startEdge } from '../../edge/edge.js';
+import { MemoryStore } from '../../storage/memory-store.js';
 import { makeCertificate, writePair, type PemPair } from '../helpers/certificates.js';
 import { send, startOrigin, startTestEdge, waitFor, type OriginHandler, type TestEdge, type TestOrigin } from '../helpers/harness.js';
 
@@ -350,6 +353,65 @@ test('maxConnectionsPerClient counts the PROXY header address, not the balancer:
   t.is(third.text, '', 'a 3rd connection for A is closed');
   t.is(refused(edge, 'per-client'), 1);
   await stillServes(t, edge, origin);
+});
+
+/** A connection from the balancer (127.0.0.1) that sent `header` and a keep-alive request, was served, and is held open. */
+async function heldProxied(t: ExecutionContext, base: string, header: Buffer, path: string): Promise<{ socket: Socket; text: () => string }> {
+  const { port } = new URL(base);
+  const socket = connect({ host: '127.0.0.1', port: Number(port) });
+  socket.on('error', () => undefined);
+  t.teardown(() => socket.destroy());
+  const chunks: Buffer[] = [];
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  const text = () => Buffer.concat(chunks).toString('latin1');
+  socket.write(Buffer.concat([header, latin1(`GET ${path} HTTP/1.1\r\nHost: x\r\n\r\n`)]));
+  t.true(await waitFor(() => /^HTTP\/1\.1 200 /.test(text()) || socket.destroyed, 5_000), `${path}: an answer or a close`);
+  t.regex(text(), /^HTTP\/1\.1 200 /, `${path}: served and kept`);
+  return { socket, text };
+}
+
+test('maxConnectionsPerClient: the balancer itself (a trusted proxy) is exempt: four PROXY v2 LOCAL connections from 127.0.0.1 with a limit of 2 are all admitted and served', async (t) => {
+  const { origin, edge } = await proxyEdge(t, { maxConnectionsPerClient: 2, clientKeepAliveTimeoutMs: 60_000 });
+  const held: { socket: Socket; text: () => string }[] = [];
+  for (let i = 0; i < 4; i++) held.push(await heldProxied(t, edge.url, V2_LOCAL, `/local-held-${i}`));
+  t.is(refused(edge, 'per-client'), 0, 'none refused as per-client');
+  t.true(held.every((h) => !h.socket.destroyed), 'all four are still open');
+  // Each is still served on its own connection.
+  for (const [i, h] of held.entries()) {
+    const before = h.text().length;
+    h.socket.write(latin1(`GET /local-again-${i} HTTP/1.1\r\nHost: x\r\n\r\n`));
+    t.true(await waitFor(() => /^HTTP\/1\.1 200 /.test(h.text().slice(before)), 5_000), `connection ${i} served again`);
+  }
+  t.is(seen(origin, '/local-held-3')?.headers['x-forwarded-for'], '127.0.0.1', "the LOCAL connections' client is the balancer's own address");
+});
+
+test("the access log line names the PROXY header's client, not the balancer", async (t) => {
+  const origin = await startOrigin(recorder);
+  const dataDir = mkdtempSync(join(tmpdir(), 'outpost-proxy-log-'));
+  const lines: string[] = [];
+  const logger = pino({ level: 'info', name: 'outpost-edge' }, { write: (line: string) => void lines.push(line) });
+  const config = loadConfig('edge', {
+    fileContents: { listen: '127.0.0.1:0', upstreams: [origin.url], dataDir, waf: 'off', proxyProtocol: true, trustedProxies: ['127.0.0.1'] },
+  });
+  const edge = await startEdge(config, { logger, store: new MemoryStore({ maxBytes: 1 << 24 }) });
+  let closed = false;
+  t.teardown(async () => {
+    if (!closed) await edge.close();
+    await origin.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+  t.is((await proxied(edge.url, v1('203.0.113.9'), '/logged')).status, 200);
+  // Closing flushes the access log's batch.
+  await edge.close();
+  closed = true;
+  const requests = lines
+    .join('')
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .filter((line) => line['msg'] === 'request' && line['path'] === '/logged');
+  t.is(requests.length, 1, 'one access log line for the request');
+  t.is(requests[0]?.['client'], '203.0.113.9', "client is the PROXY header's source");
 });
 
 // ---------- config ----------
