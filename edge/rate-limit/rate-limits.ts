@@ -12,6 +12,7 @@ import type { Config } from '../../config/config.js';
 import type { RateLimitSpec } from '../../config/request-rules.js';
 import { answerFromFilter, type Exchange, type RequestFilter } from '../../pipeline/exchange.js';
 import { hostName } from '../../pipeline/address-list.js';
+import { headerText } from '../../pipeline/response-policy.js';
 import type { Metrics } from '../../pipeline/metrics.js';
 import { compileMatch } from '../string-match.js';
 import type { Decision, Rate } from './gcra.js';
@@ -151,9 +152,8 @@ function compileKeyPart(part: RateLimitSpec['key'][number]): KeyPart {
   const name = part.slice('header:'.length);
   // A request without the field is not under this limit (as an Envoy descriptor that cannot be built).
   return (x) => {
-    const value = x.req.headers[name];
-    if (value === undefined) return undefined;
-    return bounded(Array.isArray(value) ? value.join(', ') : value);
+    const value = headerText(x.req.headers[name]);
+    return value === undefined ? undefined : bounded(value);
   };
 }
 

@@ -3,6 +3,7 @@
  * split, cookies parsed, decoded forms of each value cached, the body's first bytes as text.
  */
 import { hostName } from '../../pipeline/address-list.js';
+import { headerText } from '../../pipeline/response-policy.js';
 import { decodedForms } from './decode.js';
 import type { WafRequest } from './builtin/index.js';
 import type { Exchange } from '../../pipeline/exchange.js';
@@ -36,8 +37,7 @@ export class WafView implements WafRequest {
   }
 
   header(name: string): string | undefined {
-    const value = this.headers[name];
-    return Array.isArray(value) ? value.join(', ') : value;
+    return headerText(this.headers[name]);
   }
 
   cookie(name: string): string | undefined {
