@@ -64,7 +64,9 @@ test.serial('purges by URL, prefix, tag and all, hard and soft, reach every tier
   t.true((soft.json['affected'] as number) >= 1);
   const stale = await getFresh(edge.url, '/soft/1');
   t.is(stale.text, '/soft/1 v1', 'a soft-purged object is served stale once');
-  t.true(await waitFor(() => origin.count('/soft/1') === 2, 5_000), 'one background revalidation reaches the origin');
+  // Generous: on a loaded 2-core CI machine the revalidation through both tiers can take seconds.
+  t.true(await waitFor(() => origin.count('/soft/1') >= 2, 15_000), 'one background revalidation reaches the origin');
+  t.is(origin.count('/soft/1'), 2, 'only one');
   t.true(await waitFor(async () => (await getFresh(edge.url, '/soft/1')).text === '/soft/1 v2'), 'then the new version is served');
   const shieldStats = await shield.stats();
   t.is(shieldStats.purges.accepted, 5, 'the shield applied every purge the edge forwarded');
@@ -177,10 +179,11 @@ test.serial('GET /cache shows every stored variant of a URL: status, headers, ti
     t.is(v['size'], `secret body in ${String(v['variant']).slice(-2)}`.length);
     t.deepEqual(v['tags'], ['docs', `lang-${String(v['variant']).slice(-2)}`]);
     t.true((v['headers'] as string[][]).some(([name, value]) => name === 'cache-control' && value === 'max-age=60, stale-while-revalidate=30'));
-    // Freshness starts at the response's Date (one-second resolution), so within a second of storedAt + 60 s.
+    // Freshness starts at the response's Date (one-second resolution), before storedAt by the
+    // second's fraction plus the trip from origin to store (seconds on a loaded machine).
     const storedAt = Date.parse(String(v['storedAt']));
     const staleAt = Date.parse(String(v['staleAt']));
-    t.true(staleAt - storedAt > 58_999 && staleAt - storedAt <= 60_000, `${staleAt - storedAt}`);
+    t.true(staleAt - storedAt > 50_000 && staleAt - storedAt <= 60_000, `${staleAt - storedAt}`);
     t.is(Date.parse(String(v['graceUntil'])) - staleAt, 30_000, 'stale-while-revalidate=30');
   }
   t.true(inspected.variants.some((v) => v['kind'] === 'vary' && (v['varyOn'] as string[])[0] === 'accept-language'));
