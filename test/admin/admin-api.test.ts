@@ -67,7 +67,7 @@ test.serial('purges by URL, prefix, tag and all, hard and soft, reach every tier
   // Generous: on a loaded 2-core CI machine the revalidation through both tiers can take seconds.
   t.true(await waitFor(() => origin.count('/soft/1') >= 2, 15_000), 'one background revalidation reaches the origin');
   t.is(origin.count('/soft/1'), 2, 'only one');
-  t.true(await waitFor(async () => (await getFresh(edge.url, '/soft/1')).text === '/soft/1 v2'), 'then the new version is served');
+  t.true(await waitFor(async () => (await getFresh(edge.url, '/soft/1')).text === '/soft/1 v2', 15_000), 'then the new version is served');
   const shieldStats = await shield.stats();
   t.is(shieldStats.purges.accepted, 5, 'the shield applied every purge the edge forwarded');
 });

@@ -305,13 +305,15 @@ function assertRefused(t: ExecutionContext, run: Run, dir: string, field: string
   t.true(run.ms < 15_000, `exited after ${run.ms} ms`);
 }
 
-test('CLI rule tlsCert: --listen-tls without --tls-cert exits 2 naming tlsCert before listening', async (t) => {
+// One CLI process at a time: eight node start-ups at once would load a 2-core CI machine for
+// the other test files running beside this one.
+test.serial('CLI rule tlsCert: --listen-tls without --tls-cert exits 2 naming tlsCert before listening', async (t) => {
   const dir = tempDir(t);
   const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0']);
   assertRefused(t, run, dir, 'tlsCert', 'flag --tls-cert', /--listen-tls needs a --tls-cert and --tls-key/);
 });
 
-test('CLI rule tlsCert: a --tls-cert file that is not a certificate exits 2 naming tlsCert and the file', async (t) => {
+test.serial('CLI rule tlsCert: a --tls-cert file that is not a certificate exits 2 naming tlsCert and the file', async (t) => {
   const dir = tempDir(t);
   const good = writePair(dir, 'good', await makeCertificate(['localhost']));
   const garbage = join(dir, 'garbage.crt');
@@ -320,7 +322,7 @@ test('CLI rule tlsCert: a --tls-cert file that is not a certificate exits 2 nami
   assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(garbage)}: not a PEM certificate`));
 });
 
-test('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 naming the file', async (t) => {
+test.serial('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 naming the file', async (t) => {
   const dir = tempDir(t);
   const good = writePair(dir, 'good', await makeCertificate(['localhost']));
   const garbage = join(dir, 'armoured.crt');
@@ -329,7 +331,7 @@ test('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 naming th
   assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(garbage)}: invalid certificate`));
 });
 
-test('CLI rule tlsCert: a --tls-key that does not match its certificate exits 2 naming both files', async (t) => {
+test.serial('CLI rule tlsCert: a --tls-key that does not match its certificate exits 2 naming both files', async (t) => {
   const dir = tempDir(t);
   const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
   const b = writePair(dir, 'b', await makeCertificate(['b.localhost']));
@@ -337,7 +339,7 @@ test('CLI rule tlsCert: a --tls-key that does not match its certificate exits 2 
   assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(b.keyFile)}: private key does not match the certificate in ${escape(a.certFile)}`));
 });
 
-test('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file', async (t) => {
+test.serial('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file', async (t) => {
   const dir = tempDir(t);
   const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
   const missing = join(dir, 'missing.key');
@@ -345,20 +347,20 @@ test('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file', async
   assertRefused(t, run, dir, 'tlsCert', 'config', new RegExp(`${escape(missing)}: cannot read \\(ENOENT\\)`));
 });
 
-test('CLI rule upstreamCa: an unreadable --upstream-ca exits 2 naming upstreamCa and the file', async (t) => {
+test.serial('CLI rule upstreamCa: an unreadable --upstream-ca exits 2 naming upstreamCa and the file', async (t) => {
   const dir = tempDir(t);
   const run = await runEdge(t, dir, ['--upstream-ca', '/nonexistent']);
   assertRefused(t, run, dir, 'upstreamCa', 'config', /cannot read \/nonexistent: ENOENT/);
 });
 
-test('CLI rule upstreamKey: --upstream-cert without --upstream-key exits 2 naming upstreamKey', async (t) => {
+test.serial('CLI rule upstreamKey: --upstream-cert without --upstream-key exits 2 naming upstreamKey', async (t) => {
   const dir = tempDir(t);
   const client = writePair(dir, 'client', await makeCertificate(['client.localhost']));
   const run = await runEdge(t, dir, ['--upstream-cert', client.certFile]);
   assertRefused(t, run, dir, 'upstreamKey', 'config', /give --upstream-cert and --upstream-key together/);
 });
 
-test('CLI control: a valid --tls-cert/--tls-key pair with --listen-tls and --upstream-ca starts and listens on HTTPS', async (t) => {
+test.serial('CLI control: a valid --tls-cert/--tls-key pair with --listen-tls and --upstream-ca starts and listens on HTTPS', async (t) => {
   const dir = tempDir(t);
   const pair = writePair(dir, 'edge', await makeCertificate(['localhost']));
   const ca = join(dir, 'ca.pem');
