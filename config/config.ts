@@ -119,6 +119,7 @@ export const OPTIONS = {
   rateLimitHeaders: { kind: 'bool', default: false, roles: ['edge'], help: 'send RateLimit-Policy and RateLimit on admitted requests of the default limit too' },
   rateLimitKeys: { kind: 'int', default: 100_000, min: 1, max: 10_000_000, roles: ['edge'], help: 'buckets kept per limit in each process (least recently used dropped first)' },
   rateLimitStore: { kind: 'string', default: '', roles: ['edge'], help: 'redis://host:port shared by the edges of a PoP (empty: limits are per node)' },
+  rateLimitRedisTimeoutMs: { kind: 'int', default: 50, min: 1, max: 10_000, roles: ['edge'], help: 'longest wait for a Redis decision before the fallback decides' },
   rateLimitRedisFail: { kind: 'enum', default: 'local', choices: ['local', 'open'], roles: ['edge'], help: 'while Redis is slow or down: decide with the node-local limiter, or admit' },
   clientHeaderTimeoutMs: ms('time a client has to send its request headers', 10_000),
   clientRequestTimeoutMs: ms('time a client has to send its whole request, body included', 120_000),
@@ -229,6 +230,7 @@ export interface Config {
   rateLimitHeaders: boolean;
   rateLimitKeys: number;
   rateLimitStore: string;
+  rateLimitRedisTimeoutMs: number;
   rateLimitRedisFail: 'local' | 'open';
   clientHeaderTimeoutMs: number;
   clientRequestTimeoutMs: number;

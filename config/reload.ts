@@ -28,6 +28,7 @@ export const RESTART_ONLY = [
   'adminListen',
   'purgeRetrySec',
   'rateLimitStore',
+  'rateLimitRedisTimeoutMs',
   'rateLimitKeys',
 ] as const satisfies ReadonlyArray<keyof Config>;
 

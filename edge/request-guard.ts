@@ -35,7 +35,7 @@ export class EdgeGuard implements RequestGuard {
     const { logger, metrics } = options;
     const local = options.nodeLimiter ?? new LocalLimiter(config.rateLimitKeys);
     if (config.rateLimitStore !== '') {
-      const redis = (this.redis = new RedisLimiter({ url: config.rateLimitStore, logger, failMode: config.rateLimitRedisFail }));
+      const redis = (this.redis = new RedisLimiter({ url: config.rateLimitStore, logger, failMode: config.rateLimitRedisFail, timeoutMs: config.rateLimitRedisTimeoutMs }));
       this.limiter = new SharedLimiter(redis, local);
       metrics.counterFrom('rate_limit_decisions_total', 'rate-limit decisions by where they were made: redis, or the fallback while Redis was slow or down', ['by'], () => [
         [{ by: 'redis' }, redis.counts.redis],

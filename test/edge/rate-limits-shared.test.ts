@@ -5,7 +5,7 @@
 import test from 'ava';
 import { Agent, request } from 'undici';
 import { startCluster } from '../helpers/cluster.js';
-import { delay, send, setup, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
+import { delay, fetchFrom, send, setup, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
 import { startRedis } from '../helpers/redis.js';
 
 const cached = (_q: unknown, res: Parameters<typeof send>[0]) => send(res, 200, { 'cache-control': 'max-age=60' });
@@ -53,10 +53,18 @@ async function drive(base: string, ms: number, connections: number): Promise<{ o
 test('PoP-wide through Redis: 100/s spread over two edges admits 100/s ± 10% in all', async (t) => {
   const redis = await startRedis();
   t.teardown(() => redis.stop());
-  const options = { rateLimit: '100/s', rateLimitStore: redis.url, waf: 'off' };
+  // Redis must decide every request here: a loaded CI machine can take longer than the 50 ms default.
+  const options = { rateLimit: '100/s', rateLimitStore: redis.url, rateLimitRedisTimeoutMs: 1000, waf: 'off' };
   const a = await setup(t, cached, options);
   const b = await startTestEdge(a.origin.url, options);
   t.teardown(() => b.close());
+  // Each edge's first decisions may fall back (to its own local limit) while its connection and
+  // the script load on a loaded machine: measure once both decide in Redis. The warm-up takes a
+  // token or two of the burst.
+  for (const edge of [a.edge, b]) {
+    const inRedis = async () => ((await edge.metrics.registry.getSingleMetric('outpost_rate_limit_decisions_total')?.get())?.values ?? []).some((v) => v.labels['by'] === 'redis' && v.value > 0);
+    t.true(await waitFor(async () => (await fetchFrom(edge.url, '/warm')).status > 0 && (await inRedis()), 5_000), 'deciding in Redis');
+  }
   const started = Date.now();
   const [ca, cb] = await Promise.all([drive(a.edge.url, 3_000, 4), drive(b.url, 3_000, 4)]);
   const seconds = (Date.now() - started) / 1000;
@@ -69,6 +77,20 @@ test('PoP-wide through Redis: 100/s spread over two edges admits 100/s ± 10% in
   const detail = JSON.stringify(await Promise.all(fallback.map(async (m) => (await m?.get())?.values)));
   t.true(Math.abs(admitted - expected) <= expected * 0.1, `admitted ${admitted} in ${seconds.toFixed(2)} s, expected ${expected.toFixed(0)} ± 10 %; decisions ${detail}`);
   t.true(ca.ok > 0 && cb.ok > 0);
+});
+
+test('rateLimitRedisTimeoutMs: a hung Redis holds a decision that long, then the fallback decides', async (t) => {
+  const redis = await startRedis();
+  t.teardown(() => redis.stop());
+  const { edge } = await setup(t, cached, { rateLimit: '1000/s', rateLimitStore: redis.url, rateLimitRedisTimeoutMs: 400, waf: 'off' });
+  const redisDecisions = async () => ((await edge.metrics.registry.getSingleMetric('outpost_rate_limit_decisions_total')?.get())?.values ?? []).find((v) => v.labels['by'] === 'redis')?.value ?? 0;
+  t.true(await waitFor(async () => (await fetchFrom(edge.url, '/t')).status === 200 && (await redisDecisions()) > 0, 5_000), 'deciding in Redis');
+  redis.pause();
+  const started = performance.now();
+  t.is((await fetchFrom(edge.url, '/t')).status, 200);
+  const waited = performance.now() - started;
+  // The default (50 ms) would answer long before; the configured 400 ms is waited out.
+  t.true(waited >= 350, `answered after ${waited.toFixed(0)} ms`);
 });
 
 test('Redis down: each edge decides locally within the timeout, and returns to Redis when it is back', async (t) => {
