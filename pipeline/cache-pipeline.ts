@@ -317,21 +317,23 @@ export class CachePipeline {
   }
 
   /**
-   * The entry for this request's variant. Where the store has none, a response in its commit
-   * window counts as stored (fill.ts): the store will have it in a moment.
+   * The entry for this request's variant. A response in its commit window counts as stored
+   * (fill.ts): the store will have it in a moment. It is newer than the stored one it replaces, so
+   * it wins (§4: the most recent response is used): a revalidation's fresh response is served, not
+   * the stale copy it refreshes, which would start another revalidation while the first commits.
    */
   private selectVariant(x: Exchange, entry: CachedEntry | undefined, committedMeanwhile: FillEntry | undefined): Lookup | Promise<Lookup> {
     if (entry === undefined) return { entry: this.fills.committing(x, entryKey(x.url, '')) ?? usable(committedMeanwhile), variant: '', vary: undefined };
     const record = entry.meta.http as unknown as HttpRecord;
-    if (record.kind === 'response') return { entry, variant: '', vary: undefined };
+    if (record.kind === 'response') return { entry: newest(entry, this.fills.committing(x, entryKey(x.url, '')) ?? usable(committedMeanwhile)), variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
     const key = entryKey(x.url, variant);
     const second = this.store.get(key);
     if (second instanceof Promise) {
       const committing = this.committingVariant(x, key);
-      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: e ?? this.committingVariant(x, key) ?? usable(committing), variant, vary: record }));
+      return second.catch((error) => this.storeReadFailed(error)).then((e) => ({ entry: newest(e, this.committingVariant(x, key) ?? usable(committing)), variant, vary: record }));
     }
-    return { entry: second ?? this.committingVariant(x, key), variant, vary: record };
+    return { entry: newest(second, this.committingVariant(x, key)), variant, vary: record };
   }
 
   /**
@@ -480,7 +482,7 @@ export class CachePipeline {
     }
     const keep = this.mayKeepCopy(entry, mark);
     const cookies = response.headers['set-cookie'];
-    const stream = this.writer.copy(x, entry.key, entry.meta, response.body, keep, cookies === undefined ? undefined : ([] as string[]).concat(cookies));
+    const stream = this.writer.copy(x, entry.key, entry.meta, response.body, keep, cookies === undefined ? undefined : ([] as string[]).concat(cookies), (k, tags) => this.fills.purgedSince(mark, k, tags));
     this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, setCookieHeaders(stream.setCookie));
     return true;
   }
@@ -504,7 +506,7 @@ export class CachePipeline {
         discard(response.body);
         return undefined;
       }
-      return this.writer.copy(x, entry.key, entry.meta, response.body, true, undefined).committed;
+      return this.writer.copy(x, entry.key, entry.meta, response.body, true, undefined, (k, tags) => this.fills.purgedSince(mark, k, tags)).committed;
     });
     const done = task.finally(() => this.ownerRefreshes.delete(x.url));
     this.track(this.background, done);
@@ -791,6 +793,12 @@ function collapsed(detail: string | undefined): boolean {
 /** A fill entry that can still serve a new reader (its body whole and held). */
 function usable(entry: FillEntry | undefined): FillEntry | undefined {
   return entry?.usable ? entry : undefined;
+}
+
+/** The stored entry, or the response committing over it when that one is newer. */
+function newest(stored: CachedEntry | undefined, committing: FillEntry | undefined): CachedEntry | undefined {
+  if (committing === undefined) return stored;
+  return stored === undefined || committing.meta.storedAt > stored.meta.storedAt ? committing : stored;
 }
 
 function setCookieHeaders(values: string[] | undefined): string[] | undefined {

@@ -158,7 +158,7 @@ export class StoreWriter {
     const key = entryKey(x.url, variant);
     if (invalidated(key, meta.tags)) return 'purged';
     const setCookie = headers['set-cookie'];
-    return this.stream(x, key, meta, response.body, varyRecord, true, setCookie === undefined ? undefined : ([] as string[]).concat(setCookie));
+    return this.stream(x, key, meta, response.body, varyRecord, true, setCookie === undefined ? undefined : ([] as string[]).concat(setCookie), invalidated);
   }
 
   /**
@@ -166,19 +166,36 @@ export class StoreWriter {
    * worker's store (its memory tier, for a key it does not own) as the body arrives. `keep`
    * false streams without storing (a body too large for memory).
    */
-  copy(x: Exchange, key: string, meta: EntryMeta, body: Readable, keep: boolean, setCookie: string[] | undefined): StreamingResponse {
+  copy(
+    x: Exchange,
+    key: string,
+    meta: EntryMeta,
+    body: Readable,
+    keep: boolean,
+    setCookie: string[] | undefined,
+    invalidated: (key: string, tags: readonly string[]) => boolean,
+  ): StreamingResponse {
     const record = meta.http as unknown as ResponseRecord;
     const variant = key.slice(key.indexOf('\u0000') + 1);
     const vary: VaryRecord | undefined = record.vary.length > 0 ? { kind: 'vary', fields: record.vary, variants: [variant] } : undefined;
-    return this.stream(x, key, meta, body, vary, keep, setCookie);
+    return this.stream(x, key, meta, body, vary, keep, setCookie, invalidated);
   }
 
-  private stream(x: Exchange, key: string, meta: EntryMeta, body: Readable, vary: VaryRecord | undefined, keep: boolean, setCookie: string[] | undefined): StreamingResponse {
+  private stream(
+    x: Exchange,
+    key: string,
+    meta: EntryMeta,
+    body: Readable,
+    vary: VaryRecord | undefined,
+    keep: boolean,
+    setCookie: string[] | undefined,
+    invalidated: (key: string, tags: readonly string[]) => boolean,
+  ): StreamingResponse {
     const record = meta.http as unknown as ResponseRecord;
     const broadcast = new BodyBroadcast();
     let endCommitWindow!: () => void;
     const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
-    this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow));
+    this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow, invalidated));
     return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie };
   }
 
@@ -263,6 +280,7 @@ export class StoreWriter {
     url: string,
     keep: boolean,
     endCommitWindow: () => void,
+    invalidated: (key: string, tags: readonly string[]) => boolean,
   ): Promise<void> {
     let writer: EntryWriter | undefined;
     let storing = true;
@@ -311,6 +329,13 @@ export class StoreWriter {
     try {
       // §4.4: a purge or invalidation that ran after this fill began makes the store refuse the commit.
       if (writer === undefined) return;
+      // A soft purge too: the store lets a write through one, but this body predates it and would
+      // land fresh. Checked here, as the commit starts; one that lands meanwhile finds the entry.
+      if (invalidated(key, meta.tags)) {
+        writer.abort();
+        this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason: 'purged' });
+        return;
+      }
       await writer.commit();
       if (vary) {
         // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable;

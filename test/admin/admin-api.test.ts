@@ -84,6 +84,22 @@ test.serial('a purge racing a fill in flight: the request after the reply gets a
   t.is(origin.count('/race/1?delay=600'), 2);
 });
 
+test.serial('a purge, hard or soft, while a fill\'s body streams: the body reaches its client but is not stored in either tier', async (t) => {
+  const { origin, edge } = await chain(t);
+  for (const soft of [false, true]) {
+    const path = `/body-race/${soft ? 'soft' : 'hard'}?trickle=800`;
+    const inFlight = getFresh(edge.url, path);
+    await delay(300);
+    const reply = await edge.purge({ url: keyOf(edge, path), soft });
+    t.is(reply.status, 200);
+    t.is((await inFlight).text, `${path.split('?')[0]} v1`, 'the request that started before the purge gets its response');
+    // Its commits would have landed by now, in the edge and in the shield.
+    await delay(300);
+    t.is((await getFresh(edge.url, path)).text, `${path.split('?')[0]} v2`, `${soft ? 'soft' : 'hard'}: the body that predates the purge was not stored as fresh`);
+    t.is(origin.count(path), 2);
+  }
+});
+
 test.serial('every call but /healthz and /readyz needs the token; a wrong one is refused (401) and logged without the token', async (t) => {
   const origin = await versionedOrigin(t);
   const node = await startCluster(t, origin.url, { workers: 2, token: TOKEN });

@@ -3,6 +3,8 @@
  * copies (RFC 9111 §4.2.4, §5.2.2.2, §5.2.2.8, §5.2.2.10).
  */
 import test from 'ava';
+import { MemoryStore } from '../../storage/memory-store.js';
+import { DelayedCommitStore } from '../helpers/delayed-commit-store.js';
 import { delay, fetchFrom, header, startOrigin, startTestEdge, waitFor } from '../helpers/harness.js';
 
 test('RFC 5861 §3 stale-while-revalidate: stale served at once, exactly one background revalidation under concurrent load', async (t) => {
@@ -41,6 +43,41 @@ test('RFC 5861 §3 stale-while-revalidate: stale served at once, exactly one bac
   t.is(after.text, 'version 2');
   t.regex(header(after, 'cache-status')!, /hit/);
 });
+
+for (const vary of [false, true]) {
+  test(`RFC 9111 §4 the most recent response is used: in a revalidation's commit window requests get the new response, not the stale one it replaces${vary ? ' (a Vary variant)' : ''}`, async (t) => {
+    let version = 0;
+    const origin = await startOrigin((_req, res) => {
+      version++;
+      res.writeHead(200, { 'cache-control': `max-age=${version === 1 ? 1 : 60}, stale-while-revalidate=30`, ...(vary ? { vary: 'accept-language' } : {}) });
+      res.end(`version ${version}`);
+    });
+    // Commits take 1.5 s, as a LevelDB write can on a loaded machine: the window is wide on purpose.
+    const store = new DelayedCommitStore(new MemoryStore({ maxBytes: 1 << 24 }), 1500);
+    const edge = await startTestEdge(origin.url, {}, store);
+    t.teardown(async () => {
+      await edge.close();
+      await origin.close();
+    });
+    const get = () => fetchFrom(edge.url, '/window', { headers: { 'accept-language': 'fr' } });
+    t.is((await get()).text, 'version 1');
+    await edge.pipeline.drain();
+    await delay(1100);
+    const stale = await get();
+    t.is(stale.text, 'version 1');
+    t.regex(header(stale, 'cache-status')!, /fwd=stale; detail=background-revalidate/);
+    t.true(await waitFor(() => origin.count('/window') === 2));
+    // The revalidation's response has arrived; its commit is 1.5 s away. Requests meanwhile:
+    await delay(100);
+    const during = await Promise.all(Array.from({ length: 10 }, () => get()));
+    for (const reply of during) {
+      t.is(reply.text, 'version 2', 'the response committing, not the stale copy still in the store');
+      t.regex(header(reply, 'cache-status')!, /hit/);
+    }
+    await delay(200);
+    t.is(origin.count('/window'), 2, 'no second revalidation while the first commits');
+  });
+}
 
 test('RFC 5861 §3 an operator default grace (defaultGraceSec) applies when the origin sends none', async (t) => {
   const origin = await startOrigin(async (_req, res, _body, count) => {

@@ -171,7 +171,15 @@ export async function versionedOrigin(t: { teardown(fn: () => Promise<void>): vo
     const version = (versions.get(url.pathname) ?? 0) + 1;
     versions.set(url.pathname, version);
     const section = url.pathname.split('/')[1] ?? '';
-    send(res, 200, { 'cache-control': 'max-age=300', 'surrogate-key': `section-${section}` }, `${url.pathname} v${version}`);
+    const headers = { 'cache-control': 'max-age=300', 'surrogate-key': `section-${section}` };
+    const body = `${url.pathname} v${version}`;
+    // ?trickle=MS: the headers and a first byte at once, the rest MS later (a fill whose body is still streaming).
+    const trickle = Number(url.searchParams.get('trickle') ?? 0);
+    if (trickle <= 0) return send(res, 200, headers, body);
+    res.writeHead(200, { ...headers, 'content-length': Buffer.byteLength(body) });
+    res.write(body.slice(0, 1));
+    await delay(trickle);
+    res.end(body.slice(1));
   });
   t.teardown(() => origin.close());
   return origin;
