@@ -70,6 +70,9 @@ export interface PipelineSettings {
   maxVariantsPerUrl: number;
   /** Responses larger than this are not stored. */
   maxObjectSize: number;
+  /** Bodies up to this size are held whole while they fill; larger ones keep `fillBufferSize` bytes. */
+  memoryMaxObjectSize: number;
+  fillBufferSize: number;
   /** Path prefixes whose Set-Cookie responses may be stored (without the cookie). */
   cacheSetCookiePaths: readonly string[];
   /** Peers whose X-Forwarded-* are kept. */
@@ -659,7 +662,8 @@ export class CachePipeline {
     if (body !== undefined) {
       const bytes = range ? body.subarray(range.start, range.end + 1) : body;
       x.bytes = bytes.length;
-      res.end(bytes);
+      if (bytes.length <= WRITE_SLICE_BYTES) res.end(bytes);
+      else writeSliced(res, bytes);
       return;
     }
     this.pipeBody(x, broadcast.openBody(range));
@@ -790,7 +794,32 @@ function collapsed(detail: string | undefined): boolean {
   return detail !== undefined && (detail === 'collapsed' || detail.endsWith(',collapsed'));
 }
 
-/** A fill entry that can still serve a new reader (its body whole and held). */
+/** Memory hits above this are written a slice at a time, as the client reads. */
+const WRITE_SLICE_BYTES = 64 * 1024;
+
+/**
+ * A large body held in memory, written as the client's buffer drains: TLS and HTTP/2 copy what
+ * they are handed, so a thousand slow clients given the whole body at once would hold a thousand copies.
+ */
+function writeSliced(res: ServerResponse, bytes: Buffer): void {
+  let offset = 0;
+  const next = (): void => {
+    while (offset < bytes.length) {
+      if (res.destroyed) return;
+      const end = Math.min(offset + WRITE_SLICE_BYTES, bytes.length);
+      const flowing = res.write(bytes.subarray(offset, end));
+      offset = end;
+      if (!flowing) {
+        res.once('drain', next);
+        return;
+      }
+    }
+    res.end();
+  };
+  next();
+}
+
+/** A fill entry that can still serve a new reader (its first byte in its window, or in the store once committed). */
 function usable(entry: FillEntry | undefined): FillEntry | undefined {
   return entry?.usable ? entry : undefined;
 }

@@ -5,7 +5,7 @@
  * applies a 304 to a stored response (§4.3.4) and keeps each URL's Vary record.
  */
 import type { IncomingMessage } from 'node:http';
-import { PassThrough, type Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta, type EntryWriter } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
@@ -76,6 +76,10 @@ export interface StoreWriterSettings {
   storeStatuses: StatusPolicy;
   maxVariantsPerUrl: number;
   maxObjectSize: number;
+  /** Bodies up to this size are held whole while they fill (the memory tier holds them anyway). */
+  memoryMaxObjectSize: number;
+  /** Bytes of a larger body held per fill (body-broadcast.ts). */
+  fillBufferSize: number;
   cacheSetCookiePaths: readonly string[];
 }
 
@@ -99,6 +103,8 @@ export class StoreWriter {
   private readonly now: () => number;
   private readonly track: (task: Promise<unknown>) => void;
   private readonly readFailed: (error: unknown) => undefined;
+  /** Vary record updates in progress, per URL (updatePointer). */
+  private readonly pointerUpdates = new Map<string, Promise<void>>();
 
   constructor(deps: StoreWriterDeps) {
     this.settings = deps.settings;
@@ -192,11 +198,26 @@ export class StoreWriter {
     invalidated: (key: string, tags: readonly string[]) => boolean,
   ): StreamingResponse {
     const record = meta.http as unknown as ResponseRecord;
-    const broadcast = new BodyBroadcast();
+    // Settles with the commit: readers that fall behind a large body's window continue from the store.
+    let stored!: { resolve: () => void; reject: (error: Error) => void };
+    const storedEntry = new Promise<void>((resolve, reject) => (stored = { resolve, reject }));
+    storedEntry.catch(() => undefined);
+    const heldWhole = meta.size !== UNKNOWN_SIZE && meta.size <= this.settings.memoryMaxObjectSize;
+    const broadcast = new BodyBroadcast(heldWhole ? {} : { window: this.settings.fillBufferSize, fallback: (start, end) => this.openStored(key, meta, storedEntry, start, end) });
     let endCommitWindow!: () => void;
     const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
-    this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow, invalidated));
+    this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow, invalidated, stored));
     return { key, record, meta, broadcast, requestHeaders: x.req.headers, committed, setCookie };
+  }
+
+  /** The body of the entry this fill stored, from `start`, once it is committed. */
+  private async openStored(key: string, meta: EntryMeta, storedEntry: Promise<void>, start: number, end: number | undefined): Promise<Readable> {
+    await storedEntry;
+    const entry = await this.store.get(key);
+    // Evicted, purged or replaced since: those bytes are gone, and another version's must not follow.
+    if (entry === undefined || entry.meta.storedAt !== meta.storedAt) throw new Error('the stored body is no longer there');
+    const last = end ?? entry.meta.size - 1;
+    return start > last ? Readable.from([]) : entry.openBody({ start, end: last });
   }
 
   /**
@@ -281,6 +302,7 @@ export class StoreWriter {
     keep: boolean,
     endCommitWindow: () => void,
     invalidated: (key: string, tags: readonly string[]) => boolean,
+    stored: { resolve: () => void; reject: (error: Error) => void },
   ): Promise<void> {
     let writer: EntryWriter | undefined;
     let storing = true;
@@ -291,6 +313,7 @@ export class StoreWriter {
       writer = undefined;
       void broadcast.stopRetaining();
       endCommitWindow();
+      stored.reject(new Error(`the body is not stored (${reason})`));
       this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
       if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
     };
@@ -309,7 +332,12 @@ export class StoreWriter {
         broadcast.push(chunk);
         // A body of undeclared length that outgrows maxObjectSize keeps streaming; nothing is stored.
         if (received > this.settings.maxObjectSize) stopStoring('too-large');
-        if (writer === undefined) continue;
+        if (writer === undefined) {
+          // Not stored: the upstream goes at the pace of the slowest reader (body-broadcast.ts).
+          const room = broadcast.room();
+          if (room !== undefined) await room;
+          continue;
+        }
         try {
           await writer.write(chunk);
         } catch (error) {
@@ -321,6 +349,7 @@ export class StoreWriter {
       writer?.abort();
       broadcast.fail(error as Error);
       endCommitWindow();
+      stored.reject(error as Error);
       this.metrics.inc('upstream_body_errors_total', 'upstream bodies cut short or malformed (never stored)');
       this.logger.warn({ key: url, err: (error as Error).message }, 'upstream body failed; not stored');
       return;
@@ -337,18 +366,8 @@ export class StoreWriter {
         return;
       }
       await writer.commit();
-      if (vary) {
-        // The pointer lives as long as its longest-lived variant, so no sibling becomes unreachable;
-        // it lists the variants committed meanwhile by other fills too (read again, not overwritten).
-        const existing = await this.store.get(entryKey(url, ''));
-        const current = (existing?.meta.http as HttpRecord | undefined)?.kind === 'vary' ? existing! : undefined;
-        const keepUntil = Math.max(meta.deleteAt, current?.meta.deleteAt ?? 0);
-        const record = current?.meta.http as VaryRecord | undefined;
-        const variants = record !== undefined && record.fields.join(',') === vary.fields.join(',') ? [...new Set([...record.variants, ...vary.variants])] : vary.variants;
-        const http = { ...vary, variants } as unknown as Record<string, unknown>;
-        const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: keepUntil, graceUntil: keepUntil, deleteAt: keepUntil, http };
-        await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
-      }
+      stored.resolve();
+      if (vary) await this.updatePointer(url, meta, vary);
     } catch (error) {
       if ((error as { code?: string }).code === 'REMOVED_DURING_WRITE') {
         this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason: 'purged' });
@@ -358,7 +377,35 @@ export class StoreWriter {
       }
     } finally {
       endCommitWindow();
+      // No-op once resolved; otherwise the commit did not happen and readers behind the window are cut.
+      stored.reject(new Error('the body was not stored'));
     }
+  }
+
+  /**
+   * Writes the URL's Vary record after a variant's commit. The pointer lives as long as its
+   * longest-lived variant, so no sibling becomes unreachable; it lists the variants committed
+   * meanwhile by other fills too (read again, not overwritten). Updates of one URL run one after
+   * another: two variants committing together would otherwise both read the old list, and the
+   * last write would drop the other's variant.
+   */
+  private updatePointer(url: string, meta: EntryMeta, vary: VaryRecord): Promise<void> {
+    const update = (this.pointerUpdates.get(url) ?? Promise.resolve()).then(async () => {
+      const existing = await this.store.get(entryKey(url, ''));
+      const current = (existing?.meta.http as HttpRecord | undefined)?.kind === 'vary' ? existing! : undefined;
+      const keepUntil = Math.max(meta.deleteAt, current?.meta.deleteAt ?? 0);
+      const record = current?.meta.http as VaryRecord | undefined;
+      const variants = record !== undefined && record.fields.join(',') === vary.fields.join(',') ? [...new Set([...record.variants, ...vary.variants])] : vary.variants;
+      const http = { ...vary, variants } as unknown as Record<string, unknown>;
+      const pointer: EntryMeta = { size: 0, tags: [], storedAt: meta.storedAt, staleAt: keepUntil, graceUntil: keepUntil, deleteAt: keepUntil, http };
+      await putEntry(this.store, entryKey(url, ''), pointer, Buffer.alloc(0));
+    });
+    const settled = update.catch(() => undefined);
+    this.pointerUpdates.set(url, settled);
+    void settled.then(() => {
+      if (this.pointerUpdates.get(url) === settled) this.pointerUpdates.delete(url);
+    });
+    return update;
   }
 
   /**

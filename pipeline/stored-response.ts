@@ -52,6 +52,31 @@ export interface RecordInput {
   via?: string;
 }
 
+/**
+ * Header values shared between stored records: most responses of a site repeat the same
+ * Content-Type, Cache-Control, Via and, within a second, Date, so a million entries need not
+ * hold a million copies of each. Bounded: a full table starts over. Validators and cookies are
+ * unique per response and would only churn it.
+ */
+const SHARED_VALUES_MAX = 4096;
+const NOT_SHARED = new Set(['etag', 'set-cookie', 'content-md5', 'digest', 'x-request-id']);
+let sharedValues = new Map<string, string>();
+
+function shared(name: string, value: string): string {
+  if (value.length > 128 || NOT_SHARED.has(name)) return value;
+  const known = sharedValues.get(value);
+  if (known !== undefined) return known;
+  if (sharedValues.size >= SHARED_VALUES_MAX) sharedValues = new Map();
+  sharedValues.set(value, value);
+  return value;
+}
+
+function sharedText(name: string, value: string | undefined): string | undefined {
+  return value === undefined ? undefined : shared(name, value);
+}
+
+const NO_VARY: string[] = Object.freeze([]) as unknown as string[];
+
 export function makeResponseRecord(input: RecordInput): ResponseRecord {
   const kept = withoutHopByHop(input.headers);
   const flat: string[] = [];
@@ -59,17 +84,18 @@ export function makeResponseRecord(input: RecordInput): ResponseRecord {
     if (NOT_STORED.has(name) || (input.stripSurrogate && SURROGATE_FIELDS.has(name))) continue;
     if ((name === 'via' && input.via !== undefined) || name === 'accept-ranges') continue;
     const value = kept[name]!;
-    if (Array.isArray(value)) for (const v of value) flat.push(name, v);
-    else flat.push(name, value);
+    if (Array.isArray(value)) for (const v of value) flat.push(name, shared(name, v));
+    else flat.push(name, shared(name, value));
   }
-  if (input.via !== undefined) flat.push('via', input.via);
+  if (input.via !== undefined) flat.push('via', shared('via', input.via));
   // Ranges are served from the stored copy, whatever the upstream supports.
   flat.push('accept-ranges', 'bytes');
   const f = input.freshness;
   return {
     kind: 'response',
     status: input.status,
-    headers: flat,
+    // An exact-size copy: a grown array keeps spare slots for every entry stored.
+    headers: flat.slice(),
     upstreamCacheStatus: headerText(input.headers['cache-status']),
     lifetimeSec: f.lifetimeSec,
     initialAgeSec: f.initialAgeSec,
@@ -77,8 +103,8 @@ export function makeResponseRecord(input: RecordInput): ResponseRecord {
     sieUntil: f.sieUntil,
     noStale: f.noStale,
     etag: headerText(input.headers['etag']),
-    lastModified: headerText(input.headers['last-modified']),
-    vary: input.vary,
+    lastModified: sharedText('last-modified', headerText(input.headers['last-modified'])),
+    vary: input.vary.length > 0 ? input.vary : NO_VARY,
   };
 }
 

@@ -15,11 +15,25 @@ import {
   type StoreStats,
   type StoredVariant,
 } from './cache-store.js';
+import { KeyIndex } from './key-index.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
 import { RemovalLog } from './removal-log.js';
 
-/** Rough bytes an entry costs beyond its body (objects, header strings). */
-const ENTRY_OVERHEAD_BYTES = 1024;
+/**
+ * Bytes the objects around an entry cost beyond its key, body and header text: the entry, its
+ * meta and record, their arrays and numbers, the Buffer, the LRU's and the indexes' slots.
+ * Measured with typical response headers (test/storage/memory-entry-cost.test.ts).
+ */
+export const ENTRY_OBJECT_BYTES = 700;
+
+/** What an entry costs the memory tier: its body, its key, its header text and the objects around them. */
+export function entryCost(key: string, meta: EntryMeta, body: Buffer): number {
+  let text = key.length;
+  const headers = (meta.http as { headers?: unknown } | undefined)?.headers;
+  if (Array.isArray(headers)) for (const field of headers) if (typeof field === 'string') text += field.length;
+  for (const tag of meta.tags) text += tag.length;
+  return body.length + text + ENTRY_OBJECT_BYTES;
+}
 const SWEEP_INTERVAL_MS = 30_000;
 
 export interface MemoryStoreOptions {
@@ -29,6 +43,31 @@ export interface MemoryStoreOptions {
   maxEntryBytes?: number;
   /** Clock, for tests. */
   now?: () => number;
+}
+
+const NO_TAGS: string[] = Object.freeze([]) as unknown as string[];
+
+/**
+ * The body in a buffer of its own, exactly its size. A chunk read from a socket is often a view
+ * into the whole read (headers, other responses): kept as it is, a 1 KiB body would hold that
+ * read alive for as long as it is cached.
+ */
+function ownedBytes(chunks: Buffer[], length: number): Buffer {
+  const only = chunks.length === 1 ? chunks[0]! : undefined;
+  if (only !== undefined && only.byteOffset === 0 && only.buffer.byteLength === length) return only;
+  const bytes = Buffer.allocUnsafeSlow(length);
+  let offset = 0;
+  for (const chunk of chunks) offset += chunk.copy(bytes, offset);
+  return bytes;
+}
+
+/**
+ * The key as one flat string: keys are built by concatenation, and V8 keeps a concatenation as a
+ * tree of its parts (about 100 bytes more per entry) for as long as it lives. UTF-16 round-trips
+ * every code unit, lone surrogates included.
+ */
+function flatString(text: string): string {
+  return Buffer.from(text, 'utf16le').toString('utf16le');
 }
 
 class MemoryEntry implements CachedEntry {
@@ -52,8 +91,8 @@ export class MemoryStore implements CacheStore {
   evictions = 0;
   private readonly lru: LRUCache<string, MemoryEntry>;
   /** urlKeyPrefix(url) -> entry keys, for purge by URL and by prefix. */
-  private readonly byUrl = new Map<string, Set<string>>();
-  private readonly byTag = new Map<string, Set<string>>();
+  private readonly byUrl = new KeyIndex();
+  private readonly byTag = new KeyIndex();
   /** Hard purges and deletes: a write begun before one of them is not committed after it. */
   private readonly removals = new RemovalLog();
   private readonly now: () => number;
@@ -65,7 +104,7 @@ export class MemoryStore implements CacheStore {
     this.maxEntryBytes = Math.min(options.maxEntryBytes ?? Math.floor(options.maxBytes / 8), options.maxBytes);
     this.lru = new LRUCache<string, MemoryEntry>({
       maxSize: options.maxBytes,
-      sizeCalculation: (entry) => entry.body.length + ENTRY_OVERHEAD_BYTES,
+      sizeCalculation: (entry) => entryCost(entry.key, entry.meta, entry.body),
       dispose: (entry, key, reason) => {
         // 'set' with the same key re-indexes in insert(); only unlink on real removal.
         if (reason !== 'set') this.unindex(key, entry.meta);
@@ -87,14 +126,15 @@ export class MemoryStore implements CacheStore {
   }
 
   /** Stores a complete body at once (used by the tiered store to promote disk hits). */
-  insert(key: string, meta: EntryMeta, body: Buffer): boolean {
+  insert(given: string, meta: EntryMeta, body: Buffer): boolean {
     if (body.length > this.maxEntryBytes) {
       this.skippedTooLarge++;
       return false;
     }
+    const key = flatString(given);
     const previous = this.lru.peek(key);
     if (previous) this.unindex(key, previous.meta);
-    this.lru.set(key, new MemoryEntry(key, { ...meta, size: body.length }, body));
+    this.lru.set(key, new MemoryEntry(key, { ...meta, tags: meta.tags.length > 0 ? meta.tags : NO_TAGS, size: body.length }, ownedBytes([body], body.length)));
     if (!this.lru.has(key)) return false;
     this.index(key, meta);
     return true;
@@ -132,7 +172,7 @@ export class MemoryStore implements CacheStore {
         if (this.removals.removedSince(mark, key, meta.tags)) {
           throw new StoreError('REMOVED_DURING_WRITE', 'a purge or delete ran while this entry was being written; not stored');
         }
-        this.insert(key, meta, chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, length));
+        this.insert(key, meta, ownedBytes(chunks, length));
       },
       abort: () => {
         if (state === 'open' || state === 'too-large') state = 'aborted';
@@ -157,20 +197,17 @@ export class MemoryStore implements CacheStore {
 
   async purgeUrl(url: string, options?: PurgeOptions): Promise<number> {
     if (!options?.soft) this.removals.purgedUrl(url);
-    return this.purgeKeys([...(this.byUrl.get(urlKeyPrefix(url)) ?? [])], options);
+    return this.purgeKeys(this.byUrl.keys(urlKeyPrefix(url)), options);
   }
 
   async purgePrefix(prefix: string, options?: PurgeOptions): Promise<number> {
     if (!options?.soft) this.removals.purgedPrefix(prefix);
-    const start = primaryKeyPrefix(prefix);
-    const keys: string[] = [];
-    for (const [urlPrefix, set] of this.byUrl) if (urlPrefix.startsWith(start)) keys.push(...set);
-    return this.purgeKeys(keys, options);
+    return this.purgeKeys(this.byUrl.keysUnder(primaryKeyPrefix(prefix)), options);
   }
 
   async purgeTag(tag: string, options?: PurgeOptions): Promise<number> {
     if (!options?.soft) this.removals.purgedTag(tag);
-    return this.purgeKeys([...(this.byTag.get(tag) ?? [])], options);
+    return this.purgeKeys(this.byTag.keys(tag), options);
   }
 
   stats(): StoreStats {
@@ -179,7 +216,7 @@ export class MemoryStore implements CacheStore {
 
   async variants(url: string): Promise<StoredVariant[]> {
     const out: StoredVariant[] = [];
-    for (const key of this.byUrl.get(urlKeyPrefix(url)) ?? []) {
+    for (const key of this.byUrl.keys(urlKeyPrefix(url))) {
       const entry = this.lru.peek(key);
       if (entry !== undefined) out.push({ key, meta: entry.meta, tiers: ['memory'] });
     }
@@ -224,25 +261,12 @@ export class MemoryStore implements CacheStore {
 
   private index(key: string, meta: EntryMeta): void {
     const urlPrefix = key.slice(0, key.indexOf('\u0000') + 1);
-    addTo(this.byUrl, urlPrefix, key);
-    for (const tag of meta.tags) addTo(this.byTag, tag, key);
+    this.byUrl.add(urlPrefix, key);
+    for (const tag of meta.tags) this.byTag.add(tag, key);
   }
 
   private unindex(key: string, meta: EntryMeta): void {
-    removeFrom(this.byUrl, key.slice(0, key.indexOf('\u0000') + 1), key);
-    for (const tag of meta.tags) removeFrom(this.byTag, tag, key);
+    this.byUrl.remove(key.slice(0, key.indexOf('\u0000') + 1), key);
+    for (const tag of meta.tags) this.byTag.remove(tag, key);
   }
-}
-
-function addTo(map: Map<string, Set<string>>, name: string, key: string): void {
-  let set = map.get(name);
-  if (!set) map.set(name, (set = new Set()));
-  set.add(key);
-}
-
-function removeFrom(map: Map<string, Set<string>>, name: string, key: string): void {
-  const set = map.get(name);
-  if (!set) return;
-  set.delete(key);
-  if (set.size === 0) map.delete(name);
 }

@@ -1,6 +1,6 @@
 /** The fill buffer behind request collapsing: every reader gets every byte; an unstored body is not held whole. */
 import test from 'ava';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { BodyBroadcast } from '../../pipeline/body-broadcast.js';
 
 function reader(broadcast: BodyBroadcast, range?: { start: number; end: number }): Promise<string> {
@@ -50,4 +50,108 @@ test('a failed body destroys every reader', async (t) => {
   b.fail(new Error('origin reset'));
   await t.throwsAsync(r, { message: 'origin reset' });
   t.true(b.failed);
+});
+
+/** A response whose client reads nothing until `drain()`: its buffer holds `highWaterMark` bytes. */
+function stalledReader(broadcast: BodyBroadcast, highWaterMark = 4096): { written: () => number; release: () => Promise<Buffer>; out: Writable } {
+  const received: Buffer[] = [];
+  let pending: Array<() => void> = [];
+  let stalled = true;
+  const out = new Writable({
+    highWaterMark,
+    write(chunk: Buffer, _encoding, callback) {
+      received.push(chunk);
+      if (stalled) pending.push(callback);
+      else callback();
+    },
+  });
+  const ended = new Promise<Buffer>((resolve, reject) => {
+    out.on('finish', () => resolve(Buffer.concat(received)));
+    out.on('error', reject);
+  });
+  broadcast.pipeTo(out, undefined, () => undefined);
+  return {
+    out,
+    written: () => received.reduce((n, c) => n + c.length, 0),
+    release: () => {
+      stalled = false;
+      const callbacks = pending;
+      pending = [];
+      for (const callback of callbacks) callback();
+      return ended;
+    },
+  };
+}
+
+const pattern = (n: number): Buffer => Buffer.from(Array.from({ length: n }, (_, i) => (i * 7 + (i >> 10)) & 0xff));
+
+test('a reader honours its response\'s backpressure: a client that reads nothing is handed only what fills its buffer', async (t) => {
+  const b = new BodyBroadcast();
+  const slow = stalledReader(b);
+  const body = pattern(100 * 1024);
+  for (let i = 0; i < 100; i++) b.push(body.subarray(i * 1024, (i + 1) * 1024));
+  b.end();
+  t.true(slow.written() <= 8 * 1024, `written while stalled: ${slow.written()}`);
+  t.deepEqual(await slow.release(), body, 'and all of it once it reads');
+});
+
+test('a large body being stored keeps only its window; the fill never waits, and a reader that fell behind continues from the store', async (t) => {
+  const body = pattern(200 * 1024);
+  let committed!: () => void;
+  const stored = new Promise<void>((resolve) => (committed = resolve));
+  const asked: Array<[number, number | undefined]> = [];
+  const b = new BodyBroadcast({
+    window: 16 * 1024,
+    fallback: async (start, end) => {
+      asked.push([start, end]);
+      await stored;
+      return Readable.from([body.subarray(start, end === undefined ? body.length : end + 1)]);
+    },
+  });
+  const slow = stalledReader(b);
+  const fast = reader(b);
+  let maxHeld = 0;
+  for (let i = 0; i < 200; i++) {
+    b.push(body.subarray(i * 1024, (i + 1) * 1024));
+    maxHeld = Math.max(maxHeld, b.held);
+  }
+  b.end();
+  t.true(maxHeld <= 17 * 1024, `held at most ${maxHeld} bytes`);
+  t.deepEqual(Buffer.from(await fast, 'binary').length, body.length, 'the reader that kept up got it from the window');
+  t.true(b.acceptsReaders, 'a new reader can still start: from the store');
+  const late = reader(b);
+  const slowDone = slow.release();
+  committed();
+  t.deepEqual(await slowDone, body, 'the reader that fell behind gets every byte, in order');
+  t.is((await late).length, body.length);
+  t.deepEqual(asked[0], [0, undefined], 'the late reader asked for the whole body');
+  const [start, end] = asked[1]!;
+  t.true(start > 0 && start < body.length && end === undefined, `the slow one asked for the bytes after the ones it had: ${start}-`);
+});
+
+test('a reader behind the window of a body that is then not stored is cut, never handed a gap', async (t) => {
+  const b = new BodyBroadcast({ window: 4096, fallback: () => Promise.reject(new Error('not stored')) });
+  const slow = stalledReader(b, 1024);
+  for (let i = 0; i < 50; i++) b.push(pattern(1024));
+  b.end();
+  const outcome = slow.release();
+  await t.throwsAsync(outcome);
+});
+
+test('a body that is not stored: chunks a slow reader still needs make the fill wait (room), and a reader that leaves frees them', async (t) => {
+  const b = new BodyBroadcast({ window: 8 * 1024 });
+  const slow = stalledReader(b, 1024);
+  await b.stopRetaining();
+  for (let i = 0; i < 20; i++) b.push(pattern(1024));
+  t.true(b.held > 8 * 1024);
+  const room = b.room();
+  t.truthy(room, 'the fill must wait for the slow reader');
+  let released = false;
+  void room!.then(() => (released = true));
+  await new Promise((resolve) => setImmediate(resolve));
+  t.false(released);
+  slow.out.destroy();
+  await room;
+  t.is(b.held, 0, 'the reader that left holds nothing');
+  t.is(b.room(), undefined);
 });

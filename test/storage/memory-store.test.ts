@@ -1,7 +1,7 @@
 import test from 'ava';
 import { StoreError, UNKNOWN_SIZE, putEntry } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
-import { MemoryStore } from '../../storage/memory-store.js';
+import { MemoryStore, entryCost } from '../../storage/memory-store.js';
 import { bodyOf, meta, runStoreContract } from './contract.js';
 
 runStoreContract('memory', async () => {
@@ -9,11 +9,9 @@ runStoreContract('memory', async () => {
   return { store, cleanup: () => store.close() };
 });
 
-/** The memory tier charges each entry its body plus this much (see memory-store.ts). */
-const OVERHEAD = 1024;
-
 test('memory: evicts the least recently used entry to stay within its byte budget', async (t) => {
-  const cost = 1024 + OVERHEAD;
+  // Every entry here has the same cost: 1 KiB body, a one-letter tag, keys of one length.
+  const cost = entryCost(entryKey('https://example.test/a', ''), meta(1024, { tags: ['a'] }), bodyOf(1024));
   const store = new MemoryStore({ maxBytes: 3 * cost, maxEntryBytes: 2048 });
   t.teardown(() => store.close());
   const key = (name: string) => entryKey(`https://example.test/${name}`, '');
