@@ -9,8 +9,10 @@
  *   /swr/…            100 ms delay, Cache-Control: max-age=1, stale-while-revalidate=30, 1 KiB (SWR)
  *   /nostore/…        Cache-Control: no-store, 1 KiB, no delay            (shield miss path, ejection)
  *   /warm/…           Cache-Control: max-age=3600, tiny body              (opening client connections)
+ *   /obj/…            Cache-Control: max-age=3600, 1 KiB: one distinct object per path (memory fill)
+ *   /large/N/…        Cache-Control: max-age=3600, an N-byte body generated as it is sent (memory, slow clients)
  *   /health           200 ok
- *   /__stats[?path=P] JSON {"total": n, "path": count of P}
+ *   /__stats[?path=P] JSON {"total": n, "path": count of P, "largeSent": /large/ bodies sent in full}
  */
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -22,6 +24,26 @@ const tiny = Buffer.from('ok\n');
 
 const counts = new Map<string, number>();
 let total = 0;
+let largeSent = 0;
+
+/** An N-byte body, written 64 KiB at a time as the socket drains: the origin holds none of it. */
+function sendLarge(res: ServerResponse, size: number): void {
+  res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': size, 'Cache-Control': 'max-age=3600' });
+  const slice = Buffer.alloc(64 * KIB, 'L');
+  let sent = 0;
+  const pump = (): void => {
+    while (sent < size) {
+      const n = Math.min(slice.length, size - sent);
+      sent += n;
+      if (!res.write(n === slice.length ? slice : slice.subarray(0, n))) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    res.end(() => largeSent++);
+  };
+  pump();
+}
 
 function send(res: ServerResponse, body: Buffer, cacheControl: string): void {
   res.writeHead(200, {
@@ -41,6 +63,7 @@ const server = createServer((req, res) => {
     const wanted = q === -1 ? undefined : new URLSearchParams(url.slice(q + 1)).get('path') ?? undefined;
     const out: Record<string, number> = { total };
     if (wanted !== undefined) out.path = counts.get(wanted) ?? 0;
+    out.largeSent = largeSent;
     const text = JSON.stringify(out);
     res.writeHead(200, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text), 'Cache-Control': 'no-store' });
     res.end(text);
@@ -64,6 +87,8 @@ const server = createServer((req, res) => {
   }
   if (path.startsWith('/nostore/')) return send(res, body1k, 'no-store');
   if (path.startsWith('/warm/')) return send(res, tiny, 'max-age=3600');
+  if (path.startsWith('/obj/')) return send(res, body1k, 'max-age=3600');
+  if (path.startsWith('/large/')) return sendLarge(res, Number(path.split('/')[2]));
   res.writeHead(404, { 'Content-Length': 0, 'Cache-Control': 'no-store' });
   res.end();
 });
