@@ -15,6 +15,7 @@ import { cacheKey } from '../pipeline/cache-key.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, purgeKind, type PurgeRequest } from '../pipeline/purge.js';
 import type { HttpRecord } from '../pipeline/stored-response.js';
+import type { DiskReport } from '../storage/tiered-store.js';
 import { variantOfKey } from '../storage/keys.js';
 import type { InspectedVariant, NodeControl, WorkerState } from './node-control.js';
 import { FORWARDED_PURGE_HEADER, type PeerResult, type PurgeOutbox } from './purge-outbox.js';
@@ -77,6 +78,8 @@ export interface AdminStats {
   /** Multi-worker nodes: the worker processes and their restarts. */
   workers?: { count: number; ready: number; restarts: number; list: WorkerState[] };
   tiers: Record<'memory' | 'disk', { entries: number; bytes: number; evictions: number }>;
+  /** The disk tier's state: degraded mode (after a failed write) and writes that skipped it. Counts summed over workers. */
+  disk?: DiskStats;
   /** Client requests by cache outcome. */
   requests: Record<string, number>;
   /** (hit + stale) / (hit + stale + revalidated + miss); bypassed and passed requests are not lookups. null before any. */
@@ -87,6 +90,60 @@ export interface AdminStats {
   purgePeers: { pending: Record<string, number>; delivered?: number; queued?: number; rejected?: number; expired?: number };
   /** Each upstream member: how many of the workers that report it see it healthy. */
   upstreams: Array<{ member: string; healthy: number; of: number }>;
+}
+
+export interface DiskStats {
+  /** 'degraded' when any worker's disk tier is (writes go to memory only while it is reopened and probed). */
+  state: 'ok' | 'degraded';
+  /** Multi-worker nodes: how many workers' disk tiers are degraded. */
+  degradedWorkers?: number;
+  /** When the earliest current degraded period began. */
+  since?: string;
+  lastError?: string;
+  degradedEntered: number;
+  recoveries: number;
+  degradedSeconds: number;
+  /** Writes that went to memory only: the disk was behind (backpressure), or degraded. */
+  skippedBehind: number;
+  skippedDegraded: number;
+  writeErrors: number;
+  /** Disk writes in flight, and the body bytes they hold. */
+  pendingWrites: number;
+  pendingBytes: number;
+  /** Deletes and purges waiting for a degraded disk. */
+  owed: number;
+}
+
+/** The disk tiers of the node's processes, combined (undefined when its store has no disk tier). */
+function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undefined {
+  const disks = snapshots.flatMap((s) => (s.disk ? [s.disk] : []));
+  if (disks.length === 0) return undefined;
+  const sum = (pick: (d: DiskReport) => number) => disks.reduce((total, d) => total + pick(d), 0);
+  const degraded = disks.filter((d) => d.state === 'degraded');
+  const since = degraded.length > 0 ? Math.min(...degraded.map((d) => d.since ?? Date.now())) : undefined;
+  const errors = [...new Set(degraded.map((d) => d.lastError ?? 'unknown error'))];
+  return {
+    state: degraded.length > 0 ? 'degraded' : 'ok',
+    ...(disks.length > 1 ? { degradedWorkers: degraded.length } : {}),
+    ...(since !== undefined ? { since: new Date(since).toISOString(), lastError: errors.join('; ') } : {}),
+    degradedEntered: sum((d) => d.degradedEntered),
+    recoveries: sum((d) => d.recoveries),
+    degradedSeconds: Math.round(sum((d) => d.degradedMs)) / 1000,
+    skippedBehind: sum((d) => d.skippedBehind),
+    skippedDegraded: sum((d) => d.skippedDegraded),
+    writeErrors: sum((d) => d.writeErrors),
+    pendingWrites: sum((d) => d.pendingWrites),
+    pendingBytes: sum((d) => d.pendingBytes),
+    owed: sum((d) => d.owed),
+  };
+}
+
+/** /readyz detail: what is degraded without making the node unready (memory keeps serving). Undefined when nothing is. */
+function readinessDetail(snapshots: readonly NodeSnapshot[]): { disk: string } | undefined {
+  const disk = diskStats(snapshots);
+  if (disk?.state !== 'degraded') return undefined;
+  const where = disk.degradedWorkers !== undefined ? ` on ${disk.degradedWorkers} of ${snapshots.length} workers` : '';
+  return { disk: `degraded${where} since ${disk.since}: ${disk.lastError}` };
 }
 
 export interface AdminOptions {
@@ -246,14 +303,16 @@ class AdminApi {
   private async readyz(res: ServerResponse): Promise<void> {
     const reasons: string[] = [];
     const { control } = this.options;
+    let detail: Record<string, string> | undefined;
     if (control.draining()) reasons.push('draining');
     else if (!control.started()) reasons.push('starting');
     else {
       const snapshots = await control.snapshots();
       if (snapshots.length === 0) reasons.push('no worker is serving');
       else if (!snapshots.some((s) => s.upstreams.some((u) => u.healthy))) reasons.push('no upstream member is healthy');
+      detail = readinessDetail(snapshots);
     }
-    reply(res, reasons.length === 0 ? 200 : 503, { ready: reasons.length === 0, ...(reasons.length > 0 ? { reasons } : {}) });
+    reply(res, reasons.length === 0 ? 200 : 503, { ready: reasons.length === 0, ...(reasons.length > 0 ? { reasons } : {}), ...(detail ? { detail } : {}) });
   }
 
   private async metrics(res: ServerResponse): Promise<void> {
@@ -283,11 +342,13 @@ class AdminApi {
     }
     const workers = control.workers();
     const config = this.options.config();
+    const disk = diskStats(snapshots);
     return {
       role: config.role,
       node: config.nodeName,
       ...(workers ? { workers: { count: workers.list.length, ready: workers.list.filter((w) => w.state === 'ready').length, restarts: workers.restarts, list: workers.list } } : {}),
       tiers: { memory: tier('memory'), disk: tier('disk') },
+      ...(disk ? { disk } : {}),
       requests,
       hitRatio: lookups === 0 ? null : Math.round((hits / lookups) * 10_000) / 10_000,
       fillsInFlight: sum((s) => s.fillsInFlight),

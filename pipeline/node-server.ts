@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import type { CacheStore, StoredVariant, TierStats } from '../storage/cache-store.js';
+import type { DiskReport } from '../storage/tiered-store.js';
 import { rmSync } from 'node:fs';
 import { CachePipeline, type CacheOutcome, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
 import { CertificateStore } from '../edge/tls/certificates.js';
@@ -23,13 +24,15 @@ export interface NodeSnapshot {
   requests: Record<CacheOutcome, number>;
   collapsed: number;
   tiers: Record<'memory' | 'disk', TierStats>;
+  /** The disk tier's state (degraded mode, backpressure), when the store has one. */
+  disk?: DiskReport;
   fillsInFlight: number;
   upstreams: MemberHealth[];
 }
 
 /** What a node with no pipeline yet (a worker opening its shard) reports: its store alone. */
 export function storeSnapshot(store: CacheStore): NodeSnapshot {
-  return { requests: {} as NodeSnapshot['requests'], collapsed: 0, tiers: tierStats(store), fillsInFlight: 0, upstreams: [] };
+  return { requests: {} as NodeSnapshot['requests'], collapsed: 0, tiers: tierStats(store), ...diskOf(store), fillsInFlight: 0, upstreams: [] };
 }
 
 export interface RunningNode {
@@ -97,6 +100,8 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
     hitForMissSec: config.hitForMissSec,
     maxVariantsPerUrl: config.maxVariantsPerUrl,
     maxObjectSize: config.maxObjectSize,
+    memoryMaxObjectSize: config.memoryMaxObjectSize,
+    fillBufferSize: config.fillBufferSize,
     cacheSetCookiePaths: config.cacheSetCookiePaths,
     trustForwardedFrom: config.trustForwardedFrom,
     cacheStatusKey: config.cacheStatusKey,
@@ -155,6 +160,7 @@ export async function startNode(options: NodeOptions): Promise<RunningNode> {
       requests: metrics.requestsByOutcome(),
       collapsed: metrics.collapsedRequests(),
       tiers: tierStats(store),
+      ...diskOf(store),
       fillsInFlight: pipeline.fills.inFlight,
       upstreams: upstream.memberHealth(),
     }),
@@ -218,12 +224,34 @@ function tierStats(store: CacheStore): Record<'memory' | 'disk', TierStats> {
   return { memory: { entries: 0, bytes: 0, evictions: 0 }, disk: { ...store.stats(), evictions: 0 } };
 }
 
+/** The disk tier's report of a tiered store (any other store has none). */
+function diskOf(store: CacheStore): { disk?: DiskReport } {
+  const tiered = store as Partial<{ diskReport(): DiskReport }>;
+  return typeof tiered.diskReport === 'function' ? { disk: tiered.diskReport() } : {};
+}
+
 /** Point-in-time values read when /metrics is scraped: store tiers, fills, upstream members. */
 function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstream, fillsInFlight: () => number): void {
   const tiers = (pick: (s: TierStats) => number) => Object.entries(tierStats(store)).map(([tier, s]): [{ tier: string }, number] => [{ tier }, pick(s)]);
   metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers((s) => s.entries));
   metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers((s) => s.bytes));
   metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => tiers((s) => s.evictions));
+  if (diskOf(store).disk !== undefined) {
+    const disk = (pick: (d: DiskReport) => number) => (): Array<[Record<string, string>, number]> => [[{}, pick(diskOf(store).disk!)]];
+    metrics.gauge('disk_degraded', 'whether the disk tier is degraded (1): writes go to memory only while it is reopened and probed; with several workers, how many are', [], disk((d) => (d.state === 'degraded' ? 1 : 0)));
+    metrics.counterFrom('disk_degraded_total', 'times the disk tier became degraded after a failed write', [], disk((d) => d.degradedEntered));
+    metrics.counterFrom('disk_recoveries_total', 'times a degraded disk tier took writes again by itself', [], disk((d) => d.recoveries));
+    metrics.counterFrom('disk_degraded_seconds_total', 'time the disk tier spent degraded', [], disk((d) => d.degradedMs / 1000));
+    metrics.counterFrom('disk_skipped_writes_total', 'writes that went to memory only: the disk tier was behind or degraded', ['reason'], () => {
+      const d = diskOf(store).disk!;
+      return [
+        [{ reason: 'behind' }, d.skippedBehind],
+        [{ reason: 'degraded' }, d.skippedDegraded],
+      ];
+    });
+    metrics.gauge('disk_pending_writes', 'disk writes in flight (the backpressure bound applies to these)', [], disk((d) => d.pendingWrites));
+    metrics.gauge('disk_pending_bytes', 'body bytes held in memory for disk writes in flight', [], disk((d) => d.pendingBytes));
+  }
   metrics.gauge('fills_in_flight', 'upstream fetches filling the cache, and their commits', [], () => [[{}, fillsInFlight()]]);
   metrics.gauge(
     'upstream_healthy',

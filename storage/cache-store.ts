@@ -111,6 +111,13 @@ export interface CacheStore {
   variants(url: string): Promise<StoredVariant[]>;
   /** Optional: a hit for `key` was served by a tier above this one (keeps LRU order true below it). */
   noteAccess?(key: string): void;
+  /** Optional: false when the store certainly does not hold `key` (no I/O); true when it may. */
+  mightContain?(key: string): boolean;
+  /**
+   * Optional: closes and reopens the store's files, so that writes work again after a failure
+   * that sticks to the open handle (LevelDB's). Used by the tiered store's degraded mode.
+   */
+  reopen?(): Promise<void>;
   close(): Promise<void>;
 }
 

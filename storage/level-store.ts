@@ -21,6 +21,8 @@
  * snapshots.
  */
 import { randomBytes } from 'node:crypto';
+import { readdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
 import { Readable } from 'node:stream';
 import { crc32 } from 'node:zlib';
 import { Level } from 'level';
@@ -37,6 +39,7 @@ import {
 } from './cache-store.js';
 import { BloomFilter } from './bloom-filter.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
+import { SpaceReserve, freeBytes } from './space-reserve.js';
 
 /** Bytes an entry costs beyond its body (meta record, index rows) in the byte budget. */
 export const ENTRY_OVERHEAD_BYTES = 1024;
@@ -56,7 +59,12 @@ const TAG = Buffer.from('o1/t/');
 const ACCESS = Buffer.from('o1/a/');
 const EXPIRY = Buffer.from('o1/x/');
 const PENDING = Buffer.from('o1/p/');
+const ALL = Buffer.from('o1/');
 const EMPTY = Buffer.alloc(0);
+/** The reserve file's name inside the LevelDB folder (LevelDB ignores names it did not make). */
+const RESERVE_FILE = 'outpost-reserve';
+/** The names LevelDB gives its files. */
+const LEVELDB_FILE = /^(\d+\.(log|ldb|sst)|MANIFEST-\d+|CURRENT|LOCK|LOG(\.old)?)$/;
 
 export interface LevelStoreOptions {
   /** Data folder. */
@@ -71,6 +79,11 @@ export interface LevelStoreOptions {
   sweepIntervalMs?: number;
   /** Keys the presence filter is first sized for; it grows (rebuilt in the background) past that. Default 65536. */
   expectedEntries?: number;
+  /**
+   * Bytes of a reserve file kept in the folder and deleted when the disk is full, so LevelDB has
+   * room to reopen, evict and compact (see space-reserve.ts). Default 0: none.
+   */
+  reserveBytes?: number;
 }
 
 type Db = Level<Buffer, Buffer>;
@@ -269,10 +282,51 @@ class LevelEntry implements CachedEntry {
   }
 }
 
+/** Free space a reopen needs beyond the log it replays (a new manifest, log and table metadata). */
+const REOPEN_MARGIN_BYTES = 1024 * 1024;
+
+/** True when `error` (or what caused it) says the disk is out of space. */
+function noSpace(error: unknown): boolean {
+  for (let e = error, depth = 0; e !== undefined && e !== null && depth < 4; e = (e as { cause?: unknown }).cause, depth++) {
+    if ((e as { code?: unknown }).code === 'STORE_FULL' || (e as { code?: unknown }).code === 'ENOSPC') return true;
+    if (e instanceof Error && /No space left on device/i.test(e.message)) return true;
+  }
+  return false;
+}
+
+/** Bytes of LevelDB's write-ahead logs in `location` (what an open replays into a table). */
+async function logBytes(location: string): Promise<number> {
+  let total = 0;
+  try {
+    for (const name of await readdir(location)) if (name.endsWith('.log')) total += (await stat(path.join(location, name))).size;
+  } catch {
+    // unreadable folder: the open will tell
+  }
+  return total;
+}
+
+/** Opens the LevelDB in `location` (created if missing). */
+async function openLevel(location: string): Promise<Db> {
+  const db: Db = new Level<Buffer, Buffer>(location, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await db.open();
+  return db;
+}
+
 export class LevelStore implements CacheStore {
-  /** Counters for metrics and tests. */
-  readonly counters = { corruptDropped: 0, evicted: 0, expired: 0, writeErrors: 0 };
+  /**
+   * Counters for metrics and tests. `reopened`: reopens after failed writes; `shrunk`: times the
+   * disk was full and entries were evicted (and the budget lowered) to make room; `wiped`: times
+   * that was not enough and the whole disk cache was dropped (see reopen).
+   */
+  readonly counters = { corruptDropped: 0, evicted: 0, expired: 0, writeErrors: 0, reopened: 0, shrunk: 0, wiped: 0 };
   readonly chunkBytes: number;
+  /**
+   * The byte budget eviction keeps to: maxBytes, lowered when the disk filled up before the
+   * store reached maxBytes (see makeRoom), raised again as the file system has room.
+   */
+  budget: number;
+  /** Bumped by reopen: a writer begun on the previous handle cannot commit. */
+  private epoch = 0;
   private entries = 0;
   private bytes = 0;
   /** Every key ever written here (until the next rebuild): lets a cold miss skip LevelDB. */
@@ -293,12 +347,18 @@ export class LevelStore implements CacheStore {
   private readonly sweepTimer: NodeJS.Timeout;
   readonly now: () => number;
 
+  private readonly reserve: SpaceReserve | undefined;
+
   private constructor(
-    /** @internal */
-    readonly db: Db,
+    /** @internal The current handle; reopen() replaces it. */
+    public db: Db,
     readonly maxBytes: number,
+    readonly location: string,
     options: LevelStoreOptions,
   ) {
+    this.budget = maxBytes;
+    const reserveBytes = options.reserveBytes ?? 0;
+    this.reserve = reserveBytes > 0 ? new SpaceReserve(path.join(location, RESERVE_FILE), reserveBytes) : undefined;
     this.presence = new BloomFilter(options.expectedEntries ?? 64 * 1024);
     this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
     this.now = options.now ?? Date.now;
@@ -320,9 +380,12 @@ export class LevelStore implements CacheStore {
     if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0) {
       throw new StoreError('STORE_CONFIG', 'disk store chunkBytes must be a positive integer');
     }
-    const db: Db = new Level<Buffer, Buffer>(options.location, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+    let db: Db;
+    // A full disk: LevelDB needs room to replay its log, which the reserve file gives back.
+    const reserve = new SpaceReserve(path.join(options.location, RESERVE_FILE), options.reserveBytes ?? 0);
+    let released = false;
     try {
-      await db.open();
+      db = await openLevel(options.location);
     } catch (error) {
       const cause = (error as { cause?: { code?: string } }).cause;
       if (cause?.code === 'LEVEL_LOCKED') {
@@ -330,11 +393,25 @@ export class LevelStore implements CacheStore {
           cause: error,
         });
       }
-      throw new StoreError('STORE_OPEN_FAILED', `cannot open disk cache folder ${options.location}`, { cause: error });
+      released = reserve.bytes > 0 && (await reserve.release());
+      try {
+        if (!released) throw error;
+        db = await openLevel(options.location);
+      } catch {
+        throw new StoreError('STORE_OPEN_FAILED', `cannot open disk cache folder ${options.location}`, { cause: error });
+      }
     }
-    const store = new LevelStore(db, options.maxBytes, options);
+    const store = new LevelStore(db, options.maxBytes, options.location, options);
     try {
-      await store.recover();
+      await store.mutate('open', async () => {
+        try {
+          await store.settle(released);
+        } catch (error) {
+          // Full even with the reserve given back: start empty rather than not at all (see reopen).
+          if (store.reserve === undefined || !noSpace(error)) throw error;
+          await store.wipe();
+        }
+      });
     } catch (error) {
       await store.close().catch(() => undefined);
       const message = `cannot recover disk cache folder ${options.location}`;
@@ -351,12 +428,19 @@ export class LevelStore implements CacheStore {
     return this.lookup(key, k);
   }
 
+  /** False when the store certainly does not hold `key` (no I/O). */
+  mightContain(key: string): boolean {
+    return this.presence.mightContain(encodeText(key));
+  }
+
   private async lookup(key: string, k: Buffer): Promise<CachedEntry | undefined> {
     let value: Buffer | undefined;
+    const db = this.db;
     try {
-      value = await this.db.get(metaKey(k));
+      value = await db.get(metaKey(k));
     } catch (error) {
-      if (this.closed) return undefined;
+      // Closed, or being reopened (reopen): a miss, not an error.
+      if (this.closed || db !== this.db || db.status !== 'open') return undefined;
       throw new StoreError('STORE_READ_FAILED', `disk cache read failed`, { cause: error });
     }
     if (value === undefined) return undefined;
@@ -476,9 +560,68 @@ export class LevelStore implements CacheStore {
       count += removed;
     }
     await this.mutate('evict', () => this.evict());
+    if (this.budget < this.maxBytes) await this.regrow();
     return count;
   }
 
+  /**
+   * Closes and reopens the database. After a failed write LevelDB refuses every later write (a
+   * sticky background error) until it is reopened. Runs on the queue, so no mutation sees the
+   * swap. Reads racing it miss; body streams on the old handle are cut (an error, never a short
+   * body); writers begun before it cannot commit (their chunks are dropped as unfinished).
+   *
+   * A full disk (measured on tmpfs, see space-reserve.ts): opening replays LevelDB's log into a
+   * new table, which needs about the log's size free, and LevelDB starts compacting at once.
+   * - Without a reserve file it rejects (STORE_FULL) without closing anything, so reads go on
+   *   being served from the open handle until space is freed from outside.
+   * - With one, it gives the reserve back, reopens, evicts and compacts (settle, makeRoom).
+   * - When that runs out of space too (the compaction LevelDB starts on open can use up the
+   *   reserve), or the reserve is gone already, it drops the disk cache's files (wipe): a cache
+   *   can start empty, a disk that stays full helps nobody.
+   */
+  reopen(): Promise<void> {
+    return this.mutate('reopen', async () => {
+      const free = await freeBytes(this.location);
+      const needed = (await logBytes(this.location)) + REOPEN_MARGIN_BYTES;
+      const full = free !== undefined && free < needed;
+      if (full && this.reserve === undefined) {
+        throw new StoreError('STORE_FULL', `the disk is full: ${free} bytes free, reopening the disk cache needs about ${needed}`);
+      }
+      const released = full && (await this.reserve!.release());
+      this.epoch++;
+      if (this.db.status === 'open') await this.db.close();
+      this.entries = 0;
+      this.bytes = 0;
+      try {
+        if (full && !released) throw new StoreError('STORE_FULL', 'the disk is full and the reserve file is used up');
+        this.db = await openLevel(this.location);
+        await this.settle(released);
+      } catch (error) {
+        if (this.reserve === undefined || !noSpace(error)) throw error;
+        await this.wipe();
+      }
+      this.counters.reopened++;
+    });
+  }
+
+  /**
+   * The last resort on a full disk (see reopen): deletes the database's files and opens it
+   * empty. The budget then follows what the file system has free, as after makeRoom.
+   */
+  private async wipe(): Promise<void> {
+    if (this.db.status === 'open') await this.db.close().catch(() => undefined);
+    // LevelDB's files and the reserve only: anything else someone keeps in the folder stays.
+    for (const name of await readdir(this.location)) {
+      if (LEVELDB_FILE.test(name) || name === RESERVE_FILE) await rm(path.join(this.location, name), { force: true });
+    }
+    this.db = await openLevel(this.location);
+    this.entries = 0;
+    this.bytes = 0;
+    this.counters.wiped++;
+    const free = (await freeBytes(this.location)) ?? 0;
+    this.budget = Math.max(0, Math.min(this.budget, Math.floor((free - 2 * (this.reserve?.bytes ?? 0)) / 2)));
+    await this.reserve?.ensure();
+  }
 
   async close(): Promise<void> {
     if (this.closing) return this.closing;
@@ -503,10 +646,17 @@ export class LevelStore implements CacheStore {
     this.writers.delete(writer);
   }
 
+  /** The handle generation a writer starts on (see reopen). */
+  get currentEpoch(): number {
+    return this.epoch;
+  }
+
   /** Makes a fully written generation the entry's body, replacing any previous one. */
-  commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>): Promise<void> {
+  commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>, epoch = this.epoch): Promise<void> {
     this.remember(k);
     return this.mutate('commit', async () => {
+      // Its chunks went to a handle since closed; the reopen dropped them as an unfinished write.
+      if (epoch !== this.epoch) throw new StoreError('STORE_REOPENED', 'the disk cache was reopened while this entry was written; not stored');
       const full: MetaRecord = { ...rec, accessAt: this.now() };
       const oldValue = await this.db.get(metaKey(k));
       const old = oldValue && decodeRecord(oldValue, k, rec.key);
@@ -704,11 +854,11 @@ export class LevelStore implements CacheStore {
 
   /** Evicts least recently used entries until within budget. Only on the queue. */
   private async evict(): Promise<void> {
-    while (this.bytes > this.maxBytes) {
+    while (this.bytes > this.budget) {
       const rows = await this.db.keys({ gte: ACCESS, lt: prefixEnd(ACCESS), limit: 64 }).all();
       if (rows.length === 0) return;
       for (const row of rows) {
-        if (this.bytes <= this.maxBytes) return;
+        if (this.bytes <= this.budget) return;
         const k = row.subarray(ACCESS.length + TIME_BYTES);
         const rec = await this.read(k, undefined);
         if (rec && accessKey(rec.accessAt, k).equals(row)) {
@@ -794,8 +944,49 @@ export class LevelStore implements CacheStore {
     }
   }
 
-  /** On open: delete chunks of writes that never committed, then count entries and bytes. */
-  private async recover(): Promise<void> {
+  /**
+   * After an open: drops unfinished writes, counts, evicts to the budget. When the disk is full
+   * (the reserve had to be given back, or less than a reserve's worth is free) it makes room
+   * first. Then it writes the reserve again if there is room. Only on the queue.
+   */
+  private async settle(released: boolean): Promise<void> {
+    await this.recoverRows();
+    const free = this.reserve ? await freeBytes(this.location) : undefined;
+    if (released || (free !== undefined && free < this.reserve!.bytes)) {
+      await this.reserve?.release();
+      await this.makeRoom();
+    } else {
+      await this.evict();
+    }
+    await this.reserve?.ensure();
+  }
+
+  /**
+   * The disk is full: evicts the least recently used tenth of the bytes (at least two reserves'
+   * worth) and lowers the budget to what is left, so the cache does not fill the disk again at
+   * once. Deletes free space in LevelDB only once compacted, so the whole range is compacted
+   * (LevelDB does that a file or so at a time, so it needs little room itself).
+   */
+  private async makeRoom(): Promise<void> {
+    const drop = Math.max(this.bytes / 10, 2 * (this.reserve?.bytes ?? 0));
+    this.budget = Math.max(0, Math.min(this.budget, Math.floor(this.bytes - drop)));
+    this.counters.shrunk++;
+    await this.evict();
+    // `level` is classic-level (LevelDB) on Node.js; its type leaves compactRange out.
+    const db = this.db as Db & { compactRange?(start: Buffer, end: Buffer): Promise<void> };
+    await db.compactRange?.(ALL, prefixEnd(ALL));
+  }
+
+  /** Raises a lowered budget as far as the file system's free space allows (keeping two reserves free). */
+  private async regrow(): Promise<void> {
+    const free = await freeBytes(this.location);
+    if (free === undefined) return;
+    const room = free - 2 * (this.reserve?.bytes ?? 0);
+    if (room > 0) this.budget = Math.min(this.maxBytes, Math.max(this.budget, this.bytes + room));
+  }
+
+  /** Deletes chunks of writes that never committed, then counts entries and bytes. */
+  private async recoverRows(): Promise<void> {
     for await (const [key] of this.db.iterator({ gte: PENDING, lt: prefixEnd(PENDING), values: false })) {
       const prefix = chunkPrefix(key.subarray(PENDING.length));
       await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
@@ -810,7 +1001,6 @@ export class LevelStore implements CacheStore {
       else corrupt.push([k, value]);
     }
     for (const [k, value] of corrupt) await this.dropCorruptNow(k, value, false);
-    await this.mutate('evict', () => this.evict());
   }
 }
 
@@ -828,6 +1018,9 @@ class LevelWriter implements EntryWriter {
   private written = 0;
   private bodyCrc = 0;
   private readonly limit: number;
+  /** The handle this writer's rows go to, all of them: a reopen meanwhile makes its commit fail. */
+  private readonly db: Db;
+  private readonly epoch: number;
 
   constructor(
     private readonly store: LevelStore,
@@ -835,6 +1028,8 @@ class LevelWriter implements EntryWriter {
     private readonly k: Buffer,
     private readonly meta: EntryMeta,
   ) {
+    this.db = store.db;
+    this.epoch = store.currentEpoch;
     this.limit = store.maxBytes - ENTRY_OVERHEAD_BYTES;
     if (store.isClosed) {
       this.error = new StoreError('STORE_CLOSED', 'disk cache is closed');
@@ -844,7 +1039,7 @@ class LevelWriter implements EntryWriter {
       this.chain = Promise.resolve();
     } else {
       // The pending row goes first so a crash after any chunk leaves a record of it.
-      this.chain = store.db.put(pendingKey(this.gen), k).catch((error: unknown) => this.fail(error));
+      this.chain = this.db.put(pendingKey(this.gen), k).catch((error: unknown) => this.fail(error));
     }
     this.settled = this.chain;
   }
@@ -899,7 +1094,7 @@ class LevelWriter implements EntryWriter {
         size: this.written,
         bodyCrc: this.bodyCrc,
         meta: { ...this.meta, tags: [...this.meta.tags], size: this.written },
-      });
+      }, this.epoch);
       this.state = 'committed';
       this.store.writerDone(this);
     } catch (error) {
@@ -935,7 +1130,7 @@ class LevelWriter implements EntryWriter {
     this.buffer = undefined;
     this.filled = 0;
     try {
-      await this.store.db.put(key, value);
+      await this.db.put(key, value);
       this.chunks++;
     } catch (error) {
       this.fail(error);
@@ -954,8 +1149,8 @@ class LevelWriter implements EntryWriter {
     const prefix = chunkPrefix(this.gen);
     try {
       if (this.error?.code !== 'STORE_CLOSED') {
-        await this.store.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
-        await this.store.db.del(pendingKey(this.gen));
+        await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+        await this.db.del(pendingKey(this.gen));
       }
     } catch {
       // The pending row stays; the next open deletes the chunks.
