@@ -10,8 +10,12 @@
  *     (circuit breaking); if only the cap removed them → UPSTREAM_OVERLOADED (503);
  *  3. the balancer picks one; its result (5xx / connect failure / success) feeds the detector;
  *  4. on a retryable failure (`UpstreamError.retryable`: connect failures before sending, resets of
- *     idempotent requests) with no request body (a stream cannot be replayed), within maxAttempts
- *     and the retry budget, go to 1 with the failed member excluded.
+ *     idempotent requests) with no request body (a stream cannot be replayed), within maxAttempts,
+ *     go to 1 with the failed member excluded. A retry takes a slot of the retry budget, except
+ *     when the request never left (`UpstreamError.neverSent`: refused, connect timeout, DNS):
+ *     such a retry cannot repeat work on an origin, and refusing it would turn one dead origin
+ *     into client errors exactly when load is high. It is still bounded by maxAttempts and by
+ *     the members not yet tried.
  * 5xx responses are returned, not retried: the origin answered, and the cache policy decides.
  */
 import type { MemberHealth } from '../pipeline/node-upstream.js';
@@ -79,6 +83,8 @@ export interface OriginPoolStats {
   requests: number;
   attempts: number;
   retries: number;
+  /** Of `retries`, those of requests that never left (connect failures): made outside the retry budget. */
+  retriesNeverSent: number;
   /** Retries the retry budget refused. */
   retriesDenied: number;
   /** Requests refused with UPSTREAM_OVERLOADED by circuit breaking. */
@@ -118,7 +124,7 @@ export class OriginPool extends EventEmitter implements Upstream {
   private readonly maxAttempts: number;
   private readonly maxRequestsPerMember: number;
   private readonly counters: OriginPoolStats = {
-    requests: 0, attempts: 0, retries: 0, retriesDenied: 0, overloaded: 0, panics: 0, ejections: 0,
+    requests: 0, attempts: 0, retries: 0, retriesNeverSent: 0, retriesDenied: 0, overloaded: 0, panics: 0, ejections: 0,
   };
   private closed = false;
 
@@ -174,6 +180,10 @@ export class OriginPool extends EventEmitter implements Upstream {
       for (let attempt = 1; ; attempt++) {
         const member = this.select(request.cacheKey, tried);
         if (member === undefined) throw lastError ?? new UpstreamError('UPSTREAM_CONNECT', 'no origin available', { retryable: false });
+        if (lastError !== undefined) {
+          this.counters.retries++;
+          if (lastError.neverSent) this.counters.retriesNeverSent++;
+        }
         this.counters.attempts++;
         member.pending++;
         let response: UpstreamResponse;
@@ -186,13 +196,16 @@ export class OriginPool extends EventEmitter implements Upstream {
           if (request.signal?.aborted || failure.local) throw failure;
           this.outliers?.recordFailure(member.id, failure.code === 'UPSTREAM_PROTOCOL' ? '5xx' : 'connect');
           if (attempt >= this.maxAttempts || !failure.retryable || request.body !== null) throw failure;
+          // A budget slot is held by the latest retry only; one that never reached a member needs none.
           endRetry?.();
-          endRetry = this.budget.tryAcquireRetry();
-          if (endRetry === undefined) {
-            this.counters.retriesDenied++;
-            throw failure;
+          endRetry = undefined;
+          if (!failure.neverSent) {
+            endRetry = this.budget.tryAcquireRetry();
+            if (endRetry === undefined) {
+              this.counters.retriesDenied++;
+              throw failure;
+            }
           }
-          this.counters.retries++;
           (tried ??= new Set()).add(member);
           lastError = failure;
           continue;

@@ -8,6 +8,11 @@
  *
  * `activeRequests` counts original requests (each request() call once, until it finishes), not
  * retries, so retries cannot raise their own budget.
+ *
+ * It rations retries that may repeat work on an origin (a reset after the request was sent).
+ * Retries of requests that never left (connection refused, connect timeout) are not asked for
+ * here: the origin pool makes them outside the budget, bounded only by maxAttempts and the
+ * members not yet tried, so an origin's death does not become client errors under load.
  */
 
 export interface RetryBudgetOptions {

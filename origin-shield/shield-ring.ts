@@ -8,6 +8,10 @@
  *
  * When every shield is down the key's owner is tried anyway (panic), so a single-shield ring is
  * simply that shield.
+ *
+ * A failed request gets one retry on the next shield, with no retry budget: a request that never
+ * left (`UpstreamError.neverSent`: refused, connect timeout) is always retried, as in the origin
+ * pool; so is a reset of an idempotent request without a body, since the ring has no budget.
  */
 import type { MemberHealth } from '../pipeline/node-upstream.js';
 import { EventEmitter } from 'node:events';
@@ -115,7 +119,8 @@ export class ShieldRing extends EventEmitter implements Upstream {
     } catch (error) {
       const failure = error as UpstreamError;
       // One retry, on the next shield, when nothing can have been lost: no body to replay and a
-      // failure `toUpstreamError` marked retryable (refused before sending, or reset of an idempotent request).
+      // failure `toUpstreamError` marked retryable (never sent, or a reset of an idempotent request).
+      // Never rationed: a never-sent retry repeats nothing, and there is at most one per request.
       if (!failure.retryable || request.body !== null || request.signal?.aborted || !isConnectLevel(failure)) throw failure;
       const next = this.choose(request.cacheKey, first);
       if (next === undefined) throw failure;
@@ -202,7 +207,6 @@ export class ShieldRing extends EventEmitter implements Upstream {
 
 /** Failures that say the shield itself is unreachable, as opposed to an answer it relayed. */
 function isConnectLevel(failure: UpstreamError): boolean {
-  if (failure.code === 'UPSTREAM_CONNECT') return true;
-  // The connect timeout is the one retryable timeout; header/body timeouts may be a slow origin behind the shield.
-  return failure.code === 'UPSTREAM_TIMEOUT' && (failure.cause as { code?: string } | undefined)?.code === 'UND_ERR_CONNECT_TIMEOUT';
+  // A connect timeout is never-sent; header/body timeouts may be a slow origin behind the shield.
+  return failure.code === 'UPSTREAM_CONNECT' || failure.neverSent;
 }

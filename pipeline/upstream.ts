@@ -56,7 +56,13 @@ export class UpstreamError extends Error {
   readonly member: string | undefined;
   /** Refused before any byte left this process (an invalid request): says nothing about the member's health. */
   readonly local: boolean;
-  constructor(code: UpstreamErrorCode, message: string, options?: { cause?: unknown; member?: string; retryable?: boolean; local?: boolean }) {
+  /**
+   * The request provably never reached the member: no connection was made (refused, connect
+   * timeout, DNS failure). Repeating it elsewhere cannot repeat its effect, so retries of it are
+   * not rationed by the retry budget. False whenever request bytes may have left.
+   */
+  readonly neverSent: boolean;
+  constructor(code: UpstreamErrorCode, message: string, options?: { cause?: unknown; member?: string; retryable?: boolean; local?: boolean; neverSent?: boolean }) {
     super(message, { cause: options?.cause });
     this.name = 'UpstreamError';
     this.code = code;
@@ -64,6 +70,7 @@ export class UpstreamError extends Error {
     this.retryable = options?.retryable ?? code === 'UPSTREAM_CONNECT';
     this.member = options?.member;
     this.local = options?.local ?? false;
+    this.neverSent = options?.neverSent ?? false;
   }
 }
 

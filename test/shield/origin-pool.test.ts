@@ -1,5 +1,6 @@
 import test from 'ava';
 import { UpstreamError } from '../../pipeline/upstream.js';
+import { toUpstreamError } from '../../pipeline/http-upstream.js';
 import { OriginPool, type OriginPoolEjectedEvent } from '../../origin-shield/origin-pool.js';
 import { HashRing } from '../../origin-shield/hash-ring.js';
 import { closeAll, getRequest, postRequest, readText, startTestOrigins } from './fixtures/test-origin.js';
@@ -190,18 +191,66 @@ test('a reset: an idempotent request is retried elsewhere, a non-idempotent one 
   t.is(other.requests, 1, 'the POST did not reach the other origin');
 });
 
-test('no retry when the retry budget is spent, or maxAttempts is 1', async (t) => {
-  const { origins, pool } = await setup(t, 2, { retryBudget: { budgetPercent: 0, minRetryConcurrency: 0 } });
-  await origins[0]!.close();
-  await t.throwsAsync(pool.request(getRequest('/x')), { instanceOf: UpstreamError, message: /ECONNREFUSED/ });
-  t.is(pool.stats().retriesDenied, 1);
+test('a reset after the request was sent is retried only within the retry budget: none with a zero budget', async (t) => {
+  const { origins, pool } = await setup(t, 2, { retryBudget: { budgetPercent: 0, minRetryConcurrency: 0 }, outlierDetection: false });
+  origins[0]!.mode = 'reset'; // round-robin tries A first; A reads the request, then resets
+  const error = await t.throwsAsync(pool.request(getRequest('/x')), { instanceOf: UpstreamError });
+  t.is(error!.code, 'UPSTREAM_CONNECT');
+  t.true(error!.retryable, 'an idempotent GET may be repeated…');
+  t.false(error!.neverSent, '…but it was sent, so the retry needs the budget');
+  t.is(origins[0]!.requests, 1);
   t.is(origins[1]!.requests, 0);
+  t.like(pool.stats(), { retries: 0, retriesNeverSent: 0, retriesDenied: 1 });
+});
 
+test('no retry when maxAttempts is 1, even of a request that was never sent', async (t) => {
+  const { origins } = await setup(t, 2);
+  await origins[0]!.close();
   const single = new OriginPool({ members: origins.map((o) => o.url), maxAttempts: 1 });
   t.teardown(() => single.close());
-  await t.throwsAsync(single.request(getRequest('/x')), { instanceOf: UpstreamError });
+  const error = await t.throwsAsync(single.request(getRequest('/x')), { instanceOf: UpstreamError, message: /ECONNREFUSED/ });
+  t.true(error!.neverSent);
   t.is(single.stats().retries, 0);
   t.is(origins[1]!.requests, 0);
+});
+
+test('a refused connection (never sent) is retried outside the retry budget: 50 concurrent requests with a zero budget all succeed', async (t) => {
+  const live = (await startTestOrigins(1))[0]!;
+  // A port nothing listens on: bind one, note it, close it.
+  const dead = await startTestOrigins(1).then(([o]) => o!);
+  const deadUrl = dead.url;
+  await dead.close();
+  // Round-robin sends every other first try to the dead member; no ejection, so all 50 meet it.
+  const pool = new OriginPool({
+    members: [deadUrl, live.url],
+    retryBudget: { budgetPercent: 0, minRetryConcurrency: 0 },
+    outlierDetection: false,
+  });
+  t.teardown(async () => {
+    await pool.close();
+    await live.close();
+  });
+  const results = await Promise.all(Array.from({ length: 50 }, (_, i) => getText(pool, `/c/${i}`).catch((e: Error) => ({ status: 0, text: e.message, member: '' }))));
+  t.deepEqual(results.filter((r) => r.status !== 200), [], 'every request succeeded');
+  t.true(results.every((r) => r.member === live.url && r.text === 'A'));
+  t.is(live.requests, 50);
+  const stats = pool.stats();
+  t.is(stats.retriesDenied, 0);
+  t.true(stats.retriesNeverSent >= 25, `${stats.retriesNeverSent} never-sent retries`);
+  t.is(stats.retries, stats.retriesNeverSent);
+  t.is(stats.attempts, 50 + stats.retries);
+});
+
+test('a never-sent retry never goes back to the member that refused it, and stops when every member is tried', async (t) => {
+  const gone = await startTestOrigins(2);
+  const urls = gone.map((o) => o.url);
+  await closeAll(gone);
+  const pool = new OriginPool({ members: urls, maxAttempts: 5, retryBudget: { budgetPercent: 0, minRetryConcurrency: 0 }, outlierDetection: false });
+  t.teardown(() => pool.close());
+  const error = await t.throwsAsync(pool.request(getRequest('/x')), { instanceOf: UpstreamError, message: /ECONNREFUSED/ });
+  t.true(error!.neverSent);
+  // Two members, each tried once, although maxAttempts would allow five.
+  t.like(pool.stats(), { attempts: 2, retries: 1, retriesNeverSent: 1, retriesDenied: 0 });
 });
 
 test('consistent-hash pool: the same cache key always reaches the same origin', async (t) => {
@@ -250,4 +299,19 @@ test('configuration errors are reported at construction', (t) => {
   t.throws(() => new OriginPool({ members: [] }), { message: /at least one/ });
   t.throws(() => new OriginPool({ members: ['http://127.0.0.1:1', 'http://127.0.0.1:1/'] }), { message: /twice/ });
   t.throws(() => new OriginPool({ members: ['http://127.0.0.1:1'], maxAttempts: 0 }), { instanceOf: RangeError });
+});
+
+test('toUpstreamError: only errors from connect() or DNS are never-sent; the same code on an open socket is not', (t) => {
+  const fromConnect = Object.assign(new Error('connect EHOSTUNREACH 10.0.0.1:80'), { code: 'EHOSTUNREACH', syscall: 'connect' });
+  const fromRead = Object.assign(new Error('read EHOSTUNREACH'), { code: 'EHOSTUNREACH', syscall: 'read' });
+  const fromDns = Object.assign(new Error('getaddrinfo ENOTFOUND x.invalid'), { code: 'ENOTFOUND', syscall: 'getaddrinfo' });
+  t.like(toUpstreamError(fromConnect, 'http://o', false), { code: 'UPSTREAM_CONNECT', neverSent: true, retryable: true });
+  t.like(toUpstreamError(fromDns, 'http://o', false), { code: 'UPSTREAM_CONNECT', neverSent: true, retryable: true });
+  // Possibly sent: retryable only for an idempotent request, and never outside the budget.
+  t.like(toUpstreamError(fromRead, 'http://o', false), { code: 'UPSTREAM_CONNECT', neverSent: false, retryable: false });
+  t.like(toUpstreamError(fromRead, 'http://o', true), { code: 'UPSTREAM_CONNECT', neverSent: false, retryable: true });
+  // Happy Eyeballs: one connect error per address.
+  t.like(toUpstreamError(Object.assign(new AggregateError([fromConnect, fromConnect]), { code: 'EHOSTUNREACH' }), 'http://o', false), { neverSent: true });
+  t.like(toUpstreamError(Object.assign(new Error('connect timeout'), { code: 'UND_ERR_CONNECT_TIMEOUT' }), 'http://o', false), { code: 'UPSTREAM_TIMEOUT', neverSent: true, retryable: true });
+  t.like(toUpstreamError(Object.assign(new Error('other side closed'), { code: 'UND_ERR_SOCKET' }), 'http://o', true), { neverSent: false });
 });
