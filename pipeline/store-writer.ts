@@ -341,7 +341,9 @@ export class StoreWriter {
         try {
           await writer.write(chunk);
         } catch (error) {
-          stopStoring('store-error', error);
+          // A disk tier that is behind is load, not a fault: counted, not logged per fill.
+          if ((error as { code?: string }).code === 'DISK_BEHIND') stopStoring('disk-behind');
+          else stopStoring('store-error', error);
         }
       }
       if (meta.size !== UNKNOWN_SIZE && received !== meta.size) throw new Error(`upstream body has ${received} bytes, ${meta.size} declared`);

@@ -434,9 +434,14 @@ export class TieredStore implements CacheStore {
       write: (chunk: Buffer): void => {
         if (state !== 'open') return;
         length += chunk.length;
-        if (memWriter === undefined) return;
-        if (length > limit) dropMemory();
-        else memWriter.write(chunk);
+        // No tier will take it: say so now, so the caller streams without storing (a large body's
+        // readers are then paced, rather than cut when the commit fails at the end).
+        if (memWriter === undefined) throw notStored();
+        if (length > limit) {
+          dropMemory();
+          throw notStored();
+        }
+        memWriter.write(chunk);
       },
 
       commit: async (): Promise<void> => {
