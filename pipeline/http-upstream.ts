@@ -128,12 +128,10 @@ export class HttpUpstream implements Upstream {
         onInfo: request.onInterim && (({ statusCode, headers }) => request.onInterim!(statusCode, headers as HeaderMap)),
       });
       const headers = response.headers as HeaderMap;
-      // The head has arrived, so the carrying connection is the client's current one.
-      const socket = carrier.socket?.();
       return {
         statusCode: response.statusCode,
         headers,
-        body: checkedBody(response.body as unknown as Readable, declaredLength(request.method, response.statusCode, headers), socket, this.url),
+        body: checkedBody(response.body as unknown as Readable, declaredLength(request.method, response.statusCode, headers), carrier, this.url),
         member: this.url,
       };
     } catch (error) {
@@ -152,9 +150,14 @@ export class HttpUpstream implements Upstream {
   }
 }
 
-/** Passed as undici's `opaque`: learns, on dispatch, the connection of the client that took the request. */
+/**
+ * Passed as undici's `opaque`: learns, on dispatch, the connection of the client that took the
+ * request, and, as the response completes, whether that connection then carried bytes past it.
+ */
 class Carrier {
   socket: (() => Socket | undefined) | undefined;
+  /** Set a microtask after undici completed the response: before it can send the next request on the connection. */
+  verdict: { failure: Error | null | undefined } | undefined;
 }
 
 /** A Client that tells each request's Carrier how to find its connection (pipelining 1: one request per connection). */
@@ -173,7 +176,20 @@ function trackingClient(origin: URL, opts: Client.Options): Client {
   client.dispatch = (options, handler) => {
     // The options pool.request() was given, `opaque` included.
     const carrier = (options as { opaque?: unknown }).opaque;
-    if (carrier instanceof Carrier) carrier.socket = () => current;
+    if (carrier instanceof Carrier) {
+      carrier.socket = () => current;
+      // llhttp reads what follows the message in the same parse: an error it raises is on the
+      // socket a microtask after completion. Judged then, not when the body's reader gets to
+      // its end, by which time the connection may carry the next request's response.
+      const complete = (handler as { onComplete?: (...args: unknown[]) => unknown }).onComplete;
+      if (typeof complete === 'function') {
+        (handler as { onComplete?: (...args: unknown[]) => unknown }).onComplete = function (this: unknown, ...args: unknown[]) {
+          const socket = current;
+          queueMicrotask(() => (carrier.verdict = { failure: socket?.errored }));
+          return complete.apply(this, args);
+        };
+      }
+    }
     return dispatch(options, handler);
   };
   return client;
@@ -195,7 +211,7 @@ function declaredLength(method: string, status: number, headers: HeaderMap): num
  * below (an edge reading this shield) never receives a complete-looking body it would store.
  * Bytes that arrive on a later read than the body's last ones are not seen.
  */
-function checkedBody(source: Readable, declared: number | undefined, socket: Socket | undefined, member: string): Readable {
+function checkedBody(source: Readable, declared: number | undefined, carrier: Carrier, member: string): Readable {
   let received = 0;
   let held: Buffer | undefined;
   const body = new Transform({
@@ -210,7 +226,7 @@ function checkedBody(source: Readable, declared: number | undefined, socket: Soc
     },
     flush(callback) {
       setImmediate(() => {
-        const failure = socket?.errored;
+        const failure = carrier.verdict !== undefined ? carrier.verdict.failure : carrier.socket?.()?.errored;
         if (bytesPastTheEnd(failure)) {
           callback(new UpstreamError('UPSTREAM_PROTOCOL', `${member} sent bytes past the end of the body: ${failure.message}`, { cause: failure, member, retryable: false }));
         } else {

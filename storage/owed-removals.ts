@@ -68,27 +68,46 @@ export class OwedRemovals {
   }
 
   /**
-   * Applies everything owed to `disk`, purges first (in order), then deletes, until nothing is
-   * left, including what is owed meanwhile. Rejects at the first failure; what was applied is
-   * gone from the lists, the rest stays owed.
+   * Applies what is owed to `disk`, purges first (in order), then deletes. `soFar`: only what is
+   * owed now (a recovery attempt must end even while new owings keep coming); otherwise until
+   * nothing is left, including what is owed meanwhile. Rejects at the first failure; what was
+   * applied is gone from the lists, the rest stays owed.
    */
-  async applyTo(disk: CacheStore): Promise<void> {
-    while (this.size > 0) {
-      while (this.purges.length > 0) {
-        const purge = this.purges[0]!;
-        if (purge.kind === 'url') await disk.purgeUrl(purge.value, purge.options);
-        else if (purge.kind === 'prefix') await disk.purgePrefix(purge.value, purge.options);
-        else await disk.purgeTag(purge.value, purge.options);
-        // Identity check: an owing added meanwhile went to the end, never to the front.
-        if (this.purges[0] === purge) this.purges = this.purges.slice(1);
-      }
-      const batch = [...this.keys].slice(0, BATCH);
-      await Promise.all(
-        batch.map(async ([key, token]) => {
-          await disk.delete(key);
-          this.settleKey(key, token);
-        }),
-      );
+  async applyTo(disk: CacheStore, options: { soFar?: boolean } = {}): Promise<void> {
+    if (options.soFar) {
+      await this.applyPurges(disk, this.purges.length);
+      const keys = [...this.keys];
+      for (let i = 0; i < keys.length; i += BATCH) await this.applyDeletes(disk, keys.slice(i, i + BATCH));
+      return;
     }
+    while (this.size > 0) {
+      await this.applyPurges(disk, Infinity);
+      const batch: Array<[string, number]> = [];
+      for (const entry of this.keys) {
+        batch.push(entry);
+        if (batch.length === BATCH) break;
+      }
+      await this.applyDeletes(disk, batch);
+    }
+  }
+
+  private async applyPurges(disk: CacheStore, count: number): Promise<void> {
+    for (let done = 0; done < count && this.purges.length > 0; done++) {
+      const purge = this.purges[0]!;
+      if (purge.kind === 'url') await disk.purgeUrl(purge.value, purge.options);
+      else if (purge.kind === 'prefix') await disk.purgePrefix(purge.value, purge.options);
+      else await disk.purgeTag(purge.value, purge.options);
+      // Identity check: an owing added meanwhile went to the end, never to the front.
+      if (this.purges[0] === purge) this.purges = this.purges.slice(1);
+    }
+  }
+
+  private async applyDeletes(disk: CacheStore, batch: ReadonlyArray<readonly [string, number]>): Promise<void> {
+    await Promise.all(
+      batch.map(async ([key, token]) => {
+        await disk.delete(key);
+        this.settleKey(key, token);
+      }),
+    );
   }
 }

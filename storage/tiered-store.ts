@@ -249,8 +249,9 @@ export class TieredStore implements CacheStore {
       this.counters.diskSkippedDegraded++;
       return this.skipWriter(key, meta, () => this.degradedError());
     }
-    // Past the cap of owed deletes a skip could not hide the old disk copy: such a key waits for the disk.
-    if (this.diskBehind(meta) && !(this.owed.fullOfKeys && this.mightBeOnDisk(key))) {
+    // Past the cap of owed deletes a skip cannot hide an old disk copy: its commit refuses (skipWriter),
+    // rather than the write joining a disk queue that is already over its bound.
+    if (this.diskBehind(meta)) {
       this.counters.diskSkippedBehind++;
       return this.skipWriter(key, meta, () => new StoreError('DISK_BEHIND', 'the disk tier is behind and the body does not fit the memory tier; not stored'));
     }
@@ -530,7 +531,8 @@ export class TieredStore implements CacheStore {
     const meta: EntryMeta = { size: PROBE_BODY.length, tags: [], storedAt: now, staleAt: now, graceUntil: now, deleteAt: now + 60_000, http: {} };
     await putEntry(this.disk, PROBE_KEY, meta, PROBE_BODY);
     await this.disk.delete(PROBE_KEY);
-    await this.owed.applyTo(this.disk);
+    // Only what is owed now: new owings keep coming while degraded, and catchUp applies them.
+    await this.owed.applyTo(this.disk, { soFar: true });
   }
 
   /** After a recovery: what was owed between the attempt's last step and leaving degraded mode. */
@@ -572,7 +574,7 @@ export class TieredStore implements CacheStore {
     return this.mutating(key, async () => {
       const epoch = this.health.epoch;
       const onDisk = this.health.degraded
-        ? Promise.resolve(this.oweDelete(key))
+        ? Promise.resolve().then(() => this.oweDelete(key))
         : this.disk.delete(key).catch((error: unknown) => this.diskFailedOr(error, epoch, () => this.oweDelete(key)));
       const [diskDeleted, inMemory] = await Promise.all([onDisk, this.memory.delete(key)]);
       return diskDeleted || inMemory;
