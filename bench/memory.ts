@@ -212,13 +212,18 @@ async function main(): Promise<void> {
   out(`# memory: peak RSS of the edge (primary + 1 worker), ${new Date().toISOString()}`);
   out(`budget = memorySize + ${FILL_BUFFER_MB} MB (fillBufferSize) × fills in flight + ${BASE_MB} MB base\n`);
   const rows: Row[] = [];
+  // Each row as it is measured, too: a long scenario cut short still leaves the earlier ones.
+  const measured = (row: Row) => {
+    rows.push(row);
+    out(`${row.scenario}: peak ${mb(row.peak)}, at end ${mb(row.last)}, budget ${fmtInt(row.budgetMb)} MB; ${row.note}`);
+  };
   try {
     if (run('fill')) {
-      rows.push(await fillScenario(origin.port, 256, { objects: OBJECTS }));
-      rows.push(await fillScenario(origin.port, 32, { seconds: 20 }));
+      measured(await fillScenario(origin.port, 256, { objects: OBJECTS }));
+      measured(await fillScenario(origin.port, 32, { seconds: 20 }));
     }
-    if (run('slow')) rows.push(await slowScenario(origin.port));
-    if (run('misses')) rows.push(await missesScenario(origin.port));
+    if (run('slow')) measured(await slowScenario(origin.port));
+    if (run('misses')) measured(await missesScenario(origin.port));
   } finally {
     out(
       table(
