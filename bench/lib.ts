@@ -383,3 +383,20 @@ export function ownCpuSeconds(): { self: number; children: number } {
     return { self: Number.NaN, children: Number.NaN };
   }
 }
+
+/**
+ * The `http {}` lines every bench nginx shares: temp folders in `dir`, keep-alive as the other
+ * servers', the proxy cache and the origin upstream (the hits and tls scenarios).
+ */
+export function nginxCacheHttp(dir: string, originPort: number): string {
+  return `  client_body_temp_path ${dir}/client_body;
+  proxy_temp_path ${dir}/proxy_temp;
+  fastcgi_temp_path ${dir}/fastcgi_temp;
+  uwsgi_temp_path ${dir}/uwsgi_temp;
+  scgi_temp_path ${dir}/scgi_temp;
+  sendfile on;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
+  upstream origin { server ${HOST}:${originPort}; keepalive 64; }`;
+}

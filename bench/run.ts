@@ -46,7 +46,7 @@ import { healthFilter } from '../pipeline/health-filter.js';
 import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
-  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
+  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, nginxCacheHttp, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
   machineCpuSeconds, originStats, ownCpuSeconds, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
 import {
@@ -125,16 +125,7 @@ error_log ${dir}/nginx-error.log warn;
 events { worker_connections 4096; }
 http {
   access_log ${dir}/nginx-access.log;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy_temp;
-  fastcgi_temp_path ${dir}/fastcgi_temp;
-  uwsgi_temp_path ${dir}/uwsgi_temp;
-  scgi_temp_path ${dir}/scgi_temp;
-  sendfile on;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
-  upstream origin { server ${HOST}:${originPort}; keepalive 64; }
+${nginxCacheHttp(dir, originPort)}
   server {
     listen ${HOST}:${port} backlog=4096;
     location / {

@@ -13,7 +13,7 @@ import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { generate } from 'selfsigned';
-import { HOST, NGINX, ROOT, findBinary, freePort, launch, runTool, sleep, type Spawned } from './lib.js';
+import { HOST, NGINX, ROOT, findBinary, freePort, launch, nginxCacheHttp, runTool, sleep, type Spawned } from './lib.js';
 
 // ---------------------------------------------------------------- certificate
 
@@ -104,16 +104,7 @@ events { worker_connections 4096; }
 http {
   log_format bench '$status $upstream_cache_status $server_protocol $ssl_protocol $ssl_cipher $ssl_curve $ssl_session_reused';
   access_log ${accessLog} bench;
-  client_body_temp_path ${dir}/client_body;
-  proxy_temp_path ${dir}/proxy_temp;
-  fastcgi_temp_path ${dir}/fastcgi_temp;
-  uwsgi_temp_path ${dir}/uwsgi_temp;
-  scgi_temp_path ${dir}/scgi_temp;
-  sendfile on;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
-  upstream origin { server ${HOST}:${originPort}; keepalive 64; }
+${nginxCacheHttp(dir, originPort)}
   server {
     listen ${HOST}:${port} ssl${http2Directive ? '' : ' http2'} backlog=4096;
     listen ${HOST}:${plainPort} backlog=4096;

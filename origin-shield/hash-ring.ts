@@ -138,6 +138,11 @@ export function hash32(input: string): number {
     }
     h = Math.imul(h ^ (0x80 | (c & 0x3f)), 0x01000193);
   }
+  return fmix32(h);
+}
+
+/** The murmur3 32-bit finaliser: every input bit moves every output bit. */
+export function fmix32(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

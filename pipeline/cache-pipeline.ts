@@ -299,7 +299,7 @@ export class CachePipeline {
     const pending = this.pendingLookups.get(key);
     if (pending !== undefined) {
       const committing = this.fills.committing(x, key);
-      return pending.then((entry) => this.selectVariant(x, entry, committing));
+      return pending.then((entry) => this.selectVariant(x, key, entry, committing));
     }
     const first = this.store.get(key);
     if (first instanceof Promise) {
@@ -307,9 +307,9 @@ export class CachePipeline {
       const read = first.catch((error) => this.storeReadFailed(error));
       this.pendingLookups.set(key, read);
       read.then(() => this.pendingLookups.delete(key));
-      return read.then((entry) => this.selectVariant(x, entry, committing));
+      return read.then((entry) => this.selectVariant(x, key, entry, committing));
     }
-    return this.selectVariant(x, first, undefined);
+    return this.selectVariant(x, key, first, undefined);
   }
 
   /** A failing disk read is a miss (counted and logged), never a failed request. */
@@ -325,10 +325,10 @@ export class CachePipeline {
    * it wins (§4: the most recent response is used): a revalidation's fresh response is served, not
    * the stale copy it refreshes, which would start another revalidation while the first commits.
    */
-  private selectVariant(x: Exchange, entry: CachedEntry | undefined, committedMeanwhile: FillEntry | undefined): Lookup | Promise<Lookup> {
-    if (entry === undefined) return { entry: this.fills.committing(x, entryKey(x.url, '')) ?? usable(committedMeanwhile), variant: '', vary: undefined };
+  private selectVariant(x: Exchange, urlKey: string, entry: CachedEntry | undefined, committedMeanwhile: FillEntry | undefined): Lookup | Promise<Lookup> {
+    if (entry === undefined) return { entry: this.fills.committing(x, urlKey) ?? usable(committedMeanwhile), variant: '', vary: undefined };
     const record = entry.meta.http as unknown as HttpRecord;
-    if (record.kind === 'response') return { entry: newest(entry, this.fills.committing(x, entryKey(x.url, '')) ?? usable(committedMeanwhile)), variant: '', vary: undefined };
+    if (record.kind === 'response') return { entry: newest(entry, this.fills.committing(x, urlKey) ?? usable(committedMeanwhile)), variant: '', vary: undefined };
     const variant = variantKey(record.fields, x.req.headers);
     const key = entryKey(x.url, variant);
     const second = this.store.get(key);
@@ -801,7 +801,7 @@ const WRITE_SLICE_BYTES = 64 * 1024;
  * A large body held in memory, written as the client's buffer drains: TLS and HTTP/2 copy what
  * they are handed, so a thousand slow clients given the whole body at once would hold a thousand copies.
  */
-function writeSliced(res: ServerResponse, bytes: Buffer): void {
+export function writeSliced(res: Pick<ServerResponse, 'write' | 'end' | 'once' | 'destroyed'>, bytes: Buffer): void {
   let offset = 0;
   const next = (): void => {
     while (offset < bytes.length) {

@@ -69,6 +69,12 @@ export interface StreamingResponse {
   setCookie: string[] | undefined;
 }
 
+/** Settles the promise a large body's lagging readers wait on: the entry is stored, or will not be. */
+interface Settle {
+  resolve: () => void;
+  reject: (error: Error) => void;
+}
+
 export interface StoreWriterSettings {
   role: 'edge' | 'shield';
   nodeName: string;
@@ -198,12 +204,17 @@ export class StoreWriter {
     invalidated: (key: string, tags: readonly string[]) => boolean,
   ): StreamingResponse {
     const record = meta.http as unknown as ResponseRecord;
-    // Settles with the commit: readers that fall behind a large body's window continue from the store.
-    let stored!: { resolve: () => void; reject: (error: Error) => void };
-    const storedEntry = new Promise<void>((resolve, reject) => (stored = { resolve, reject }));
-    storedEntry.catch(() => undefined);
+    // A body held whole needs nothing more. A larger one keeps a window; readers that fall behind
+    // it continue from the store once the commit settles `stored`.
     const heldWhole = meta.size !== UNKNOWN_SIZE && meta.size <= this.settings.memoryMaxObjectSize;
-    const broadcast = new BodyBroadcast(heldWhole ? {} : { window: this.settings.fillBufferSize, fallback: (start, end) => this.openStored(key, meta, storedEntry, start, end) });
+    let stored: Settle | undefined;
+    let broadcast: BodyBroadcast;
+    if (heldWhole) broadcast = new BodyBroadcast();
+    else {
+      const storedEntry = new Promise<void>((resolve, reject) => (stored = { resolve, reject }));
+      storedEntry.catch(() => undefined);
+      broadcast = new BodyBroadcast({ window: this.settings.fillBufferSize, fallback: (start, end) => this.openStored(key, meta, storedEntry, start, end) });
+    }
     let endCommitWindow!: () => void;
     const committed = new Promise<void>((resolve) => (endCommitWindow = resolve));
     this.track(this.pump(key, meta, body, broadcast, keep ? vary : undefined, x.url, keep, endCommitWindow, invalidated, stored));
@@ -302,7 +313,7 @@ export class StoreWriter {
     keep: boolean,
     endCommitWindow: () => void,
     invalidated: (key: string, tags: readonly string[]) => boolean,
-    stored: { resolve: () => void; reject: (error: Error) => void },
+    stored: Settle | undefined,
   ): Promise<void> {
     let writer: EntryWriter | undefined;
     let storing = true;
@@ -313,7 +324,7 @@ export class StoreWriter {
       writer = undefined;
       void broadcast.stopRetaining();
       endCommitWindow();
-      stored.reject(new Error(`the body is not stored (${reason})`));
+      stored?.reject(new Error(`the body is not stored (${reason})`));
       this.metrics.inc('not_stored_total', 'responses streamed but not stored', { reason });
       if (error !== undefined) this.logger.warn({ key: url, err: (error as Error)?.message }, 'store write failed; streaming without storing');
     };
@@ -351,7 +362,7 @@ export class StoreWriter {
       writer?.abort();
       broadcast.fail(error as Error);
       endCommitWindow();
-      stored.reject(error as Error);
+      stored?.reject(error as Error);
       this.metrics.inc('upstream_body_errors_total', 'upstream bodies cut short or malformed (never stored)');
       this.logger.warn({ key: url, err: (error as Error).message }, 'upstream body failed; not stored');
       return;
@@ -368,7 +379,7 @@ export class StoreWriter {
         return;
       }
       await writer.commit();
-      stored.resolve();
+      stored?.resolve();
       if (vary) await this.updatePointer(url, meta, vary);
     } catch (error) {
       if ((error as { code?: string }).code === 'REMOVED_DURING_WRITE') {
@@ -380,7 +391,7 @@ export class StoreWriter {
     } finally {
       endCommitWindow();
       // No-op once resolved; otherwise the commit did not happen and readers behind the window are cut.
-      stored.reject(new Error('the body was not stored'));
+      stored?.reject(new Error('the body was not stored'));
     }
   }
 

@@ -5,20 +5,11 @@
  * compares byte for byte, without either side keeping bodies.
  */
 import { crc32 } from 'node:zlib';
+import { fmix32 } from '../../origin-shield/hash-ring.js';
 
 export const MIN_BODY = 1024;
 export const MAX_BODY = 5 * 1024 * 1024;
 const PATTERN_BYTES = MAX_BODY + 1024 * 1024;
-
-/** 32-bit finaliser (murmur3 fmix32). */
-function mix(h: number): number {
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 /** mulberry32: a small seeded PRNG, [0, 1). */
 export function prng(seed: number): () => number {
@@ -50,14 +41,14 @@ function bytes(): Buffer {
 
 /** Body length of key K at version V: log-uniform over [MIN_BODY, MAX_BODY], so it changes with the version too. */
 export function bodySize(key: number, version: number): number {
-  const u = mix(Math.imul(key + 1, 0x9e3779b1) ^ Math.imul(version, 0x27d4eb2f)) / 4294967296;
+  const u = fmix32(Math.imul(key + 1, 0x9e3779b1) ^ Math.imul(version, 0x27d4eb2f)) / 4294967296;
   return Math.round(MIN_BODY * Math.pow(MAX_BODY / MIN_BODY, u));
 }
 
 /** The exact body the origin sends for (key, version): a view of the pattern, never copied. */
 export function expectedBody(key: number, version: number): Buffer {
   const size = bodySize(key, version);
-  const offset = mix(Math.imul(key + 7, 0x85ebca77) ^ Math.imul(version + 3, 0xc2b2ae3d)) % (PATTERN_BYTES - size + 1);
+  const offset = fmix32(Math.imul(key + 7, 0x85ebca77) ^ Math.imul(version + 3, 0xc2b2ae3d)) % (PATTERN_BYTES - size + 1);
   return bytes().subarray(offset, offset + size);
 }
 

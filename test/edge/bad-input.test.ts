@@ -4,36 +4,17 @@
  * keep serving, and never store anything wrong.
  */
 import test, { type ExecutionContext } from 'ava';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { cacheStatus, raw, delay, fetchFrom, header, send, settle, setup, startTestEdge } from '../helpers/harness.js';
+import { startRawOrigin, type RawOrigin } from '../helpers/raw-origin.js';
 
 
 
-/** A raw TCP origin: `respond` gets each request's head (n counts requests) and the socket. */
-async function startRawOrigin(t: ExecutionContext, respond: (socket: Socket, n: number, head: string) => void) {
-  let n = 0;
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => undefined);
-    let buffered = '';
-    socket.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString('latin1');
-      let end: number;
-      while ((end = buffered.indexOf('\r\n\r\n')) !== -1) {
-        const head = buffered.slice(0, end);
-        buffered = buffered.slice(end + 4);
-        respond(socket, ++n, head);
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(async () => {
-    for (const s of sockets) s.destroy();
-    await new Promise((resolve) => server.close(resolve));
-  });
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, count: () => n };
+/** A raw TCP origin (test/helpers/raw-origin.ts) closed with the test: `respond` gets the socket and the request's number. */
+async function rawOrigin(t: ExecutionContext, respond: (socket: Socket, n: number) => void): Promise<RawOrigin> {
+  const origin = await startRawOrigin((socket, request) => respond(socket, request.n));
+  t.teardown(() => origin.close());
+  return origin;
 }
 
 // ---- malformed caching fields from the origin --------------------------------------------------------
@@ -164,7 +145,7 @@ test('RFC 9112 §6.3 conflicting Content-Length values get 400', async (t) => {
 
 test('an origin that resets mid-body: client sees truncation, nothing stored, next request refetches', async (t) => {
   const full = 'y'.repeat(1000);
-  const origin = await startRawOrigin(t, (socket, n) => {
+  const origin = await rawOrigin(t, (socket, n) => {
     if (n === 1) {
       socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: max-age=60\r\n\r\n${full.slice(0, 100)}`);
       setTimeout(() => socket.resetAndDestroy(), 30);
@@ -190,7 +171,7 @@ test('an origin that resets mid-body: client sees truncation, nothing stored, ne
 });
 
 test('an origin that sends more bytes than its Content-Length: only the declared bytes are served or stored, the node keeps serving', async (t) => {
-  const origin = await startRawOrigin(t, (socket, n) => {
+  const origin = await rawOrigin(t, (socket, n) => {
     if (n === 1) socket.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhelloEXTRA-GARBAGE-THAT-IS-NOT-HTTP\r\n\r\n');
     else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nfresh');
   });
@@ -214,7 +195,7 @@ test('an origin that sends more bytes than its Content-Length: only the declared
 });
 
 test('an origin that answers with garbage instead of HTTP gets 502 and nothing is stored', async (t) => {
-  const origin = await startRawOrigin(t, (socket, n) => {
+  const origin = await rawOrigin(t, (socket, n) => {
     if (n === 1) socket.end('THIS IS NOT HTTP\r\n\r\n');
     else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok');
   });
@@ -228,7 +209,7 @@ test('an origin that answers with garbage instead of HTTP gets 502 and nothing i
 });
 
 test('an origin response with conflicting Content-Length values gets 502 and nothing is stored', async (t) => {
-  const origin = await startRawOrigin(t, (socket, n) => {
+  const origin = await rawOrigin(t, (socket, n) => {
     if (n === 1) socket.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\nCache-Control: max-age=60\r\n\r\nhello');
     else socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok');
   });

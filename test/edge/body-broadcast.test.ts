@@ -2,6 +2,7 @@
 import test from 'ava';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { BodyBroadcast } from '../../pipeline/body-broadcast.js';
+import { writeSliced } from '../../pipeline/cache-pipeline.js';
 
 function reader(broadcast: BodyBroadcast, range?: { start: number; end: number }): Promise<string> {
   const out = new PassThrough();
@@ -154,4 +155,30 @@ test('a body that is not stored: chunks a slow reader still needs make the fill 
   await room;
   t.is(b.held, 0, 'the reader that left holds nothing');
   t.is(b.room(), undefined);
+});
+
+test('a large memory hit is written a slice at a time as the client drains, never handed to a stalled client whole', async (t) => {
+  const body = pattern(1024 * 1024);
+  let release!: () => void;
+  const stalled = new Promise<void>((resolve) => (release = resolve));
+  const received: Buffer[] = [];
+  let handed = 0;
+  const out = new Writable({
+    highWaterMark: 16 * 1024,
+    write(chunk: Buffer, _encoding, callback) {
+      received.push(chunk);
+      void stalled.then(() => callback());
+    },
+  });
+  const originalWrite = out.write.bind(out);
+  out.write = ((chunk: Buffer, ...rest: never[]) => {
+    handed += chunk.length;
+    return originalWrite(chunk, ...rest);
+  }) as typeof out.write;
+  const finished = new Promise<void>((resolve) => out.on('finish', resolve));
+  writeSliced(out as never, body);
+  t.true(handed <= 64 * 1024, `handed to a client that reads nothing: ${handed} bytes`);
+  release();
+  await finished;
+  t.true(Buffer.concat(received).equals(body), 'all of it, in order, once it reads');
 });

@@ -2,7 +2,7 @@
  * Upstream faults through the whole chain (issue 13): a misbehaving origin ← shield ← edge, all
  * real servers on 127.0.0.1. For each fault: what the client sees, that neither tier stores a
  * broken response, and that the node keeps serving. Origins that break framing are raw TCP
- * servers (fixtures/raw-origin.ts); the client reads raw bytes where framing is the point.
+ * servers (test/helpers/raw-origin.ts); the client reads raw bytes where framing is the point.
  *
  * Timing windows are wide on purpose (a loaded 2-core CI machine); no test asserts a tight time.
  */
@@ -13,7 +13,7 @@ import { gzipSync } from 'node:zlib';
 import { cacheStatus, delay, fetchFrom, header, startOrigin, startTestEdge, waitFor, type Reply } from '../helpers/harness.js';
 import type { RunningNode } from '../../pipeline/node-server.js';
 import { startTestShield, type TestShield } from './fixtures/chain.js';
-import { chunk, rawGet, responseHead, startRawOrigin, type RawOrigin } from './fixtures/raw-origin.js';
+import { chunk, rawGet, responseHead, startRawOrigin, type RawOrigin } from '../helpers/raw-origin.js';
 
 /** A shield in front of `origin` and an edge in front of the shield, closed when the test ends. */
 async function chain(t: ExecutionContext, origin: string, overrides: { shield?: Record<string, unknown>; edge?: Record<string, unknown> } = {}) {
