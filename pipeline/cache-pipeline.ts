@@ -662,7 +662,8 @@ export class CachePipeline {
     if (body !== undefined) {
       const bytes = range ? body.subarray(range.start, range.end + 1) : body;
       x.bytes = bytes.length;
-      if (bytes.length <= WRITE_SLICE_BYTES) res.end(bytes);
+      // Plain TCP queues a reference to the stored bytes; TLS encrypts a copy of whatever it is handed.
+      if (bytes.length <= WRITE_SLICE_BYTES || (req.socket as { encrypted?: boolean }).encrypted !== true) res.end(bytes);
       else writeSliced(res, bytes);
       return;
     }
@@ -794,12 +795,13 @@ function collapsed(detail: string | undefined): boolean {
   return detail !== undefined && (detail === 'collapsed' || detail.endsWith(',collapsed'));
 }
 
-/** Memory hits above this are written a slice at a time, as the client reads. */
+/** Memory hits above this, over TLS, are written a slice at a time, as the client reads. */
 const WRITE_SLICE_BYTES = 64 * 1024;
 
 /**
- * A large body held in memory, written as the client's buffer drains: TLS and HTTP/2 copy what
- * they are handed, so a thousand slow clients given the whole body at once would hold a thousand copies.
+ * A large body held in memory, written as the client's buffer drains: TLS encrypts what it is
+ * handed at once, so a thousand slow clients given the whole body would hold a thousand copies.
+ * (Plain TCP keeps a reference to the stored buffer instead, and takes it whole: one write is cheaper.)
  */
 export function writeSliced(res: Pick<ServerResponse, 'write' | 'end' | 'once' | 'destroyed'>, bytes: Buffer): void {
   let offset = 0;
