@@ -64,6 +64,12 @@ export const OPTIONS = {
   memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
   maxObjectSize: { kind: 'bytes', default: 1024 ** 3, min: 0, help: 'larger responses are not stored' },
   fillBufferSize: { kind: 'bytes', default: 2 * 1024 ** 2, min: 64 * 1024, help: 'bytes of a body larger than memoryMaxObjectSize held per fill; readers further behind continue from the store' },
+  sliceSize: {
+    kind: 'bytes',
+    default: 8 * 1024 ** 2,
+    min: 0,
+    help: 'larger objects are fetched and stored in ranges of this size (as nginx slice); a Range request fetches only the slices it covers. 0: off',
+  },
   nodeName: { kind: 'string', default: (r: Role) => `outpost-${r}`, help: 'name in Via and Cache-Status' },
   logLevel: { kind: 'enum', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level' },
   accessLog: { kind: 'bool', default: true, help: 'one JSON line per request' },
@@ -198,6 +204,7 @@ export interface Config {
   memoryMaxObjectSize: number;
   maxObjectSize: number;
   fillBufferSize: number;
+  sliceSize: number;
   nodeName: string;
   logLevel: string;
   accessLog: boolean;

@@ -7,16 +7,16 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP, type BlockList } from 'node:net';
-import type { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
-import { entryKey } from '../storage/keys.js';
+import { entryKey, sliceOfKey, sliceVariant } from '../storage/keys.js';
 import { AccessLog } from './access-log.js';
 import { buildBlockList, inAddressList, withoutPort } from './address-list.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import { cacheKey, type CacheKeyOptions } from './cache-key.js';
 import { NO_DIRECTIVES, has } from './cache-control.js';
-import { notModified, selectRange } from './conditional.js';
+import { notModified } from './conditional.js';
 import {
   CLIENT_CONDITIONALS,
   NOTHING_FOUND,
@@ -48,12 +48,14 @@ import {
   type InternalHop,
 } from './owner-hop.js';
 import { purgeStore, type PurgeRequest } from './purge.js';
+import { firstRequestedByte, multipartPlan, selectRanges, type ByteRange, type MultipartPlan } from './ranges.js';
 import { governingRequestDirectives, headerText, type FreshnessConfig, type StatusPolicy } from './response-policy.js';
+import { SliceMismatch, SlicedObject, fieldOf, sliceOf, storedPiece, upstreamPiece, type SlicePiece } from './slices.js';
 import { staleIfErrorAllowed, verdict } from './serve-policy.js';
 import { FillEntry, StoreWriter } from './store-writer.js';
-import { SURROGATE_FIELDS, type HttpRecord, type ResponseRecord } from './stored-response.js';
+import { SURROGATE_FIELDS, makeResponseRecord, type HttpRecord, type ResponseRecord, type VaryRecord } from './stored-response.js';
 import { UpstreamError, isIdempotent, type HeaderMap, type Upstream, type UpstreamResponse } from './upstream.js';
-import { variantKey } from './vary.js';
+import { parseVary, variantKey } from './vary.js';
 
 export type { CacheOutcome, Exchange, RequestFilter } from './exchange.js';
 
@@ -73,6 +75,8 @@ export interface PipelineSettings {
   /** Bodies up to this size are held whole while they fill; larger ones keep `fillBufferSize` bytes. */
   memoryMaxObjectSize: number;
   fillBufferSize: number;
+  /** Objects larger than this are fetched and stored in slices of this size (slices.ts); 0: off. */
+  sliceSize: number;
   /** Path prefixes whose Set-Cookie responses may be stored (without the cookie). */
   cacheSetCookiePaths: readonly string[];
   /** Peers whose X-Forwarded-* are kept. */
@@ -348,6 +352,20 @@ export class CachePipeline {
   }
 
   private afterLookup(x: Exchange, l: Lookup): void | Promise<void> {
+    // Nothing stored under the URL itself: a large object lives in slices (slices.ts). The slice
+    // holding the first byte wanted is looked up; with none stored, the first slice is fetched
+    // through the URL's own fill, and a range further in through that slice's.
+    if (l.entry === undefined && this.mayServeSlices(x)) {
+      const index = sliceOf(firstRequestedByte(headerText(x.req.headers.range)), this.settings.sliceSize);
+      const next = (s: Lookup): void | Promise<void> => this.serveLookup(x, s.entry !== undefined || index > 0 ? s : l);
+      const first = this.lookupSlice(x, l.variant, l.vary, index);
+      return first instanceof Promise ? first.then(next) : next(first);
+    }
+    return this.serveLookup(x, l);
+  }
+
+  /** What the lookup found decides: deliver it, deliver it and revalidate, or fetch. */
+  private serveLookup(x: Exchange, l: Lookup): void | Promise<void> {
     const entry = l.entry;
     let fwd: Forward = entry ? 'stale' : l.vary ? 'vary-miss' : 'uri-miss';
     if (entry !== undefined) {
@@ -379,6 +397,91 @@ export class CachePipeline {
     return this.fetch(x, l, fwd);
   }
 
+  // ---- slices of large objects (slices.ts) ------------------------------------------------
+
+  /** Requests that may be answered from slices: a cacheable GET or HEAD of a key this worker owns. */
+  private mayServeSlices(x: Exchange): boolean {
+    return this.settings.sliceSize > 0 && this.ownsKey(x) && !has(x.directives, 'no-store') && x.req.headers.authorization === undefined;
+  }
+
+  /** Slice `index` of the object (of variant `objectVariant`) looked up: stored, or in its commit window. */
+  private lookupSlice(x: Exchange, objectVariant: string, vary: VaryRecord | undefined, index: number): Lookup | Promise<Lookup> {
+    const variant = sliceVariant(objectVariant, index);
+    const key = entryKey(x.url, variant);
+    const found = this.store.get(key);
+    if (found instanceof Promise) {
+      const committing = this.fills.committing(x, key);
+      return found
+        .catch((error) => this.storeReadFailed(error))
+        .then((entry) => ({ entry: newest(entry, this.fills.committing(x, key) ?? usable(committing)), variant, vary, slice: index }));
+    }
+    return { entry: newest(found, this.fills.committing(x, key)), variant, vary, slice: index };
+  }
+
+  /**
+   * A slice after the first: stored and usable for this request, else fetched (single-flight per
+   * slice, revalidated when a stored one is stale). Throws when there is none to be had.
+   */
+  private async nextSlice(x: Exchange, objectVariant: string, index: number): Promise<SlicePiece> {
+    const l = await this.lookupSlice(x, objectVariant, undefined, index);
+    const entry = l.entry;
+    if (entry !== undefined) {
+      switch (verdict(x.directives, entry.meta.http as unknown as ResponseRecord, entry.meta, this.now())) {
+        case 'fresh':
+        case 'stale-allowed':
+          return slicePiece(entry, index);
+        case 'stale-while-revalidate':
+          this.fills.revalidateInBackground(x, l);
+          return slicePiece(entry, index);
+        default:
+          break;
+      }
+    }
+    // The response's Cache-Status and log line describe the first slice.
+    const detail = x.detail;
+    const obtained = await this.fills.obtain(x, l, entry === undefined ? 'uri-miss' : 'stale');
+    x.detail = detail;
+    switch (obtained.kind) {
+      case 'stream':
+        return slicePiece(new FillEntry(obtained.stream), index);
+      case 'entry':
+        return slicePiece(obtained.entry, index);
+      case 'response': {
+        const piece = obtained.sliced === true ? upstreamPiece(obtained.response) : undefined;
+        if (piece !== undefined) return piece;
+        discard(obtained.response.body);
+        throw new SliceMismatch(`slice ${index}: the upstream answered ${obtained.response.statusCode}`);
+      }
+      case 'error': {
+        const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
+        if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now())) return slicePiece(entry, index);
+        throw obtained.error;
+      }
+    }
+  }
+
+  /** The whole object, read slice after slice from the first one this request found. */
+  private slicedObject(x: Exchange, key: string, meta: EntryMeta, objectVariant: string, first: SlicePiece): SlicedObject {
+    const object = new SlicedObject({
+      key,
+      meta,
+      first: { index: sliceOf(first.range.start, this.settings.sliceSize), piece: first },
+      sliceSize: this.settings.sliceSize,
+      slice: (index) => this.nextSlice(x, objectVariant, index),
+      mismatch: () => this.sliceMismatch(x),
+    });
+    // A response that reads no body (HEAD, 304, 416) lets go of an upstream slice at once.
+    x.res.once('close', () => object.release());
+    return object;
+  }
+
+  /** The object changed upstream between two slices: its stored slices are of no use together any more. */
+  private sliceMismatch(x: Exchange): void {
+    this.metrics.inc('slice_mismatches_total', 'sliced responses cut because a slice carried another validator or length than the first');
+    this.logger.warn({ id: x.id, key: x.url }, 'the object changed between slices; response cut, stored slices dropped');
+    this.purgeHere({ url: x.url }).catch((error) => this.logger.warn({ key: x.url, err: (error as Error).message }, 'dropping stale slices failed'));
+  }
+
   /** §5.2.1.7: nothing stored fits and the client forbids forwarding. */
   private onlyIfCachedMiss(x: Exchange): void {
     x.outcome = 'synthetic';
@@ -402,13 +505,13 @@ export class CachePipeline {
         if (source === 'late') {
           // It arrived while the response was committing: a hit in all but name.
           x.outcome = 'hit';
-          return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, `hit; ttl=${ttl(stream.meta, now)}`);
+          return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, new FillEntry(stream), `hit; ttl=${ttl(stream.meta, now)}`);
         }
         x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
         const detail = source === 'waited' ? '; detail=collapsed' : '';
         const member = `fwd=${obtained.fwd}; fwd-status=${stream.record.status}; stored; ttl=${ttl(stream.meta, now)}${detail}`;
         // The upstream's Set-Cookie goes to the request that caused the fetch, never to one that joined it.
-        return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, stream.broadcast, member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
+        return this.respond(x, stream.key, stream.record, stream.meta, stream.meta.size, new FillEntry(stream), member, source === 'waited' ? undefined : setCookieHeaders(stream.setCookie));
       }
       case 'entry': {
         if (obtained.source === 'late') {
@@ -424,6 +527,7 @@ export class CachePipeline {
       case 'response': {
         x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
         const status = obtained.response.statusCode;
+        if (obtained.sliced === true) return this.deliverUnstoredSlice(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}`);
         if (obtained.reason === undefined) return this.deliverUpstream(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}`);
         const notStored = `not-stored:${obtained.reason}`;
         x.detail = x.detail === undefined ? notStored : `${x.detail},${notStored}`;
@@ -614,6 +718,14 @@ export class CachePipeline {
     extraHeaders?: string[],
   ): void {
     const { req, res } = x;
+    if (record.status === 206 && !(source instanceof SlicedObject)) {
+      // One slice of a large object (only slices are stored as 206): the client gets the object, stitched from its slices.
+      const slice = sliceOfKey(key);
+      const first = source instanceof BodyBroadcast ? undefined : storedPiece(source);
+      if (first === undefined || slice === undefined) throw new Error(`stored slice ${key} has no usable Content-Range`);
+      const object = this.slicedObject(x, key, meta, slice.variant, first);
+      return this.respond(x, key, wholeRecord(record), meta, object.total, object, member, extraHeaders);
+    }
     const now = this.now();
     const headers = record.headers.slice();
     if (extraHeaders) headers.push(...extraHeaders);
@@ -621,7 +733,8 @@ export class CachePipeline {
     headers.push('cache-status', this.cacheStatus(x, record.upstreamCacheStatus, member));
     // Over the hop, the asking worker gets the whole stored response and its meta (owner-hop.ts):
     // it keeps a copy, and answers its client's conditionals and ranges itself.
-    const wholeEntry = x.internal?.wantEntry === true && x.method === 'GET';
+    // A sliced object is never copied whole: the owner answers the client's range itself.
+    const wholeEntry = x.internal?.wantEntry === true && x.method === 'GET' && !(source instanceof SlicedObject);
     if (x.internal !== undefined) headers.push(OUTCOME_FIELD, encodeOutcome(x));
     if (wholeEntry) headers.push(ENTRY_FIELD, encodeEntry(key, meta), MEMBER_FIELD, member);
     const ifNoneMatch = wholeEntry ? undefined : req.headers['if-none-match'];
@@ -632,16 +745,20 @@ export class CachePipeline {
       return;
     }
     let status = record.status;
-    let range: { start: number; end: number } | undefined;
+    let range: ByteRange | undefined;
     if (req.headers.range !== undefined && !wholeEntry && status === 200 && size !== UNKNOWN_SIZE) {
-      const selected = selectRange(headerText(req.headers.range), headerText(req.headers['if-range']), size, record.etag, record.lastModified);
+      const selected = selectRanges(headerText(req.headers.range), headerText(req.headers['if-range']), size, record.etag, record.lastModified);
       if (selected.kind === 'unsatisfiable') {
         res.writeHead(416, ['content-range', `bytes */${size}`, 'content-length', '0', 'cache-status', headers[headers.length - 1]!]);
         res.end();
         return;
       }
-      if (selected.kind === 'partial') {
-        range = { start: selected.start, end: selected.end };
+      if (selected.kind === 'partial' && selected.ranges.length > 1) {
+        const plan = multipartPlan(selected.ranges, size, fieldOf(record.headers, 'content-type'));
+        // §14.6: several parts, unless the whole representation is the smaller answer.
+        if (plan.length < size) return this.respondMultipart(x, headers, plan, source);
+      } else if (selected.kind === 'partial') {
+        range = selected.ranges[0]!;
         status = 206;
         headers.push('content-range', `bytes ${range.start}-${range.end}/${size}`);
       }
@@ -670,6 +787,39 @@ export class CachePipeline {
     this.pipeBody(x, broadcast.openBody(range));
   }
 
+  /** A 206 with several parts (§14.6), each read from the stored copy, the fill or the slices in turn. */
+  private respondMultipart(x: Exchange, headers: string[], plan: MultipartPlan, source: CachedEntry | BodyBroadcast): void {
+    const fields = headers.filter((_, i, all) => all[i - (i % 2)] !== 'content-type');
+    fields.push('content-type', plan.contentType, 'content-length', String(plan.length));
+    x.res.writeHead(206, fields);
+    if (x.method === 'HEAD') {
+      x.res.end();
+      return;
+    }
+    const open = (range: ByteRange): Iterable<Buffer> | AsyncIterable<Buffer> => {
+      const entry = source instanceof FillEntry ? source.stream.broadcast : source;
+      if (entry instanceof BodyBroadcast) {
+        const out = new PassThrough();
+        entry.pipeTo(out, range, () => undefined);
+        return out;
+      }
+      return entry.body !== undefined ? [entry.body.subarray(range.start, range.end + 1)] : entry.openBody(range);
+    };
+    this.pipeBody(
+      x,
+      Readable.from(
+        (async function* () {
+          for (const part of plan.parts) {
+            yield part.head;
+            yield* open(part.range);
+          }
+          yield plan.tail;
+        })(),
+        { objectMode: false },
+      ),
+    );
+  }
+
   /** Sends an upstream response that is not (or not yet) stored. */
   private deliverUpstream(x: Exchange, response: UpstreamResponse, member: string): void {
     const { res } = x;
@@ -686,6 +836,28 @@ export class CachePipeline {
       return;
     }
     this.pipeBody(x, response.body);
+  }
+
+  /** A slice that may not be stored (private, larger than maxObjectSize): the object is stitched from upstream slices. */
+  private deliverUnstoredSlice(x: Exchange, response: UpstreamResponse, member: string): void {
+    const first = upstreamPiece(response);
+    if (first === undefined) {
+      discard(response.body);
+      return this.deliverError(x, 502, 'the upstream sent a 206 without a usable Content-Range', undefined);
+    }
+    const now = this.now();
+    const record = makeResponseRecord({
+      status: 206,
+      headers: response.headers,
+      freshness: { lifetimeSec: 0, initialAgeSec: 0, staleAt: now, swrUntil: now, sieUntil: now, graceUntil: now, deleteAt: now, noStale: true },
+      vary: [],
+      stripSurrogate: this.settings.role === 'edge',
+      via: appendVia(response.headers['via'], '1.1', this.settings.nodeName),
+    });
+    const meta: EntryMeta = { size: first.total, tags: [], storedAt: now, staleAt: now, graceUntil: now, deleteAt: now, http: record as unknown as Record<string, unknown> };
+    const fields = parseVary(response.headers['vary']);
+    const object = this.slicedObject(x, x.url, meta, fields.length > 0 ? variantKey(fields, x.req.headers) : '', first);
+    this.respond(x, x.url, wholeRecord(record), meta, object.total, object, member);
   }
 
   /** Streams a body to the client; a body that fails mid-way destroys the response so the client sees truncation. */
@@ -830,6 +1002,18 @@ function usable(entry: FillEntry | undefined): FillEntry | undefined {
 function newest(stored: CachedEntry | undefined, committing: FillEntry | undefined): CachedEntry | undefined {
   if (committing === undefined) return stored;
   return stored === undefined || committing.meta.storedAt > stored.meta.storedAt ? committing : stored;
+}
+
+/** A slice as the object it belongs to: a 200 without the slice's Content-Range. */
+function wholeRecord(slice: ResponseRecord): ResponseRecord {
+  return { ...slice, status: 200, headers: slice.headers.filter((_, i, all) => all[i - (i % 2)] !== 'content-range') };
+}
+
+/** A stored slice as the stitcher reads it; anything else found under a slice's key is not part of the object. */
+function slicePiece(entry: CachedEntry, index: number): SlicePiece {
+  const piece = (entry.meta.http as unknown as ResponseRecord).status === 206 ? storedPiece(entry) : undefined;
+  if (piece === undefined) throw new SliceMismatch(`slice ${index} is no longer a part of the object`);
+  return piece;
 }
 
 function setCookieHeaders(values: string[] | undefined): string[] | undefined {

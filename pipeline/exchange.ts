@@ -61,6 +61,8 @@ export interface Lookup {
   variant: string;
   /** The Vary record found for the URL, if any. */
   vary: VaryRecord | undefined;
+  /** Set for one slice of a large object (slices.ts): `variant` then ends with the slice's index. */
+  slice?: number;
 }
 
 export const NOTHING_FOUND: Lookup = Object.freeze({ entry: undefined, variant: '', vary: undefined });

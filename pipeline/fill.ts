@@ -38,6 +38,7 @@ import {
   type Lookup,
 } from './exchange.js';
 import { headerText, type NotStoredReason, type ResponseTimes } from './response-policy.js';
+import { sliceAnswer, sliceRangeHeader } from './slices.js';
 import { freshOnArrival, refusesShared, staleIfErrorAllowed, verdict } from './serve-policy.js';
 import type { PurgeRequest } from './purge.js';
 import { FillEntry, type StoreWriter, type StreamingResponse } from './store-writer.js';
@@ -60,8 +61,11 @@ type FillResult =
   /** A 304 refreshed the stored response. */
   | { kind: 'entry'; entry: CachedEntry }
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
-  /** Not stored (`reason`, or undefined when storing was not attempted): for its requester only. */
-  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined };
+  /**
+   * Not stored (`reason`, or undefined when storing was not attempted): for its requester only.
+   * `sliced`: a 206 holding one slice of a larger object, which the requester reads in slices.
+   */
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: boolean };
 
 /** What a fill leaves for the requests that join it: everything but an unstored response itself. */
 type SharedResult = Exclude<FillResult, { kind: 'response' }> | { kind: 'unshared'; reason: NotStoredReason | undefined };
@@ -71,7 +75,7 @@ export type Obtained = { fwd: Forward } & (
   | { kind: 'stream'; stream: StreamingResponse; source: Source }
   | { kind: 'entry'; entry: CachedEntry; source: Source }
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
-  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined }
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: boolean }
 );
 
 interface Flight {
@@ -94,6 +98,8 @@ export interface FillSettings {
   /** Longest a request waits on another's fill before fetching on its own. */
   lockWaitMs: number;
   hitForMissSec: number;
+  /** Size of the ranges a sliced object is fetched in (slices.ts). */
+  sliceSize: number;
 }
 
 export interface FillDeps {
@@ -351,12 +357,17 @@ export class Fills {
     x: Exchange,
     l: Lookup,
     key: string,
-    how: { storing: boolean; signal: AbortSignal | undefined; interim: boolean; mark: number },
+    how: { storing: boolean; signal: AbortSignal | undefined; interim: boolean; mark: number; whole?: boolean },
   ): Promise<FillResult> {
     // An authorized request revalidates nothing shared on everyone's behalf (§3.5): its answer is its own.
     const stored = how.storing && x.req.headers.authorization === undefined ? l.entry : undefined;
     const record = stored?.meta.http as ResponseRecord | undefined;
-    const headers = upstreamHeaders(x, this.settings.nodeName, how.storing ? CLIENT_CONDITIONALS : undefined);
+    // A fill with nothing stored asks for the first slice: a large object is then stored in slices
+    // (slices.ts), anything up to sliceSize comes back whole.
+    const slice = l.slice ?? (how.storing && stored === undefined && how.whole !== true && this.settings.sliceSize > 0 ? 0 : undefined);
+    // A slice is always asked for in full, with our own validators: its answer joins a larger body.
+    const headers = upstreamHeaders(x, this.settings.nodeName, how.storing || slice !== undefined ? CLIENT_CONDITIONALS : undefined);
+    if (slice !== undefined) headers['range'] = sliceRangeHeader(slice, this.settings.sliceSize);
     if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
     if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
     // A soft purge reaches the tiers above too: their copies must be validated with the origin, not served (§5.2.1.4).
@@ -365,7 +376,7 @@ export class Fills {
     let response: UpstreamResponse;
     try {
       response = await this.upstream.request({
-        method: how.storing ? 'GET' : x.method,
+        method: how.storing || slice !== undefined ? 'GET' : x.method,
         path: x.path,
         headers,
         body: null,
@@ -390,11 +401,36 @@ export class Fills {
         response.body.resume();
         return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
       }
-      if (!how.storing) return { kind: 'response', response, reason: undefined };
-      const stream = await this.writer.begin(x, l, response, times, (k, tags) => this.removals.removedSince(how.mark, k, tags));
+      let part: { index: number; total: number } | undefined;
+      if (slice !== undefined) {
+        const answer = sliceAnswer(response, slice, this.settings.sliceSize);
+        switch (answer.kind) {
+          case 'slice':
+            part = { index: slice, total: answer.total };
+            break;
+          case 'whole':
+            response = answer.response;
+            break;
+          case 'unsliceable':
+            // No strong validator to join slices by, or an empty body: fetched in full instead.
+            discard(response.body);
+            return this.fetchForCache(x, { ...l, entry: undefined, slice: undefined }, key, { ...how, whole: true });
+          case 'mismatch':
+            discard(response.body);
+            return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', answer.message), status: undefined };
+          case 'not-for-the-url':
+            // A 416 answers this range, not the URL: it is never stored as the URL's response.
+            return { kind: 'response', response, reason: undefined };
+          case 'other':
+            break;
+        }
+      }
+      const sliced = part !== undefined;
+      if (!how.storing) return { kind: 'response', response, reason: undefined, sliced };
+      const stream = await this.writer.begin(x, l, response, times, (k, tags) => this.removals.removedSince(how.mark, k, tags), part);
       if (typeof stream === 'string') {
         if (!PASSING_REASONS.has(stream)) this.markHitForMiss(key);
-        return { kind: 'response', response, reason: stream };
+        return { kind: 'response', response, reason: stream, sliced };
       }
       this.noteArrival(key, stream.meta);
       return { kind: 'stream', stream };

@@ -102,6 +102,7 @@ export function pipelineSettings(config: Readonly<Config>): PipelineSettings {
     maxObjectSize: config.maxObjectSize,
     memoryMaxObjectSize: config.memoryMaxObjectSize,
     fillBufferSize: config.fillBufferSize,
+    sliceSize: config.sliceSize,
     cacheSetCookiePaths: config.cacheSetCookiePaths,
     trustForwardedFrom: config.trustForwardedFrom,
     cacheStatusKey: config.cacheStatusKey,

@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http';
 import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, putEntry, type CacheStore, type CachedEntry, type EntryMeta, type EntryWriter } from '../storage/cache-store.js';
-import { entryKey } from '../storage/keys.js';
+import { entryKey, sliceVariant } from '../storage/keys.js';
 import { BodyBroadcast } from './body-broadcast.js';
 import type { Exchange, Lookup } from './exchange.js';
 import { appendVia } from './forward-headers.js';
@@ -133,21 +133,25 @@ export class StoreWriter {
     times: ResponseTimes,
     /** True when an invalidation since the fetch began covers the entry: then it is not stored. */
     invalidated: (key: string, tags: readonly string[]) => boolean,
+    /** A 206 holding one slice of a larger object (slices.ts): stored under its slice key. */
+    slice?: { index: number; total: number },
   ): Promise<StreamingResponse | NotStoredReason> {
     const status = response.statusCode;
     const headers = response.headers;
+    // A slice is judged as the representation it is part of.
+    const policyStatus = representationStatus(status);
     const reason = notStorableReason({
       method: 'GET',
       requestHeaders: x.req.headers,
-      status,
+      status: policyStatus,
       responseHeaders: headers,
       allowSetCookie: this.allowsSetCookie(x),
       statuses: this.settings.storeStatuses,
     });
     if (reason) return reason;
     const declared = Number(headerText(headers['content-length']));
-    if (declared > this.settings.maxObjectSize) return 'too-large';
-    const freshness = computeFreshness(status, headers, times, this.settings.freshness);
+    if ((slice?.total ?? declared) > this.settings.maxObjectSize) return 'too-large';
+    const freshness = computeFreshness(policyStatus, headers, times, this.settings.freshness);
     if (freshness.deleteAt <= this.now()) return 'stale-on-arrival';
     const vary = parseVary(headers['vary']);
     const variant = vary.length > 0 ? variantKey(vary, x.req.headers) : '';
@@ -167,7 +171,7 @@ export class StoreWriter {
       deleteAt: freshness.deleteAt,
       http: record as unknown as Record<string, unknown>,
     };
-    const key = entryKey(x.url, variant);
+    const key = entryKey(x.url, slice === undefined ? variant : sliceVariant(variant, slice.index));
     if (invalidated(key, meta.tags)) return 'purged';
     const setCookie = headers['set-cookie'];
     return this.stream(x, key, meta, response.body, varyRecord, true, setCookie === undefined ? undefined : ([] as string[]).concat(setCookie), invalidated);
@@ -242,7 +246,7 @@ export class StoreWriter {
     const reason = notStorableReason({
       method: 'GET',
       requestHeaders: x.req.headers,
-      status: record.status,
+      status: representationStatus(record.status),
       responseHeaders: merged,
       allowSetCookie: this.allowsSetCookie(x),
       statuses: this.settings.storeStatuses,
@@ -252,7 +256,7 @@ export class StoreWriter {
       await this.store.delete(stored.key).catch((error) => this.readFailed(error));
       return undefined;
     }
-    const freshness = computeFreshness(record.status, merged, times, this.settings.freshness);
+    const freshness = computeFreshness(representationStatus(record.status), merged, times, this.settings.freshness);
     // A 304's own Via replaces the stored one; this node is appended again.
     const via = notModifiedHeaders['via'] !== undefined ? appendVia(notModifiedHeaders['via'], '1.1', this.settings.nodeName) : undefined;
     const updated = makeResponseRecord({ status: record.status, headers: merged, freshness, vary: record.vary, stripSurrogate: this.settings.role === 'edge', via });
@@ -448,6 +452,11 @@ export class StoreWriter {
     const record = entry?.meta.http as HttpRecord | undefined;
     return record?.kind === 'vary' ? record : undefined;
   }
+}
+
+/** The status storing rules apply to: a stored 206 is a slice of a 200 (slices.ts). */
+function representationStatus(status: number): number {
+  return status === 206 ? 200 : status;
 }
 
 /** Whether two records carry the same validators, so describe one representation (§4.3.4). */

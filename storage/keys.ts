@@ -17,6 +17,23 @@ export function entryKey(url: string, variant: string): string {
   return escapeUrl(url) + SEPARATOR + variant;
 }
 
+/**
+ * The variant part of the key of one slice of a large object (pipeline/slices.ts): the object's
+ * variant, the separator, the slice's index. Request field values hold no NUL, so no Vary variant
+ * can look like a slice, and a URL purge (its key prefix) covers every slice.
+ */
+export function sliceVariant(variant: string, index: number): string {
+  return variant + SEPARATOR + index;
+}
+
+/** The object variant and slice index of a slice's entry key; undefined for any other key. */
+export function sliceOfKey(key: string): { variant: string; index: number } | undefined {
+  const variant = variantOfKey(key);
+  const at = variant.lastIndexOf(SEPARATOR);
+  if (at === -1) return undefined;
+  return { variant: variant.slice(0, at), index: Number(variant.slice(at + 1)) };
+}
+
 /** The Vary variant part of an entry key ('' when the response has no Vary). */
 export function variantOfKey(key: string): string {
   // An escaped URL holds no raw separator, so the first one ends it.
