@@ -356,7 +356,7 @@ export class CachePipeline {
     // holding the first byte wanted is looked up; with none stored, the first slice is fetched
     // through the URL's own fill, and a range further in through that slice's.
     if (l.entry === undefined && this.mayServeSlices(x)) {
-      const index = sliceOf(firstRequestedByte(headerText(x.req.headers.range)), this.settings.sliceSize);
+      const index = sliceOf(firstRequestedByte(headerText(x.req.headers.range), headerText(x.req.headers['if-range'])), this.settings.sliceSize);
       const next = (s: Lookup): void | Promise<void> => this.serveLookup(x, s.entry !== undefined || index > 0 ? s : l);
       const first = this.lookupSlice(x, l.variant, l.vary, index);
       return first instanceof Promise ? first.then(next) : next(first);

@@ -58,7 +58,10 @@ export function selectRanges(
     if (first === '') {
       // Suffix range: the last N bytes.
       const length = Number(last);
-      if (length > 0 && size > 0) ranges.push({ start: Math.max(0, size - length), end: size - 1 });
+      // §14.1.2: on an empty representation only a suffix range is satisfiable, and there is no
+      // 206 for zero bytes (§14.4): the empty 200 it is.
+      if (length > 0 && size === 0) return { kind: 'full' };
+      if (length > 0) ranges.push({ start: Math.max(0, size - length), end: size - 1 });
       continue;
     }
     const start = Number(first);
@@ -131,18 +134,19 @@ export function multipartPlan(ranges: readonly ByteRange[], size: number, partCo
 }
 
 /**
- * The first byte a Range value asks for, to know which slice to look at first (slices.ts): 0 when
- * any spec counts from the end, or when the value is not one this cache reads.
+ * The first byte a request's Range asks for, to know which slice to look at first (slices.ts): 0
+ * when any spec counts from the end, when If-Range may turn it into a full request, or when the
+ * value is one `selectRanges` would ignore.
  */
-export function firstRequestedByte(range: string | undefined): number {
-  if (range === undefined) return 0;
+export function firstRequestedByte(range: string | undefined, ifRange: string | undefined): number {
+  if (range === undefined || ifRange !== undefined) return 0;
   const unit = /^\s*bytes\s*=/i.exec(range);
   if (!unit) return 0;
   let first = Infinity;
   for (const text of range.slice(unit[0].length).split(',')) {
-    const match = /^\s*(\d*)\s*-/.exec(text);
-    if (match === null) continue;
-    if (match[1] === '') return 0;
+    if (text.trim() === '') continue;
+    const match = /^\s*(\d*)\s*-\s*(\d*)\s*$/.exec(text);
+    if (match === null || match[1] === '' || (match[2] !== '' && Number(match[2]) < Number(match[1]))) return 0;
     first = Math.min(first, Number(match[1]));
   }
   return Number.isFinite(first) ? first : 0;

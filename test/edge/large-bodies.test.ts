@@ -90,7 +90,8 @@ async function largeObjectEdge(t: ExecutionContext, body: Buffer): Promise<{ edg
   return { edge, finishedAt: () => finishedAt, fetches: () => origin.count() };
 }
 
-test('a fill is not slowed by its slowest readers: 20 stalled clients of a 48 MiB object, the origin finishes, the edge holds a window, and every client then gets every byte', async (t) => {
+// Serial: the first test measures the process's array buffers, which a concurrent test's bodies would inflate.
+test.serial('a fill is not slowed by its slowest readers: 20 stalled clients of a 48 MiB object, the origin finishes, the edge holds a window, and every client then gets every byte', async (t) => {
   const body = patternBody(48 * MiB, 7);
   const { edge, finishedAt, fetches } = await largeObjectEdge(t, body);
   const before = await liveArrayBuffers();
@@ -111,7 +112,7 @@ test('a fill is not slowed by its slowest readers: 20 stalled clients of a 48 Mi
   t.is(fetches(), 1, 'one origin fetch for all of them');
 });
 
-test('a client that joins a large fill after its window has moved on is served from the disk tier once the fill commits', async (t) => {
+test.serial('a client that joins a large fill after its window has moved on is served from the disk tier once the fill commits', async (t) => {
   const body = patternBody(24 * MiB, 3);
   const { edge, finishedAt, fetches } = await largeObjectEdge(t, body);
   const first = stalledClient(edge.url, '/big');

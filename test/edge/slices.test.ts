@@ -4,56 +4,15 @@
  * RFC 9110 §14 (ranges), RFC 9111 §3.3/§3.4 (storing and combining partial content).
  */
 import test, { type ExecutionContext } from 'ava';
-import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { cacheStatus, fetchFrom, header, setup, settle, startOrigin, startTestEdge, delay, type Reply } from '../helpers/harness.js';
 import { rawGet } from '../helpers/raw-origin.js';
+import { pattern, rangeHandler, type Version } from '../helpers/range-origin.js';
 import { startTestShield } from '../shield/fixtures/chain.js';
 
 const SLICE = 64 * 1024;
 /** Six slices, the last one short. */
 const SIZE = 5 * SLICE + 1000;
-
-/** Bytes that differ at every offset and between versions, so a misplaced or mixed byte shows. */
-function pattern(size: number, seed: number): Buffer {
-  const bytes = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + (i >>> 8) * 7 + seed * 101) & 0xff;
-  return bytes;
-}
-
-interface Version {
-  body: Buffer;
-  etag?: string;
-  headers?: OutgoingHttpHeaders;
-}
-
-/** An origin that serves one byte range (`bytes=a-b`, `bytes=a-`) or the whole body, and answers If-None-Match. */
-function rangeHandler(version: (count: number) => Version) {
-  return (req: IncomingMessage, res: ServerResponse, _body: Buffer, count: number): void => {
-    const v = version(count);
-    const size = v.body.length;
-    const base: OutgoingHttpHeaders = { 'content-type': 'application/octet-stream', 'cache-control': 'max-age=60', 'accept-ranges': 'bytes', ...(v.etag ? { etag: v.etag } : {}), ...v.headers };
-    if (v.etag !== undefined && req.headers['if-none-match'] === v.etag) {
-      res.writeHead(304, base);
-      res.end();
-      return;
-    }
-    const match = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-    if (match === null) {
-      res.writeHead(200, { ...base, 'content-length': size });
-      res.end(v.body);
-      return;
-    }
-    const start = Number(match[1]);
-    if (start >= size) {
-      res.writeHead(416, { 'content-range': `bytes */${size}` });
-      res.end();
-      return;
-    }
-    const end = Math.min(match[2] === '' ? size - 1 : Number(match[2]), size - 1);
-    res.writeHead(206, { ...base, 'content-range': `bytes ${start}-${end}/${size}`, 'content-length': end - start + 1 });
-    res.end(v.body.subarray(start, end + 1));
-  };
-}
 
 function sliceRange(index: number): string {
   return `bytes=${index * SLICE}-${index * SLICE + SLICE - 1}`;
