@@ -68,7 +68,7 @@ export const OPTIONS = {
     kind: 'bytes',
     default: 8 * 1024 ** 2,
     min: 0,
-    help: 'larger objects are fetched and stored in ranges of this size (as nginx slice); a Range request fetches only the slices it covers. 0: off',
+    help: 'larger objects are fetched and stored in ranges of this size (as nginx slice), at least 64KB; a Range request fetches only the slices it covers. 0: off',
   },
   nodeName: { kind: 'string', default: (r: Role) => `outpost-${r}`, help: 'name in Via and Cache-Status' },
   logLevel: { kind: 'enum', default: 'info', choices: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], help: 'pino log level' },
@@ -484,6 +484,7 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
   checkRateLimitStore(values as unknown as Config);
   checkWafBody(values as unknown as Config);
   checkTls(values as unknown as Config);
+  checkSliceSize(values as unknown as Config);
   return Object.freeze(values as unknown as Config);
 }
 
@@ -520,6 +521,11 @@ function checkTls(config: Config): void {
   if ((config.upstreamCert === '') !== (config.upstreamKey === '')) throw new ConfigError(config.upstreamCert === '' ? 'upstreamCert' : 'upstreamKey', 'config', 'give --upstream-cert and --upstream-key together');
   if (config.trustedProxies.length > 0 && !config.proxyProtocol) throw new ConfigError('trustedProxies', 'config', 'only means something with --proxy-protocol');
   if (config.proxyProtocol && config.trustedProxies.length === 0) throw new ConfigError('trustedProxies', 'config', '--proxy-protocol needs the balancers allowed to send the header: give --trusted-proxy');
+}
+
+/** Slices are 64 KiB (a disk chunk) or larger: smaller ones would cost a fetch and an entry per few bytes. */
+function checkSliceSize(config: Config): void {
+  if (config.sliceSize !== 0 && config.sliceSize < 64 * 1024) throw new ConfigError('sliceSize', 'config', `is ${config.sliceSize} bytes: give 0 (off) or at least 64KB`);
 }
 
 function checkWafBody(config: Config): void {

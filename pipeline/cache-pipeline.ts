@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { isIP, type BlockList } from 'node:net';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { Logger } from 'pino';
 import { UNKNOWN_SIZE, type CacheStore, type CachedEntry, type EntryMeta } from '../storage/cache-store.js';
 import { entryKey, sliceOfKey, sliceVariant } from '../storage/keys.js';
@@ -30,6 +30,7 @@ import {
   type Exchange,
   type Lookup,
   type RequestFilter,
+  type SliceId,
 } from './exchange.js';
 import { Fills, type Forward } from './fill.js';
 import { appendVia, withoutHopByHop } from './forward-headers.js';
@@ -50,7 +51,7 @@ import {
 import { purgeStore, type PurgeRequest } from './purge.js';
 import { firstRequestedByte, multipartPlan, selectRanges, type ByteRange, type MultipartPlan } from './ranges.js';
 import { governingRequestDirectives, headerText, type FreshnessConfig, type StatusPolicy } from './response-policy.js';
-import { SliceMismatch, SlicedObject, fieldOf, sliceOf, storedPiece, upstreamPiece, type SlicePiece } from './slices.js';
+import { SliceMismatch, SlicedObject, fieldOf, memorySlices, sliceOf, storedPiece, upstreamPiece, type SlicePiece } from './slices.js';
 import { staleIfErrorAllowed, verdict } from './serve-policy.js';
 import { FillEntry, StoreWriter } from './store-writer.js';
 import { SURROGATE_FIELDS, makeResponseRecord, type HttpRecord, type ResponseRecord, type VaryRecord } from './stored-response.js';
@@ -356,9 +357,10 @@ export class CachePipeline {
     // holding the first byte wanted is looked up; with none stored, the first slice is fetched
     // through the URL's own fill, and a range further in through that slice's.
     if (l.entry === undefined && this.mayServeSlices(x)) {
-      const index = sliceOf(firstRequestedByte(headerText(x.req.headers.range), headerText(x.req.headers['if-range'])), this.settings.sliceSize);
+      const size = this.settings.sliceSize;
+      const index = sliceOf(firstRequestedByte(headerText(x.req.headers.range), headerText(x.req.headers['if-range'])), size);
       const next = (s: Lookup): void | Promise<void> => this.serveLookup(x, s.entry !== undefined || index > 0 ? s : l);
-      const first = this.lookupSlice(x, l.variant, l.vary, index);
+      const first = this.lookupSlice(x, l.variant, l.vary, { index, size });
       return first instanceof Promise ? first.then(next) : next(first);
     }
     return this.serveLookup(x, l);
@@ -404,27 +406,28 @@ export class CachePipeline {
     return this.settings.sliceSize > 0 && this.ownsKey(x) && !has(x.directives, 'no-store') && x.req.headers.authorization === undefined;
   }
 
-  /** Slice `index` of the object (of variant `objectVariant`) looked up: stored, or in its commit window. */
-  private lookupSlice(x: Exchange, objectVariant: string, vary: VaryRecord | undefined, index: number): Lookup | Promise<Lookup> {
-    const variant = sliceVariant(objectVariant, index);
+  /** A slice of the object (of variant `objectVariant`) looked up: stored, or in its commit window. */
+  private lookupSlice(x: Exchange, objectVariant: string, vary: VaryRecord | undefined, slice: SliceId): Lookup | Promise<Lookup> {
+    const variant = sliceVariant(objectVariant, slice.size, slice.index);
     const key = entryKey(x.url, variant);
     const found = this.store.get(key);
     if (found instanceof Promise) {
       const committing = this.fills.committing(x, key);
       return found
         .catch((error) => this.storeReadFailed(error))
-        .then((entry) => ({ entry: newest(entry, this.fills.committing(x, key) ?? usable(committing)), variant, vary, slice: index }));
+        .then((entry) => ({ entry: newest(entry, this.fills.committing(x, key) ?? usable(committing)), variant, vary, slice }));
     }
-    return { entry: newest(found, this.fills.committing(x, key)), variant, vary, slice: index };
+    return { entry: newest(found, this.fills.committing(x, key)), variant, vary, slice };
   }
 
   /**
    * A slice after the first: stored and usable for this request, else fetched (single-flight per
    * slice, revalidated when a stored one is stale). Throws when there is none to be had.
    */
-  private async nextSlice(x: Exchange, objectVariant: string, index: number): Promise<SlicePiece> {
-    const l = await this.lookupSlice(x, objectVariant, undefined, index);
+  private async nextSlice(x: Exchange, objectVariant: string, size: number, index: number): Promise<SlicePiece> {
+    const l = await this.lookupSlice(x, objectVariant, undefined, { index, size });
     const entry = l.entry;
+    const onlyIfCached = has(x.directives, 'only-if-cached');
     if (entry !== undefined) {
       switch (verdict(x.directives, entry.meta.http as unknown as ResponseRecord, entry.meta, this.now())) {
         case 'fresh':
@@ -437,6 +440,8 @@ export class CachePipeline {
           break;
       }
     }
+    // §5.2.1.7: headers are sent by now (the first slice was stored); the rest may not be fetched.
+    if (onlyIfCached) throw new Error(`only-if-cached: slice ${index} is not stored`);
     // The response's Cache-Status and log line describe the first slice.
     const detail = x.detail;
     const obtained = await this.fills.obtain(x, l, entry === undefined ? 'uri-miss' : 'stale');
@@ -447,27 +452,27 @@ export class CachePipeline {
       case 'entry':
         return slicePiece(obtained.entry, index);
       case 'response': {
-        const piece = obtained.sliced === true ? upstreamPiece(obtained.response) : undefined;
+        const piece = obtained.sliced === size ? upstreamPiece(obtained.response) : undefined;
         if (piece !== undefined) return piece;
         discard(obtained.response.body);
         throw new SliceMismatch(`slice ${index}: the upstream answered ${obtained.response.statusCode}`);
       }
       case 'error': {
         const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
-        if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now())) return slicePiece(entry, index);
+        if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) return slicePiece(entry, index);
         throw obtained.error;
       }
     }
   }
 
   /** The whole object, read slice after slice from the first one this request found. */
-  private slicedObject(x: Exchange, key: string, meta: EntryMeta, objectVariant: string, first: SlicePiece): SlicedObject {
+  private slicedObject(x: Exchange, key: string, meta: EntryMeta, objectVariant: string, size: number, first: SlicePiece): SlicedObject {
     const object = new SlicedObject({
       key,
       meta,
-      first: { index: sliceOf(first.range.start, this.settings.sliceSize), piece: first },
-      sliceSize: this.settings.sliceSize,
-      slice: (index) => this.nextSlice(x, objectVariant, index),
+      first: { index: sliceOf(first.range.start, size), piece: first },
+      sliceSize: size,
+      slice: (index) => this.nextSlice(x, objectVariant, size, index),
       mismatch: () => this.sliceMismatch(x),
     });
     // A response that reads no body (HEAD, 304, 416) lets go of an upstream slice at once.
@@ -479,6 +484,7 @@ export class CachePipeline {
   private sliceMismatch(x: Exchange): void {
     this.metrics.inc('slice_mismatches_total', 'sliced responses cut because a slice carried another validator or length than the first');
     this.logger.warn({ id: x.id, key: x.url }, 'the object changed between slices; response cut, stored slices dropped');
+    this.fills.noteSliceMismatch(x.url);
     this.purgeHere({ url: x.url }).catch((error) => this.logger.warn({ key: x.url, err: (error as Error).message }, 'dropping stale slices failed'));
   }
 
@@ -527,7 +533,7 @@ export class CachePipeline {
       case 'response': {
         x.outcome = obtained.fwd === 'bypass' ? 'bypass' : 'miss';
         const status = obtained.response.statusCode;
-        if (obtained.sliced === true) return this.deliverUnstoredSlice(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}`);
+        if (obtained.sliced !== undefined) return this.deliverUnstoredSlice(x, obtained.response, obtained.sliced, `fwd=${obtained.fwd}; fwd-status=${status}`);
         if (obtained.reason === undefined) return this.deliverUpstream(x, obtained.response, `fwd=${obtained.fwd}; fwd-status=${status}`);
         const notStored = `not-stored:${obtained.reason}`;
         x.detail = x.detail === undefined ? notStored : `${x.detail},${notStored}`;
@@ -718,12 +724,12 @@ export class CachePipeline {
     extraHeaders?: string[],
   ): void {
     const { req, res } = x;
-    if (record.status === 206 && !(source instanceof SlicedObject)) {
+    const slice = record.status === 206 && !(source instanceof SlicedObject) ? sliceOfKey(key) : undefined;
+    if (slice !== undefined) {
       // One slice of a large object (only slices are stored as 206): the client gets the object, stitched from its slices.
-      const slice = sliceOfKey(key);
       const first = source instanceof BodyBroadcast ? undefined : storedPiece(source);
-      if (first === undefined || slice === undefined) throw new Error(`stored slice ${key} has no usable Content-Range`);
-      const object = this.slicedObject(x, key, meta, slice.variant, first);
+      if (first === undefined) throw new Error(`stored slice ${key} has no usable Content-Range`);
+      const object = this.slicedObject(x, key, meta, slice.variant, slice.size, first);
       return this.respond(x, key, wholeRecord(record), meta, object.total, object, member, extraHeaders);
     }
     const now = this.now();
@@ -755,8 +761,10 @@ export class CachePipeline {
       }
       if (selected.kind === 'partial' && selected.ranges.length > 1) {
         const plan = multipartPlan(selected.ranges, size, fieldOf(record.headers, 'content-type'));
-        // §14.6: several parts, unless the whole representation is the smaller answer.
-        if (plan.length < size) return this.respondMultipart(x, headers, plan, source);
+        // §14.6: several parts, unless the whole representation is the smaller answer. A body
+        // still filling may not keep what one part has read for the next: it is sent whole (§14.2).
+        const rereadable = !(source instanceof BodyBroadcast || source instanceof FillEntry);
+        if (plan.length < size && rereadable) return this.respondMultipart(x, headers, plan, source);
       } else if (selected.kind === 'partial') {
         range = selected.ranges[0]!;
         status = 206;
@@ -788,7 +796,7 @@ export class CachePipeline {
   }
 
   /** A 206 with several parts (§14.6), each read from the stored copy, the fill or the slices in turn. */
-  private respondMultipart(x: Exchange, headers: string[], plan: MultipartPlan, source: CachedEntry | BodyBroadcast): void {
+  private respondMultipart(x: Exchange, headers: string[], plan: MultipartPlan, source: CachedEntry): void {
     const fields = headers.filter((_, i, all) => all[i - (i % 2)] !== 'content-type');
     fields.push('content-type', plan.contentType, 'content-length', String(plan.length));
     x.res.writeHead(206, fields);
@@ -796,15 +804,8 @@ export class CachePipeline {
       x.res.end();
       return;
     }
-    const open = (range: ByteRange): Iterable<Buffer> | AsyncIterable<Buffer> => {
-      const entry = source instanceof FillEntry ? source.stream.broadcast : source;
-      if (entry instanceof BodyBroadcast) {
-        const out = new PassThrough();
-        entry.pipeTo(out, range, () => undefined);
-        return out;
-      }
-      return entry.body !== undefined ? [entry.body.subarray(range.start, range.end + 1)] : entry.openBody(range);
-    };
+    const open = (range: ByteRange): Iterable<Buffer> | AsyncIterable<Buffer> =>
+      source.body !== undefined ? memorySlices(source.body, range.start, range.end) : source.openBody(range);
     this.pipeBody(
       x,
       Readable.from(
@@ -839,25 +840,27 @@ export class CachePipeline {
   }
 
   /** A slice that may not be stored (private, larger than maxObjectSize): the object is stitched from upstream slices. */
-  private deliverUnstoredSlice(x: Exchange, response: UpstreamResponse, member: string): void {
+  private deliverUnstoredSlice(x: Exchange, response: UpstreamResponse, size: number, member: string): void {
     const first = upstreamPiece(response);
     if (first === undefined) {
       discard(response.body);
       return this.deliverError(x, 502, 'the upstream sent a 206 without a usable Content-Range', undefined);
     }
     const now = this.now();
+    // The upstream's Age carries on (§4.2.3); its Set-Cookie goes to this client, as for any response not stored.
+    const age = Number(headerText(response.headers['age']));
     const record = makeResponseRecord({
       status: 206,
       headers: response.headers,
-      freshness: { lifetimeSec: 0, initialAgeSec: 0, staleAt: now, swrUntil: now, sieUntil: now, graceUntil: now, deleteAt: now, noStale: true },
+      freshness: { lifetimeSec: 0, initialAgeSec: Number.isFinite(age) && age > 0 ? age : 0, staleAt: now, swrUntil: now, sieUntil: now, graceUntil: now, deleteAt: now, noStale: true },
       vary: [],
       stripSurrogate: this.settings.role === 'edge',
       via: appendVia(response.headers['via'], '1.1', this.settings.nodeName),
     });
     const meta: EntryMeta = { size: first.total, tags: [], storedAt: now, staleAt: now, graceUntil: now, deleteAt: now, http: record as unknown as Record<string, unknown> };
     const fields = parseVary(response.headers['vary']);
-    const object = this.slicedObject(x, x.url, meta, fields.length > 0 ? variantKey(fields, x.req.headers) : '', first);
-    this.respond(x, x.url, wholeRecord(record), meta, object.total, object, member);
+    const object = this.slicedObject(x, x.url, meta, fields.length > 0 ? variantKey(fields, x.req.headers) : '', size, first);
+    this.respond(x, x.url, wholeRecord(record), meta, object.total, object, member, setCookieHeaders(([] as string[]).concat(response.headers['set-cookie'] ?? [])));
   }
 
   /** Streams a body to the client; a body that fails mid-way destroys the response so the client sees truncation. */

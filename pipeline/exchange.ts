@@ -54,6 +54,12 @@ export interface Exchange {
  */
 export type RequestFilter = (exchange: Exchange) => boolean | Promise<boolean>;
 
+/** One slice of a large object: its index, in slices of `size` bytes. */
+export interface SliceId {
+  index: number;
+  size: number;
+}
+
 /** What the lookup phase found for a request. */
 export interface Lookup {
   entry: CachedEntry | undefined;
@@ -61,8 +67,8 @@ export interface Lookup {
   variant: string;
   /** The Vary record found for the URL, if any. */
   vary: VaryRecord | undefined;
-  /** Set for one slice of a large object (slices.ts): `variant` then ends with the slice's index. */
-  slice?: number;
+  /** Set for one slice of a large object (slices.ts): `variant` then ends with the slice's size and index. */
+  slice?: SliceId;
 }
 
 export const NOTHING_FOUND: Lookup = Object.freeze({ entry: undefined, variant: '', vary: undefined });
@@ -97,9 +103,15 @@ export function upstreamHeaders(x: Exchange, nodeName: string, drop: ReadonlySet
   return headers;
 }
 
+/** One per request however many fetches it makes (a sliced object makes one per slice). */
+const clientCloseSignals = new WeakMap<Exchange, AbortSignal>();
+
 /** An abort signal that fires when the client goes away before its response is complete. */
 export function abortOnClientClose(x: Exchange): AbortSignal {
+  const known = clientCloseSignals.get(x);
+  if (known !== undefined) return known;
   const controller = new AbortController();
+  clientCloseSignals.set(x, controller.signal);
   // A client that left while its request waited on another's fill sends nothing upstream.
   if (x.res.destroyed || x.res.closed) controller.abort();
   else {

@@ -63,9 +63,10 @@ type FillResult =
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
   /**
    * Not stored (`reason`, or undefined when storing was not attempted): for its requester only.
-   * `sliced`: a 206 holding one slice of a larger object, which the requester reads in slices.
+   * `sliced`: a 206 holding one slice of a larger object (cut in slices of this size), which the
+   * requester reads in slices.
    */
-  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: boolean };
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: number };
 
 /** What a fill leaves for the requests that join it: everything but an unstored response itself. */
 type SharedResult = Exclude<FillResult, { kind: 'response' }> | { kind: 'unshared'; reason: NotStoredReason | undefined };
@@ -75,7 +76,7 @@ export type Obtained = { fwd: Forward } & (
   | { kind: 'stream'; stream: StreamingResponse; source: Source }
   | { kind: 'entry'; entry: CachedEntry; source: Source }
   | { kind: 'error'; error: UpstreamError; status: number | undefined }
-  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: boolean }
+  | { kind: 'response'; response: UpstreamResponse; reason: NotStoredReason | undefined; sliced?: number }
 );
 
 interface Flight {
@@ -92,6 +93,8 @@ const ERROR_STATUSES = new Set([500, 502, 503, 504]);
 const PASSING_REASONS = new Set<NotStoredReason>(['authorization', 'request-no-store', 'purged']);
 /** Bound on remembered hit-for-miss keys before expired ones are pruned. */
 const HIT_FOR_MISS_PRUNE_AT = 100_000;
+/** How long slices of a URL whose versions were found mixed are fetched with no-cache (the tiers above may hold the old one). */
+const SLICE_MISMATCH_MS = 60_000;
 
 export interface FillSettings {
   nodeName: string;
@@ -118,6 +121,8 @@ export class Fills {
   private readonly hitForMiss = new Map<string, number>();
   /** Invalidations and purges: a fetch begun before one of them neither stores nor shares its response. */
   private readonly removals = new RemovalLog();
+  /** URLs whose slices were of different versions, until when (ms): their slice fetches say no-cache. */
+  private readonly sliceMismatches = new Map<string, number>();
   private readonly settings: FillSettings;
   private readonly upstream: Upstream;
   private readonly writer: StoreWriter;
@@ -181,6 +186,25 @@ export class Fills {
       this.removals.purgedPrefix(prefix);
       this.dropFlights((key) => key.startsWith(primaryKeyPrefix(prefix)));
     }
+  }
+
+  /**
+   * Slices of `url` carried different validators: for a while its slices are fetched with
+   * no-cache, so a shield above that still holds the old version's slices validates them with
+   * the origin instead of handing them out again (§5.2.1.4).
+   */
+  noteSliceMismatch(url: string): void {
+    const now = this.now();
+    if (this.sliceMismatches.size > HIT_FOR_MISS_PRUNE_AT) for (const [u, until] of this.sliceMismatches) if (until <= now) this.sliceMismatches.delete(u);
+    this.sliceMismatches.set(url, now + SLICE_MISMATCH_MS);
+  }
+
+  private recentSliceMismatch(url: string): boolean {
+    const until = this.sliceMismatches.get(url);
+    if (until === undefined) return false;
+    if (until > this.now()) return true;
+    this.sliceMismatches.delete(url);
+    return false;
   }
 
   /** A position in the purge log: `purgedSince` tells whether a purge covering an entry ran after it. */
@@ -364,10 +388,14 @@ export class Fills {
     const record = stored?.meta.http as ResponseRecord | undefined;
     // A fill with nothing stored asks for the first slice: a large object is then stored in slices
     // (slices.ts), anything up to sliceSize comes back whole.
-    const slice = l.slice ?? (how.storing && stored === undefined && how.whole !== true && this.settings.sliceSize > 0 ? 0 : undefined);
+    const probe = how.storing && stored === undefined && how.whole !== true && this.settings.sliceSize > 0;
+    const slice = l.slice ?? (probe ? { index: 0, size: this.settings.sliceSize } : undefined);
     // A slice is always asked for in full, with our own validators: its answer joins a larger body.
     const headers = upstreamHeaders(x, this.settings.nodeName, how.storing || slice !== undefined ? CLIENT_CONDITIONALS : undefined);
-    if (slice !== undefined) headers['range'] = sliceRangeHeader(slice, this.settings.sliceSize);
+    if (slice !== undefined) {
+      headers['range'] = sliceRangeHeader(slice.index, slice.size);
+      if (this.recentSliceMismatch(x.url)) headers['cache-control'] = 'no-cache';
+    }
     if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
     if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
     // A soft purge reaches the tiers above too: their copies must be validated with the origin, not served (§5.2.1.4).
@@ -401,12 +429,12 @@ export class Fills {
         response.body.resume();
         return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', `upstream answered ${response.statusCode}`), status: response.statusCode };
       }
-      let part: { index: number; total: number } | undefined;
+      let part: { index: number; size: number; total: number } | undefined;
       if (slice !== undefined) {
-        const answer = sliceAnswer(response, slice, this.settings.sliceSize);
+        const answer = sliceAnswer(response, slice.index, slice.size);
         switch (answer.kind) {
           case 'slice':
-            part = { index: slice, total: answer.total };
+            part = { ...slice, total: answer.total };
             break;
           case 'whole':
             response = answer.response;
@@ -417,6 +445,8 @@ export class Fills {
             return this.fetchForCache(x, { ...l, entry: undefined, slice: undefined }, key, { ...how, whole: true });
           case 'mismatch':
             discard(response.body);
+            // A first slice may legitimately come back shorter than asked (RFC 9110 §15.3.7): fetched whole.
+            if (slice.index === 0) return this.fetchForCache(x, { ...l, entry: undefined, slice: undefined }, key, { ...how, whole: true });
             return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', answer.message), status: undefined };
           case 'not-for-the-url':
             // A 416 answers this range, not the URL: it is never stored as the URL's response.
@@ -425,7 +455,7 @@ export class Fills {
             break;
         }
       }
-      const sliced = part !== undefined;
+      const sliced = part?.size;
       if (!how.storing) return { kind: 'response', response, reason: undefined, sliced };
       const stream = await this.writer.begin(x, l, response, times, (k, tags) => this.removals.removedSince(how.mark, k, tags), part);
       if (typeof stream === 'string') {

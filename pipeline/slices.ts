@@ -106,9 +106,14 @@ export function storedPiece(entry: CachedEntry): SlicePiece | undefined {
     range,
     total: range.total,
     validator: validatorOf(record.etag, record.lastModified, fieldOf(record.headers, 'date')),
-    bytes: (from, to) => (entry.body !== undefined ? [entry.body.subarray(from, to + 1)] : entry.openBody({ start: from, end: to })),
+    bytes: (from, to) => (entry.body !== undefined ? memorySlices(entry.body, from, to) : entry.openBody({ start: from, end: to })),
     release: () => undefined,
   };
+}
+
+/** Bytes `from` to `to` of a body held in memory, 64 KiB at a time: TLS and HTTP/2 copy what they are handed. */
+export function* memorySlices(body: Buffer, from: number, to: number): Generator<Buffer> {
+  for (let at = from; at <= to; at += 64 * 1024) yield body.subarray(at, Math.min(at + 64 * 1024, to + 1));
 }
 
 /** A slice upstream answered but that is not stored (private, too large): its body can be read once. */
@@ -210,12 +215,22 @@ export class SlicedObject implements CachedEntry {
         }
       }
       const start = index * sliceSize;
-      if (piece.total !== this.total || piece.validator !== first.piece.validator || piece.range.start !== start) {
+      const end = Math.min(start + sliceSize, this.total) - 1;
+      if (piece.total !== this.total || piece.validator !== first.piece.validator || piece.range.start !== start || piece.range.end !== end) {
         piece.release();
         this.init.mismatch();
         throw new SliceMismatch(`slice ${index} is of another version of the object`);
       }
-      yield* piece.bytes(Math.max(range.start, start) - start, Math.min(range.end, piece.range.end) - start);
+      const from = Math.max(range.start, start) - start;
+      const to = Math.min(range.end, end) - start;
+      // Never more or fewer bytes than the range holds: the response's Content-Length says how many.
+      let sent = 0;
+      for await (const chunk of piece.bytes(from, to)) {
+        sent += chunk.length;
+        if (sent > to - from + 1) throw new Error(`slice ${index} holds more bytes than its range`);
+        yield chunk;
+      }
+      if (sent !== to - from + 1) throw new Error(`slice ${index} ended after ${sent} of ${to - from + 1} bytes`);
     }
   }
 }

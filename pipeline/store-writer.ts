@@ -86,6 +86,8 @@ export interface StoreWriterSettings {
   memoryMaxObjectSize: number;
   /** Bytes of a larger body held per fill (body-broadcast.ts). */
   fillBufferSize: number;
+  /** Slice size of large objects (slices.ts): a sliced variant is stored as slices. */
+  sliceSize: number;
   cacheSetCookiePaths: readonly string[];
 }
 
@@ -134,12 +136,12 @@ export class StoreWriter {
     /** True when an invalidation since the fetch began covers the entry: then it is not stored. */
     invalidated: (key: string, tags: readonly string[]) => boolean,
     /** A 206 holding one slice of a larger object (slices.ts): stored under its slice key. */
-    slice?: { index: number; total: number },
+    slice?: { index: number; size: number; total: number },
   ): Promise<StreamingResponse | NotStoredReason> {
     const status = response.statusCode;
     const headers = response.headers;
-    // A slice is judged as the representation it is part of.
-    const policyStatus = representationStatus(status);
+    // A slice is judged as the representation it is part of. Any other 206 is not stored.
+    const policyStatus = slice !== undefined ? 200 : status;
     const reason = notStorableReason({
       method: 'GET',
       requestHeaders: x.req.headers,
@@ -171,7 +173,7 @@ export class StoreWriter {
       deleteAt: freshness.deleteAt,
       http: record as unknown as Record<string, unknown>,
     };
-    const key = entryKey(x.url, slice === undefined ? variant : sliceVariant(variant, slice.index));
+    const key = entryKey(x.url, slice === undefined ? variant : sliceVariant(variant, slice.size, slice.index));
     if (invalidated(key, meta.tags)) return 'purged';
     const setCookie = headers['set-cookie'];
     return this.stream(x, key, meta, response.body, varyRecord, true, setCookie === undefined ? undefined : ([] as string[]).concat(setCookie), invalidated);
@@ -437,9 +439,11 @@ export class StoreWriter {
     let live = variants;
     if (variants.length >= this.settings.maxVariantsPerUrl) {
       // Drop variants the store has since evicted before refusing a new one.
+      const stored = (key: string): Promise<CachedEntry | undefined> => Promise.resolve(this.store.get(key)).catch((error) => this.readFailed(error));
       live = [];
       for (const v of variants) {
-        const entry = await Promise.resolve(this.store.get(entryKey(url, v))).catch((error) => this.readFailed(error));
+        // A sliced variant has no entry of its own: its first slice stands for it.
+        const entry = (await stored(entryKey(url, v))) ?? (this.settings.sliceSize > 0 ? await stored(entryKey(url, sliceVariant(v, this.settings.sliceSize, 0))) : undefined);
         if (entry !== undefined) live.push(v);
       }
       if (live.length >= this.settings.maxVariantsPerUrl) return null;

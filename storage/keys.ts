@@ -19,19 +19,22 @@ export function entryKey(url: string, variant: string): string {
 
 /**
  * The variant part of the key of one slice of a large object (pipeline/slices.ts): the object's
- * variant, the separator, the slice's index. Request field values hold no NUL, so no Vary variant
- * can look like a slice, and a URL purge (its key prefix) covers every slice.
+ * variant, the separator, the slice size and the slice's index. Request field values hold no NUL,
+ * so no Vary variant can look like a slice, and a URL purge (its key prefix) covers every slice.
+ * The size is part of the key: slices cut to another size (the option changed) are never joined.
  */
-export function sliceVariant(variant: string, index: number): string {
-  return variant + SEPARATOR + index;
+export function sliceVariant(variant: string, size: number, index: number): string {
+  return `${variant}${SEPARATOR}${size}:${index}`;
 }
 
-/** The object variant and slice index of a slice's entry key; undefined for any other key. */
-export function sliceOfKey(key: string): { variant: string; index: number } | undefined {
+/** The object variant, slice size and slice index of a slice's entry key; undefined for any other key. */
+export function sliceOfKey(key: string): { variant: string; size: number; index: number } | undefined {
   const variant = variantOfKey(key);
   const at = variant.lastIndexOf(SEPARATOR);
   if (at === -1) return undefined;
-  return { variant: variant.slice(0, at), index: Number(variant.slice(at + 1)) };
+  const match = /^(\d+):(\d+)$/.exec(variant.slice(at + 1));
+  if (match === null) return undefined;
+  return { variant: variant.slice(0, at), size: Number(match[1]), index: Number(match[2]) };
 }
 
 /** The Vary variant part of an entry key ('' when the response has no Vary). */

@@ -117,3 +117,10 @@ test('SIGHUP: restart-only options keep their values and are named; a reload may
   t.deepEqual(forWorkers.purgePeers, []);
   t.deepEqual(forWorkers.upstreams, ['http://127.0.0.1:9001']);
 });
+
+test('sliceSize is 0 (off) or at least 64KB, with the field named', (t) => {
+  t.throws(() => loadConfig('edge', { flags: { sliceSize: ['1KB'] } }), { instanceOf: ConfigError, message: /invalid sliceSize \(config\): is 1024 bytes: give 0 \(off\) or at least 64KB/ });
+  t.is(loadConfig('edge', { flags: { sliceSize: ['0'] } }).sliceSize, 0);
+  t.is(loadConfig('edge', { flags: { sliceSize: ['64KB'] } }).sliceSize, 65536);
+  t.is(loadConfig('edge', {}).sliceSize, 8 * 1024 * 1024);
+});

@@ -5,7 +5,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import type { IncomingMessage } from 'node:http';
-import { cacheStatus, fetchFrom, header, setup, settle, startOrigin, startTestEdge, delay, type Reply } from '../helpers/harness.js';
+import { cacheStatus, fetchFrom, header, setup, settle, startOrigin, startTestEdge, delay, type Reply, type TestEdge } from '../helpers/harness.js';
+import { loadConfig } from '../../config/config.js';
 import { rawGet } from '../helpers/raw-origin.js';
 import { pattern, rangeHandler, type Version } from '../helpers/range-origin.js';
 import { startTestShield } from '../shield/fixtures/chain.js';
@@ -267,4 +268,123 @@ test('slices through a shield: the edge and the shield both store slices; the or
   t.true(part.body.equals(body.subarray(100000, 100100)));
   t.regex(cacheStatus(part), /outpost-edge; hit/);
   t.is(origin.requests.length, 6);
+});
+
+/** SIGHUP with another slice size, as an operator would. */
+function reloadSliceSize(edge: TestEdge, sliceSize: number): void {
+  const { upstreams, dataDir } = edge.config;
+  edge.reconfigure(loadConfig('edge', { fileContents: { listen: '127.0.0.1:0', upstreams, dataDir, accessLog: false, logLevel: 'silent', sliceSize } }));
+}
+
+for (const [from, to] of [
+  [SLICE, SLICE * 2],
+  [SLICE * 2, SLICE],
+]) {
+  test(`slices: slices cut to ${from / 1024} KiB are never joined with slices of ${to / 1024} KiB after the size changes`, async (t) => {
+    const body = pattern(SIZE, 17);
+    const { edge } = await slicedEdge(t, () => ({ body, etag: '"g"' }), { sliceSize: from });
+    // Only the first slice (and the one holding byte 70000) stored at the old size.
+    await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=0-9' } });
+    await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=70000-70009' } });
+    await settle({ commits: true });
+    reloadSliceSize(edge, to);
+    const full = await rawGet(edge.url, '/big');
+    t.true(full.complete);
+    t.is(full.body.length, SIZE);
+    t.true(full.body.equals(body));
+    t.is(full.extra.length, 0, 'not a byte after the body');
+  });
+}
+
+test('RFC 9110 §15.3.7 a 206 to a request that asked for no range is never stored as the URL\'s response', async (t) => {
+  const { origin, edge } = await setup(t, (_q, res) => {
+    res.writeHead(206, { 'cache-control': 'max-age=60', 'content-range': 'bytes 0-99/100', 'content-length': 100, etag: '"p"' });
+    res.end(Buffer.alloc(100, 1));
+  }, { sliceSize: 0 });
+  for (let i = 0; i < 2; i++) {
+    const reply = await fetchFrom(edge.url, '/partial');
+    t.is(reply.status, 206);
+    t.is(reply.body.length, 100);
+    await settle({ commits: true });
+  }
+  t.is(origin.requests.length, 2, 'not stored');
+});
+
+test('slices through a shield: after a version change between slices, the next request revalidates the shield\'s slices (no-cache) and gets the new version whole', async (t) => {
+  const old = pattern(SIZE, 18);
+  const fresh = pattern(SIZE, 19);
+  let current = { body: old, etag: '"old"' };
+  const origin = await startOrigin(rangeHandler(() => current));
+  const shield = await startTestShield(origin.url, { sliceSize: SLICE });
+  const edge = await startTestEdge(shield.url, { sliceSize: SLICE });
+  t.teardown(async () => {
+    await edge.close();
+    await shield.close();
+    await origin.close();
+  });
+  // The shield (and the edge) hold the first slice of the old version only.
+  await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=0-9' } });
+  await settle({ commits: true });
+  current = { body: fresh, etag: '"new"' };
+  await edge.pipeline.purgeHere({ url: `http://${new URL(edge.url).host}/big` });
+  const cut = await rawGet(edge.url, '/big');
+  t.false(cut.complete, 'the old first slice and the new second one are not joined');
+  t.true(cut.body.equals(old.subarray(0, cut.body.length)));
+  await settle({ commits: true });
+  const next = await rawGet(edge.url, '/big');
+  t.true(next.complete);
+  t.true(next.body.equals(fresh), 'the shield validated its stale slice with the origin');
+});
+
+test('slices not stored (private) keep the upstream\'s Set-Cookie and Age', async (t) => {
+  const body = pattern(SIZE, 20);
+  const { edge } = await slicedEdge(t, () => ({ body, etag: '"p"', headers: { 'cache-control': 'private, max-age=60', 'set-cookie': 'session=abc', age: '30' } }));
+  const reply = await fetchFrom(edge.url, '/private');
+  t.true(reply.body.equals(body));
+  t.is(header(reply, 'set-cookie'), 'session=abc');
+  t.true(Number(header(reply, 'age')) >= 30);
+});
+
+test('RFC 9111 §5.2.1.7 only-if-cached with only some slices stored: nothing is fetched', async (t) => {
+  const body = pattern(SIZE, 22);
+  const { origin, edge } = await slicedEdge(t, () => ({ body, etag: '"o"' }));
+  await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=0-9' } });
+  await settle({ commits: true });
+  const reply = await rawGet(edge.url, '/big', { headers: { 'cache-control': 'only-if-cached' } });
+  t.false(reply.complete && reply.body.length === SIZE, 'not the whole object');
+  t.is(origin.requests.length, 1, 'no slice was fetched for it');
+  const stored = await fetchFrom(edge.url, '/big', { headers: { 'cache-control': 'only-if-cached', range: 'bytes=5-9' } });
+  t.is(stored.status, 206);
+  t.true(stored.body.equals(body.subarray(5, 10)));
+});
+
+test('slices: an authorized download of many slices adds one close listener to the response, not one per slice', async (t) => {
+  const body = pattern(20 * SLICE, 23);
+  const warnings: string[] = [];
+  const onWarning = (w: Error): void => void warnings.push(w.name);
+  process.on('warning', onWarning);
+  t.teardown(() => void process.off('warning', onWarning));
+  const { edge } = await slicedEdge(t, () => ({ body, etag: '"a"' }));
+  const reply = await fetchFrom(edge.url, '/secret', { headers: { authorization: 'Bearer x' } });
+  t.true(reply.body.equals(body));
+  await delay(50);
+  t.false(warnings.includes('MaxListenersExceededWarning'));
+});
+
+test('RFC 9110 §15.3.7 a first slice shorter than asked is fetched whole, not a 502', async (t) => {
+  const body = pattern(200_000, 24);
+  const { origin, edge } = await setup(t, (q, res) => {
+    if (q.headers.range !== undefined) {
+      // Fewer bytes than asked for, as RFC 9110 allows.
+      res.writeHead(206, { 'cache-control': 'max-age=60', etag: '"f"', 'content-range': `bytes 0-999/${body.length}`, 'content-length': 1000 });
+      res.end(body.subarray(0, 1000));
+      return;
+    }
+    res.writeHead(200, { 'cache-control': 'max-age=60', etag: '"f"', 'content-length': body.length });
+    res.end(body);
+  }, { sliceSize: SLICE });
+  const reply = await fetchFrom(edge.url, '/short');
+  t.is(reply.status, 200);
+  t.true(reply.body.equals(body));
+  t.deepEqual(ranges(origin), [sliceRange(0), undefined]);
 });
