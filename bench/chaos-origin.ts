@@ -7,7 +7,8 @@
  *                bench/chaos/versions.ts): a deterministic slice of a seeded pattern
  *                (bench/chaos/body.ts), with x-version, x-checksum (CRC32 of the body, hex), an
  *                ETag naming key and version, and Cache-Control with stale windows.
- *                If-None-Match with the current ETag gets a 304.
+ *                If-None-Match with the current ETag gets a 304. `Range: bytes=a-b` (one range, as
+ *                the nodes' slices ask) gets a 206 with Content-Range, or 416 beyond the end.
  * GET /health    200 ok (the shields' active health checks)
  * Prints {"port":N} on stdout once listening.
  */
@@ -58,6 +59,19 @@ const server = createServer((req, res) => {
   if (inm !== undefined && inm.split(',').some((tag) => tag.trim().replace(/^W\//, '') === etag)) {
     res.writeHead(304, headers);
     res.end();
+    return;
+  }
+  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+  if (range !== null) {
+    const start = Number(range[1]);
+    if (start >= body.length) {
+      res.writeHead(416, { 'content-range': `bytes */${body.length}`, 'content-length': 0 });
+      res.end();
+      return;
+    }
+    const end = Math.min(range[2] === '' ? body.length - 1 : Number(range[2]), body.length - 1);
+    res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${end}/${body.length}`, 'content-length': end - start + 1 });
+    res.end(req.method === 'HEAD' ? undefined : body.subarray(start, end + 1));
     return;
   }
   res.writeHead(200, { ...headers, 'content-length': body.length });

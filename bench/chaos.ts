@@ -6,7 +6,7 @@
  *   3 origins (dist/bench/chaos-origin.js), 2 shields (`bin/outpost shield`, every origin in their
  *   pool, active health checks), 2 edges (`bin/outpost edge`, both shields as upstreams: keys hash
  *   onto shields; purge peers: the other edge and both shields). Each node: 2 workers, its own
- *   data folder; shield-1's is a 128 MiB tmpfs (when mount works: we are root) for the disk-full event.
+ *   data folder, 1 MiB slices (so most large bodies are sliced); shield-1's is a 128 MiB tmpfs (when mount works: we are root) for the disk-full event.
  *
  * Load: CHAOS_CONCURRENCY loops (undici Pools, one per edge) of GETs of Zipf-distributed keys
  *   (s = 1) with bodies of 1 KiB to 5 MiB, 5 % of them Range requests, and ~5 % purges: the driver
@@ -77,7 +77,8 @@ const TMPFS_MIB = 128;
 const DISK_BUDGET = '24MB';
 const log = (line: string) => process.stderr.write(`chaos: ${line}\n`);
 
-const NODE_ARGS = ['--workers', '2', '--served-by', '--access-log', 'false', '--memory-size', '64MB', '--memory-max-object-size', '1MB'];
+// 1 MiB slices: bodies above it (up to 5 MiB) are fetched, stored and stitched in slices.
+const NODE_ARGS = ['--workers', '2', '--served-by', '--access-log', 'false', '--memory-size', '64MB', '--memory-max-object-size', '1MB', '--slice-size', '1MB'];
 const SHIELD_ARGS = ['--health-check-path', '/health', '--health-check-interval-ms', '1000', '--health-check-timeout-ms', '500', '--first-byte-timeout-ms', '2000', '--idle-body-timeout-ms', '3000'];
 const EDGE_ARGS = ['--first-byte-timeout-ms', '8000', '--idle-body-timeout-ms', '6000'];
 

@@ -63,7 +63,7 @@ export const OPTIONS = {
   diskSize: { kind: 'bytes', default: 10 * 1024 ** 3, min: 1024 * 1024, help: 'disk tier budget (e.g. 10GB)' },
   memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
   maxObjectSize: { kind: 'bytes', default: 1024 ** 3, min: 0, help: 'larger responses are not stored' },
-  fillBufferSize: { kind: 'bytes', default: 2 * 1024 ** 2, min: 64 * 1024, help: 'bytes of a body larger than memoryMaxObjectSize held per fill; readers further behind continue from the store' },
+  fillBufferSize: { kind: 'bytes', default: 2 * 1024 ** 2, min: 64 * 1024, help: 'bytes of a body held per fill: larger bodies keep a window of this size, and readers further behind continue from the store' },
   sliceSize: {
     kind: 'bytes',
     default: 8 * 1024 ** 2,

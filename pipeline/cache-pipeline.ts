@@ -73,7 +73,7 @@ export interface PipelineSettings {
   maxVariantsPerUrl: number;
   /** Responses larger than this are not stored. */
   maxObjectSize: number;
-  /** Bodies up to this size are held whole while they fill; larger ones keep `fillBufferSize` bytes. */
+  /** Bodies up to this size (and fillBufferSize) are held whole while they fill; larger ones keep `fillBufferSize` bytes. */
   memoryMaxObjectSize: number;
   fillBufferSize: number;
   /** Objects larger than this are fetched and stored in slices of this size (slices.ts); 0: off. */

@@ -82,7 +82,7 @@ export interface StoreWriterSettings {
   storeStatuses: StatusPolicy;
   maxVariantsPerUrl: number;
   maxObjectSize: number;
-  /** Bodies up to this size are held whole while they fill (the memory tier holds them anyway). */
+  /** Bodies up to this size (and fillBufferSize) are held whole while they fill (the memory tier holds them anyway). */
   memoryMaxObjectSize: number;
   /** Bytes of a larger body held per fill (body-broadcast.ts). */
   fillBufferSize: number;
@@ -211,8 +211,9 @@ export class StoreWriter {
   ): StreamingResponse {
     const record = meta.http as unknown as ResponseRecord;
     // A body held whole needs nothing more. A larger one keeps a window; readers that fall behind
-    // it continue from the store once the commit settles `stored`.
-    const heldWhole = meta.size !== UNKNOWN_SIZE && meta.size <= this.settings.memoryMaxObjectSize;
+    // it continue from the store once the commit settles `stored`. So a fill never holds more than
+    // fillBufferSize, whatever memoryMaxObjectSize lets the memory tier keep (a slice of 8 MiB, say).
+    const heldWhole = meta.size !== UNKNOWN_SIZE && meta.size <= Math.min(this.settings.memoryMaxObjectSize, this.settings.fillBufferSize);
     let stored: Settle | undefined;
     let broadcast: BodyBroadcast;
     if (heldWhole) broadcast = new BodyBroadcast();
