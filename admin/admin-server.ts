@@ -106,6 +106,9 @@ export interface DiskStats {
   /** Writes that went to memory only: the disk was behind (backpressure), or degraded. */
   skippedBehind: number;
   skippedDegraded: number;
+  /** Writes that skipped memory (to disk only) while memory writes in flight held their bound (32 MiB). */
+  memorySkippedBusy: number;
+  memoryPendingBytes: number;
   writeErrors: number;
   /** Disk writes in flight, and the body bytes they hold. */
   pendingWrites: number;
@@ -131,6 +134,8 @@ function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undefined {
     degradedSeconds: Math.round(sum((d) => d.degradedMs)) / 1000,
     skippedBehind: sum((d) => d.skippedBehind),
     skippedDegraded: sum((d) => d.skippedDegraded),
+    memorySkippedBusy: sum((d) => d.memorySkippedBusy),
+    memoryPendingBytes: sum((d) => d.memoryPendingBytes),
     writeErrors: sum((d) => d.writeErrors),
     pendingWrites: sum((d) => d.pendingWrites),
     pendingBytes: sum((d) => d.pendingBytes),

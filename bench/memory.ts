@@ -12,6 +12,9 @@
  *             the fill runs at the origin's pace and the edge holds a window, not the body
  *   misses    50 concurrent misses of different 200 MiB objects (BENCH_MEMORY_MISSES, BENCH_MEMORY_MISS_MB),
  *             read at full speed
+ *   slow-sliced, misses-sliced
+ *             the same against an origin that serves byte ranges with an ETag (/ranged/): the edge
+ *             fetches, stores and serves those objects in 8 MiB slices
  *
  * node dist/bench/memory.js [fill|slow|misses…] (default: all). Children run in their own process
  * groups on 127.0.0.1 and are killed at the end; temp folders are removed.
@@ -150,11 +153,12 @@ function slowReader(port: number, path: string, rate: number): { socket: Socket;
   return { socket, received: () => received };
 }
 
-async function slowScenario(origin: number): Promise<Row> {
+async function slowScenario(origin: number, kind: 'large' | 'ranged'): Promise<Row> {
   const edge = await startEdge(origin, '256MB');
   const rss = sampleRss(edge.child.pid!);
   const size = 1024 * MB;
-  const readers = Array.from({ length: SLOW_CLIENTS }, () => slowReader(edge.port, `/large/${size}/one`, 10 * 1024));
+  const path = `/${kind}/${size}/one`;
+  const readers = Array.from({ length: SLOW_CLIENTS }, () => slowReader(edge.port, path, 10 * 1024));
   const started = Date.now();
   let fillDone: number | undefined;
   while ((Date.now() - started) / 1000 < SLOW_SEC) {
@@ -165,17 +169,18 @@ async function slowScenario(origin: number): Promise<Row> {
   const { peak, last } = rss.stop();
   const received = readers.reduce((n, r) => n + r.received(), 0);
   for (const r of readers) r.socket.destroy();
-  const origins = (await originStats(origin, `/large/${size}/one`)).path;
+  const origins = (await originStats(origin, path)).path;
+  const fill = kind === 'ranged' ? '(sliced: one slice fetched per 8 MiB the clients reach)' : `the fill ${fillDone === undefined ? 'did not finish' : `finished after ${fillDone.toFixed(0)} s`}`;
   return {
-    scenario: `${fmtInt(SLOW_CLIENTS)} clients at 10 KiB/s of one 1 GiB object, ${SLOW_SEC} s`,
+    scenario: `${fmtInt(SLOW_CLIENTS)} clients at 10 KiB/s of one 1 GiB object${kind === 'ranged' ? ', sliced' : ''}, ${SLOW_SEC} s`,
     peak,
     last,
     budgetMb: budget(256, 1),
-    note: `origin fetches ${origins}; the fill ${fillDone === undefined ? 'did not finish' : `finished after ${fillDone.toFixed(0)} s`}; clients read ${mb(received)} in all`,
+    note: `origin fetches ${origins}; ${fill}; clients read ${mb(received)} in all`,
   };
 }
 
-async function missesScenario(origin: number): Promise<Row> {
+async function missesScenario(origin: number, kind: 'large' | 'ranged'): Promise<Row> {
   const edge = await startEdge(origin, '256MB');
   const rss = sampleRss(edge.child.pid!);
   const size = MISS_MB * MB;
@@ -188,7 +193,7 @@ async function missesScenario(origin: number): Promise<Row> {
         socket.on('data', (chunk: Buffer) => (received += chunk.length));
         socket.on('close', () => resolve(received));
         socket.on('error', () => resolve(received));
-        socket.write(`GET /large/${size}/miss-${i} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n`);
+        socket.write(`GET /${kind}/${size}/miss-${i} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n`);
       }),
     ),
   );
@@ -196,7 +201,7 @@ async function missesScenario(origin: number): Promise<Row> {
   const { peak, last } = rss.stop();
   const complete = results.filter((n) => n > size).length;
   return {
-    scenario: `${MISSES} concurrent misses of different ${MISS_MB} MiB objects`,
+    scenario: `${MISSES} concurrent misses of different ${MISS_MB} MiB objects${kind === 'ranged' ? ', sliced' : ''}`,
     peak,
     last,
     budgetMb: budget(256, MISSES),
@@ -222,8 +227,10 @@ async function main(): Promise<void> {
       measured(await fillScenario(origin.port, 256, { objects: OBJECTS }));
       measured(await fillScenario(origin.port, 32, { seconds: 20 }));
     }
-    if (run('slow')) measured(await slowScenario(origin.port));
-    if (run('misses')) measured(await missesScenario(origin.port));
+    if (run('slow')) measured(await slowScenario(origin.port, 'large'));
+    if (run('misses')) measured(await missesScenario(origin.port, 'large'));
+    if (run('slow-sliced')) measured(await slowScenario(origin.port, 'ranged'));
+    if (run('misses-sliced')) measured(await missesScenario(origin.port, 'ranged'));
   } finally {
     out(
       table(

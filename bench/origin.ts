@@ -11,6 +11,7 @@
  *   /warm/…           Cache-Control: max-age=3600, tiny body              (opening client connections)
  *   /obj/…            Cache-Control: max-age=3600, 1 KiB: one distinct object per path (memory fill)
  *   /large/N/…        Cache-Control: max-age=3600, an N-byte body generated as it is sent (memory, slow clients)
+ *   /ranged/N/…       the same with an ETag, answering `Range: bytes=a-b` with a 206, as a file server or S3 does (the edge slices it)
  *   /health           200 ok
  *   /__stats[?path=P] JSON {"total": n, "path": count of P, "largeSent": /large/ bodies sent in full}
  */
@@ -26,21 +27,41 @@ const counts = new Map<string, number>();
 let total = 0;
 let largeSent = 0;
 
-/** An N-byte body, written 64 KiB at a time as the socket drains: the origin holds none of it. */
-function sendLarge(res: ServerResponse, size: number): void {
-  res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': size, 'Cache-Control': 'max-age=3600' });
+/**
+ * An N-byte body (or the bytes `start`..`end` of it, for a Range), written 64 KiB at a time as the
+ * socket drains: the origin holds none of it. Counted in largeSent when the whole body went out.
+ */
+function sendLarge(res: ServerResponse, size: number, ranged?: { etag: string; range: string | undefined }): void {
+  const headers = { 'Content-Type': 'application/octet-stream', 'Cache-Control': 'max-age=3600', ...(ranged ? { ETag: ranged.etag } : {}) };
+  const match = ranged && /^bytes=(\d+)-(\d*)$/.exec(ranged.range ?? '');
+  let start = 0;
+  let end = size - 1;
+  if (match) {
+    start = Number(match[1]);
+    end = Math.min(match[2] === '' ? size - 1 : Number(match[2]), size - 1);
+    if (start >= size) {
+      res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
+      res.end();
+      return;
+    }
+    res.writeHead(206, { ...headers, 'Content-Range': `bytes ${start}-${end}/${size}`, 'Content-Length': end - start + 1 });
+  } else res.writeHead(200, { ...headers, 'Content-Length': size });
+  const whole = start === 0 && end === size - 1;
   const slice = Buffer.alloc(64 * KIB, 'L');
+  const length = end - start + 1;
   let sent = 0;
   const pump = (): void => {
-    while (sent < size) {
-      const n = Math.min(slice.length, size - sent);
+    while (sent < length) {
+      const n = Math.min(slice.length, length - sent);
       sent += n;
       if (!res.write(n === slice.length ? slice : slice.subarray(0, n))) {
         res.once('drain', pump);
         return;
       }
     }
-    res.end(() => largeSent++);
+    res.end(() => {
+      if (whole) largeSent++;
+    });
   };
   pump();
 }
@@ -89,6 +110,7 @@ const server = createServer((req, res) => {
   if (path.startsWith('/warm/')) return send(res, tiny, 'max-age=3600');
   if (path.startsWith('/obj/')) return send(res, body1k, 'max-age=3600');
   if (path.startsWith('/large/')) return sendLarge(res, Number(path.split('/')[2]));
+  if (path.startsWith('/ranged/')) return sendLarge(res, Number(path.split('/')[2]), { etag: `"${path}"`, range: req.headers.range });
   res.writeHead(404, { 'Content-Length': 0, 'Cache-Control': 'no-store' });
   res.end();
 });

@@ -359,8 +359,10 @@ export class StoreWriter {
         try {
           await writer.write(chunk);
         } catch (error) {
-          // A disk tier that is behind is load, not a fault: counted, not logged per fill.
-          if ((error as { code?: string }).code === 'DISK_BEHIND') stopStoring('disk-behind');
+          // A disk tier that is behind, or memory writes at their bound, is load, not a fault: counted, not logged per fill.
+          const code = (error as { code?: string }).code;
+          if (code === 'DISK_BEHIND') stopStoring('disk-behind');
+          else if (code === 'MEMORY_BUSY') stopStoring('memory-busy');
           else stopStoring('store-error', error);
         }
       }

@@ -45,6 +45,13 @@ import { RemovalLog } from './removal-log.js';
  */
 const DEFAULT_MAX_PENDING_DISK_WRITES = 256;
 const DEFAULT_MAX_PENDING_DISK_BYTES = 16 * 1024 * 1024;
+/**
+ * Bodies a memory write holds until it commits (the memory tier keeps a body whole): past this, in
+ * all writes in flight, a new write skips memory (it goes to disk, and to memory on its first hit).
+ */
+const DEFAULT_MAX_PENDING_MEMORY_BYTES = 32 * 1024 * 1024;
+/** Memory writes this small always go ahead: large fills never keep small objects out of memory. */
+const SMALL_MEMORY_WRITE = 64 * 1024;
 /** Written and deleted to tell whether a degraded disk takes writes again; no cache key starts with NUL. */
 const PROBE_KEY = '\u0000outpost-disk-probe';
 const PROBE_BODY = Buffer.from('outpost disk probe');
@@ -68,6 +75,8 @@ export interface TieredStoreOptions {
   maxPendingDiskWrites?: number;
   /** Body bytes held for disk writes in flight at which new writes skip the disk. Default 16 MiB. */
   maxPendingDiskBytes?: number;
+  /** Body bytes held by memory writes in flight at which new writes (above 64 KiB) skip memory. Default 32 MiB. */
+  maxPendingMemoryBytes?: number;
   /** Degraded mode: first delay before reopening the disk, doubled per failed attempt up to the max. Defaults 1 s, 30 s. */
   diskRetryMs?: { first?: number; max?: number };
 }
@@ -86,6 +95,8 @@ export interface TieredCounters {
   diskSkippedBehind: number;
   /** Writes that skipped the disk because it was degraded (memory only, when they fit). */
   diskSkippedDegraded: number;
+  /** Writes that skipped memory because memory writes in flight held maxPendingMemoryBytes. */
+  memorySkippedBusy: number;
 }
 
 /** The disk tier's state, for /stats, /readyz and /metrics. */
@@ -95,6 +106,10 @@ export interface DiskReport extends DiskHealthReport {
   pendingBytes: number;
   skippedBehind: number;
   skippedDegraded: number;
+  /** Writes that skipped memory (to disk only) while memory writes in flight held their bound. */
+  memorySkippedBusy: number;
+  /** Body bytes memory writes in flight hold. */
+  memoryPendingBytes: number;
   writeErrors: number;
   /** Deletes and purges waiting for the disk to take writes. */
   owed: number;
@@ -123,9 +138,13 @@ export class TieredStore implements CacheStore {
     diskWriteErrors: 0,
     diskSkippedBehind: 0,
     diskSkippedDegraded: 0,
+    memorySkippedBusy: 0,
   };
   readonly maxPendingDiskWrites: number;
   readonly maxPendingDiskBytes: number;
+  readonly maxPendingMemoryBytes: number;
+  /** Body bytes memory writes in flight hold (maxPendingMemoryBytes). */
+  private pendingMemoryBytes = 0;
   /** Disk writes opened and not yet landed (committed, failed or aborted), and the body bytes they hold. */
   private pendingDisk = { writes: 0, bytes: 0 };
   private readonly health: DiskHealth;
@@ -154,6 +173,7 @@ export class TieredStore implements CacheStore {
     this.diskKeys = options.diskKeys;
     this.maxPendingDiskWrites = options.maxPendingDiskWrites ?? DEFAULT_MAX_PENDING_DISK_WRITES;
     this.maxPendingDiskBytes = options.maxPendingDiskBytes ?? DEFAULT_MAX_PENDING_DISK_BYTES;
+    this.maxPendingMemoryBytes = options.maxPendingMemoryBytes ?? DEFAULT_MAX_PENDING_MEMORY_BYTES;
     if (!(this.maxPendingDiskWrites >= 1) || !(this.maxPendingDiskBytes >= 0)) {
       throw new StoreError('STORE_CONFIG', 'maxPendingDiskWrites must be >= 1 and maxPendingDiskBytes >= 0');
     }
@@ -182,6 +202,8 @@ export class TieredStore implements CacheStore {
       pendingBytes: this.pendingDisk.bytes,
       skippedBehind: this.counters.diskSkippedBehind,
       skippedDegraded: this.counters.diskSkippedDegraded,
+      memorySkippedBusy: this.counters.memorySkippedBusy,
+      memoryPendingBytes: this.pendingMemoryBytes,
       writeErrors: this.counters.diskWriteErrors,
       owed: this.owed.size,
       ...(level && level.budget < level.maxBytes ? { budget: level.budget } : {}),
@@ -244,7 +266,7 @@ export class TieredStore implements CacheStore {
    * made the disk degraded).
    */
   openWriter(key: string, meta: EntryMeta): EntryWriter {
-    if (!this.onDisk(key)) return this.memory.openWriter(key, meta);
+    if (!this.onDisk(key)) return this.memoryWriter(key, meta) ?? this.refusingWriter(new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored'));
     if (this.health.degraded) {
       this.counters.diskSkippedDegraded++;
       return this.skipWriter(key, meta, () => this.degradedError());
@@ -270,6 +292,63 @@ export class TieredStore implements CacheStore {
     return meta.size !== UNKNOWN_SIZE && meta.size <= this.memoryMaxEntryBytes ? meta.size : 0;
   }
 
+  /**
+   * A memory-tier writer whose body counts, until it commits or aborts, in the bytes memory writes in
+   * flight hold. Undefined when memory will not take the body: larger than memoryMaxEntryBytes, or
+   * more than 64 KiB while those bytes are at maxPendingMemoryBytes (many large fills at once would
+   * otherwise each hold a whole body: the node's memory is the tier plus a bounded amount in flight).
+   */
+  private memoryWriter(key: string, meta: EntryMeta): EntryWriter | undefined {
+    const declared = meta.size === UNKNOWN_SIZE ? 0 : meta.size;
+    if (declared > this.memoryMaxEntryBytes) return undefined;
+    if (declared > SMALL_MEMORY_WRITE && this.pendingMemoryBytes > 0 && this.pendingMemoryBytes + declared > this.maxPendingMemoryBytes) {
+      this.counters.memorySkippedBusy++;
+      return undefined;
+    }
+    const inner = this.memory.openWriter(key, meta);
+    let held = declared;
+    let released = false;
+    this.pendingMemoryBytes += held;
+    const release = (): void => {
+      if (released) return;
+      released = true;
+      this.pendingMemoryBytes -= held;
+    };
+    let length = 0;
+    return {
+      write: (chunk: Buffer) => {
+        length += chunk.length;
+        // A body of undeclared size counts as it grows.
+        if (!released && length > held) {
+          this.pendingMemoryBytes += length - held;
+          held = length;
+        }
+        return inner.write(chunk);
+      },
+      commit: () => Promise.resolve(inner.commit()).finally(release),
+      abort: () => {
+        inner.abort();
+        release();
+      },
+    };
+  }
+
+  /** A writer no tier takes: its first write says why, so the caller streams without storing. */
+  private refusingWriter(error: StoreError): EntryWriter {
+    return {
+      write: () => {
+        throw error;
+      },
+      commit: () => Promise.reject(error),
+      abort: () => undefined,
+    };
+  }
+
+  /** Memory writes in flight and the body bytes they hold. */
+  get memoryPending(): number {
+    return this.pendingMemoryBytes;
+  }
+
   /** A write to both tiers (see openWriter); counted in pendingDisk until its disk part has landed. */
   private tieredWriter(key: string, meta: EntryMeta): EntryWriter {
     const limit = this.memoryMaxEntryBytes;
@@ -277,8 +356,7 @@ export class TieredStore implements CacheStore {
     const diskWriter = this.disk.openWriter(key, meta);
     // A hard purge or delete after this write began wins: its content is not brought back by the commit.
     const mark = this.removals.mark();
-    let memWriter: EntryWriter | undefined =
-      meta.size === UNKNOWN_SIZE || meta.size <= limit ? this.memory.openWriter(key, meta) : undefined;
+    let memWriter: EntryWriter | undefined = this.memoryWriter(key, meta);
     let diskError: unknown = undefined;
     let length = 0;
     let state: 'open' | 'committing' | 'done' = 'open';
@@ -423,8 +501,7 @@ export class TieredStore implements CacheStore {
   private skipWriter(key: string, meta: EntryMeta, notStored: () => unknown): EntryWriter {
     const limit = this.memoryMaxEntryBytes;
     const mark = this.removals.mark();
-    let memWriter: EntryWriter | undefined =
-      meta.size === UNKNOWN_SIZE || meta.size <= limit ? this.memory.openWriter(key, meta) : undefined;
+    let memWriter: EntryWriter | undefined = this.memoryWriter(key, meta);
     let length = 0;
     let state: 'open' | 'committing' | 'done' = 'open';
     const dropMemory = (): void => {

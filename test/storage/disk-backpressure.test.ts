@@ -237,3 +237,44 @@ test('heap under a burst of fills faster than the disk: the default bound keeps 
   t.is(bounded.skipped, count - 256);
   t.is(unbounded.peakWrites, count, 'without the bound every write waits for the disk');
 });
+
+test('bodies on their way into memory stay under maxPendingMemoryBytes: past it a large write goes to disk only, and to memory on its first hit', async (t) => {
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 1024 ** 3 });
+  const memory = new MemoryStore({ maxBytes: 64 * 1024 * 1024, maxEntryBytes: 8 * 1024 * 1024 });
+  const store = new TieredStore({ memory, disk: level, memoryMaxEntryBytes: 8 * 1024 * 1024, maxPendingMemoryBytes: 4 * 1024 * 1024 });
+  t.teardown(() => store.close());
+  const size = 3 * 1024 * 1024;
+  // Two large writes open at once: the second would take memory writes in flight past 4 MiB.
+  const first = store.openWriter(key(1), meta(size));
+  const second = store.openWriter(key(2), meta(size));
+  // A small one always goes ahead.
+  const small = store.openWriter(key(3), meta(1000));
+  t.is(store.memoryPending, size + 1000);
+  first.write(bodyOf(size, 1));
+  await second.write(bodyOf(size, 2));
+  small.write(bodyOf(1000, 3));
+  await Promise.all([first.commit(), second.commit(), small.commit()]);
+  t.is(store.memoryPending, 0, 'released at commit');
+  t.is(store.counters.memorySkippedBusy, 1);
+  t.truthy(memory.get(key(1)), 'the first went to memory');
+  t.is(memory.get(key(2)), undefined, 'the second went to disk only');
+  t.truthy(memory.get(key(3)));
+  const fromDisk = await store.get(key(2));
+  t.true((await readAll(fromDisk!.openBody())).equals(bodyOf(size, 2)));
+  t.true(await waitUntil(() => memory.get(key(2)) !== undefined), 'promoted on its first hit');
+  // With nothing in flight, a large write goes to memory again; an aborted one gives its bytes back.
+  const third = store.openWriter(key(4), meta(size));
+  third.abort();
+  t.is(store.memoryPending, 0);
+  await putEntry(store, key(5), meta(size), bodyOf(size, 5));
+  t.truthy(memory.get(key(5)));
+});
+
+async function waitUntil(condition: () => boolean, timeoutMs = 3000): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) return false;
+    await sleep(10);
+  }
+  return true;
+}
