@@ -129,10 +129,10 @@ test('a limiter decides in Redis, and its keys expire once the bucket is at rest
   t.teardown(() => client.disconnect());
   const ttl = await client.pttl('outpost:rl:k');
   t.true(ttl > 500 && ttl <= 2001, `pttl ${ttl}`);
-  // A short bucket: gone from Redis soon after it is at rest (20 ms).
-  t.true((await limiter.take('short', { intervalMs: 20, burst: 1 }, local.decide)).allowed);
+  // A short bucket: gone from Redis soon after it is at rest (200 ms; a busy CI machine can take 20 ms between two commands).
+  t.true((await limiter.take('short', { intervalMs: 200, burst: 1 }, local.decide)).allowed);
   const shortTtl = await client.pttl('outpost:rl:short');
-  t.true(shortTtl > 0 && shortTtl <= 21, `pttl ${shortTtl}`);
+  t.true(shortTtl > 0 && shortTtl <= 201, `pttl ${shortTtl}`);
   let exists = 1;
   for (let i = 0; i < 50 && exists !== 0; i++) {
     await delay(20);
@@ -246,7 +246,8 @@ test('Redis hung (SIGSTOP): at most the timeout once, then local at once; back w
 
 test("failMode 'open' admits everything while Redis is down", async (t) => {
   const redis = await redisOf(t);
-  const { limiter, logged } = await limiterOf(t, redis, { timeoutMs: 50, failMode: 'open' });
+  // 150 ms: time enough for Redis's own answers on a busy machine, so the first three are its decisions.
+  const { limiter, logged } = await limiterOf(t, redis, { timeoutMs: 150, failMode: 'open' });
   const rate = { intervalMs: 1000, burst: 2 };
   const local = localOf(rate);
   t.true((await limiter.take('k', rate, local.decide)).allowed);
@@ -256,7 +257,7 @@ test("failMode 'open' admits everything while Redis is down", async (t) => {
   const during = [];
   for (let i = 0; i < 20; i++) during.push(await timed(() => limiter.take('k', rate, local.decide)));
   t.true(during.every((d) => d.allowed && d.retryAfterMs === 0));
-  t.true(during.every((d) => d.ms <= 50 + 250));
+  t.true(during.every((d) => d.ms <= 150 + 250));
   t.is(local.calls, 0);
   t.like(limiter.counts, { redis: 3, fallback: 20, outages: 1 });
   t.is(logged(WARN).length, 1);
