@@ -424,8 +424,11 @@ export class CachePipeline {
    * A slice after the first: stored and usable for this request, else fetched (single-flight per
    * slice, revalidated when a stored one is stale). Throws when there is none to be had.
    */
-  private async nextSlice(x: Exchange, objectVariant: string, size: number, index: number): Promise<SlicePiece> {
-    const l = await this.lookupSlice(x, objectVariant, undefined, { index, size });
+  private async nextSlice(x: Exchange, objectVariant: string, size: number, index: number, validator: string | undefined): Promise<SlicePiece> {
+    const found = await this.lookupSlice(x, objectVariant, undefined, { index, size });
+    // A stored slice of another version than the first (the first was refreshed since) is not
+    // joined to it: this slice is fetched again, and the response is cut only if upstream changed too.
+    const l = found.entry !== undefined && storedPiece(found.entry)?.validator !== validator ? { ...found, entry: undefined } : found;
     const entry = l.entry;
     const onlyIfCached = has(x.directives, 'only-if-cached');
     if (entry !== undefined) {
@@ -472,7 +475,7 @@ export class CachePipeline {
       meta,
       first: { index: sliceOf(first.range.start, size), piece: first },
       sliceSize: size,
-      slice: (index) => this.nextSlice(x, objectVariant, size, index),
+      slice: (index, validator) => this.nextSlice(x, objectVariant, size, index, validator),
       mismatch: () => this.sliceMismatch(x),
     });
     // A response that reads no body (HEAD, 304, 416) lets go of an upstream slice at once.

@@ -165,8 +165,11 @@ export interface SlicedObjectInit {
   meta: EntryMeta;
   first: { index: number; piece: SlicePiece };
   sliceSize: number;
-  /** Slice `index`: looked up, or fetched and stored. Rejects when there is none to be had. */
-  slice: (index: number) => Promise<SlicePiece>;
+  /**
+   * Slice `index`, of the version `validator` names when one is stored: looked up, or fetched and
+   * stored. Rejects when there is none to be had.
+   */
+  slice: (index: number, validator: string | undefined) => Promise<SlicePiece>;
   /** Called once when a slice does not belong with the first (the object changed upstream). */
   mismatch: () => void;
 }
@@ -208,7 +211,7 @@ export class SlicedObject implements CachedEntry {
         piece = first.piece;
       } else {
         try {
-          piece = await this.init.slice(index);
+          piece = await this.init.slice(index, first.piece.validator);
         } catch (error) {
           if (error instanceof SliceMismatch) this.init.mismatch();
           throw error;

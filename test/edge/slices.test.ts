@@ -395,3 +395,21 @@ test('RFC 9110 §15.3.7 a first slice shorter than asked is fetched whole, not a
   t.true(reply.body.equals(body));
   t.deepEqual(ranges(origin), [sliceRange(0), undefined]);
 });
+
+test('RFC 5861 §3 after stale-while-revalidate refreshed the first slice to a new version, older stored slices are fetched again, not joined to it', async (t) => {
+  const old = pattern(SIZE, 25);
+  const fresh = pattern(SIZE, 26);
+  let current: Version = { body: old, etag: '"v1"', headers: { 'cache-control': 'max-age=1, stale-while-revalidate=60' } };
+  const { edge } = await slicedEdge(t, () => current);
+  t.true((await fetchFrom(edge.url, '/big')).body.equals(old));
+  await settle({ commits: true });
+  await delay(1_100);
+  current = { ...current, body: fresh, etag: '"v2"' };
+  // Stale: served from the old first slice, which is revalidated in the background (the only one touched).
+  const stale = await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=0-9' } });
+  t.true(stale.body.equals(old.subarray(0, 10)));
+  await settle({ commits: true });
+  const next = await rawGet(edge.url, '/big');
+  t.true(next.complete, 'not cut at the first slice boundary');
+  t.true(next.body.equals(fresh));
+});
