@@ -749,7 +749,7 @@ export class CachePipeline {
     const ifNoneMatch = wholeEntry ? undefined : req.headers['if-none-match'];
     const ifModifiedSince = wholeEntry ? undefined : req.headers['if-modified-since'];
     if ((ifNoneMatch !== undefined || ifModifiedSince !== undefined) && record.status === 200 && notModified(ifNoneMatch, ifModifiedSince, record.etag, lastModifiedOf(record, meta))) {
-      res.writeHead(304, headers.filter((_, i, all) => !NOT_IN_304.has(all[i - (i % 2)]!)));
+      res.writeHead(304, withoutFields(headers, NOT_IN_304));
       res.end();
       return;
     }
@@ -800,7 +800,7 @@ export class CachePipeline {
 
   /** A 206 with several parts (§14.6), each read from the stored copy, the fill or the slices in turn. */
   private respondMultipart(x: Exchange, headers: string[], plan: MultipartPlan, source: CachedEntry): void {
-    const fields = headers.filter((_, i, all) => all[i - (i % 2)] !== 'content-type');
+    const fields = withoutFields(headers, ONLY_CONTENT_TYPE);
     fields.push('content-type', plan.contentType, 'content-length', String(plan.length));
     x.res.writeHead(206, fields);
     if (x.method === 'HEAD') {
@@ -1010,9 +1010,19 @@ function newest(stored: CachedEntry | undefined, committing: FillEntry | undefin
   return stored === undefined || committing.meta.storedAt > stored.meta.storedAt ? committing : stored;
 }
 
+const ONLY_CONTENT_TYPE: ReadonlySet<string> = new Set(['content-type']);
+const ONLY_CONTENT_RANGE: ReadonlySet<string> = new Set(['content-range']);
+
+/** A flat [name, value…] header list without the fields named. */
+function withoutFields(flat: readonly string[], names: ReadonlySet<string>): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < flat.length; i += 2) if (!names.has(flat[i]!)) kept.push(flat[i]!, flat[i + 1]!);
+  return kept;
+}
+
 /** A slice as the object it belongs to: a 200 without the slice's Content-Range. */
 function wholeRecord(slice: ResponseRecord): ResponseRecord {
-  return { ...slice, status: 200, headers: slice.headers.filter((_, i, all) => all[i - (i % 2)] !== 'content-range') };
+  return { ...slice, status: 200, headers: withoutFields(slice.headers, ONLY_CONTENT_RANGE) };
 }
 
 /** A stored slice as the stitcher reads it; anything else found under a slice's key is not part of the object. */
@@ -1035,9 +1045,7 @@ function ttl(meta: EntryMeta, now: number): number {
  * response's Date, else the time it was received.
  */
 function lastModifiedOf(record: ResponseRecord, meta: EntryMeta): string {
-  if (record.lastModified !== undefined) return record.lastModified;
-  for (let i = 0; i < record.headers.length; i += 2) if (record.headers[i] === 'date') return record.headers[i + 1]!;
-  return new Date(meta.storedAt).toUTCString();
+  return record.lastModified ?? fieldOf(record.headers, 'date') ?? new Date(meta.storedAt).toUTCString();
 }
 
 function isSafe(method: string): boolean {

@@ -266,7 +266,15 @@ export class TieredStore implements CacheStore {
    * made the disk degraded).
    */
   openWriter(key: string, meta: EntryMeta): EntryWriter {
-    if (!this.onDisk(key)) return this.memoryWriter(key, meta) ?? this.refusingWriter(new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored'));
+    if (!this.onDisk(key)) {
+      const writer = this.memoryWriter(key, meta);
+      if (writer !== undefined) return writer;
+      return this.refusingWriter(
+        meta.size > this.memoryMaxEntryBytes
+          ? new StoreError('ENTRY_TOO_LARGE', `a ${meta.size}-byte body does not fit the memory tier; not stored`)
+          : new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored'),
+      );
+    }
     if (this.health.degraded) {
       this.counters.diskSkippedDegraded++;
       return this.skipWriter(key, meta, () => this.degradedError());
