@@ -51,10 +51,11 @@ import {
 import { purgeStore, type PurgeRequest } from './purge.js';
 import { firstRequestedByte, multipartPlan, selectRanges, type ByteRange, type MultipartPlan } from './ranges.js';
 import { governingRequestDirectives, headerText, type FreshnessConfig, type StatusPolicy } from './response-policy.js';
-import { SliceMismatch, SlicedObject, fieldOf, memorySlices, sliceOf, storedPiece, upstreamPiece, type SlicePiece } from './slices.js';
+import { SliceMismatch, SlicedObject, sliceOf, storedPiece, upstreamPiece, type SlicePiece } from './slices.js';
+import { PIECE_BYTES, entryBytes, writeInPieces } from './memory-body.js';
 import { staleIfErrorAllowed, verdict } from './serve-policy.js';
 import { FillEntry, StoreWriter } from './store-writer.js';
-import { SURROGATE_FIELDS, makeResponseRecord, type HttpRecord, type ResponseRecord, type VaryRecord } from './stored-response.js';
+import { SURROGATE_FIELDS, fieldOf, makeResponseRecord, withoutFields, type HttpRecord, type ResponseRecord, type VaryRecord } from './stored-response.js';
 import { UpstreamError, isIdempotent, type HeaderMap, type Upstream, type UpstreamResponse } from './upstream.js';
 import { parseVary, variantKey } from './vary.js';
 
@@ -426,25 +427,25 @@ export class CachePipeline {
    */
   private async nextSlice(x: Exchange, objectVariant: string, size: number, index: number, validator: string | undefined): Promise<SlicePiece> {
     const found = await this.lookupSlice(x, objectVariant, undefined, { index, size });
+    const stored = found.entry !== undefined ? storedPiece(found.entry) : undefined;
     // A stored slice of another version than the first (the first was refreshed since) is not
     // joined to it: this slice is fetched again, and the response is cut only if upstream changed too.
-    const l = found.entry !== undefined && storedPiece(found.entry)?.validator !== validator ? { ...found, entry: undefined } : found;
+    const l = stored !== undefined && stored.validator === validator ? found : { ...found, entry: undefined };
     const entry = l.entry;
-    const onlyIfCached = has(x.directives, 'only-if-cached');
     if (entry !== undefined) {
       switch (verdict(x.directives, entry.meta.http as unknown as ResponseRecord, entry.meta, this.now())) {
         case 'fresh':
         case 'stale-allowed':
-          return slicePiece(entry, index);
+          return stored!;
         case 'stale-while-revalidate':
           this.fills.revalidateInBackground(x, l);
-          return slicePiece(entry, index);
+          return stored!;
         default:
           break;
       }
     }
     // §5.2.1.7: headers are sent by now (the first slice was stored); the rest may not be fetched.
-    if (onlyIfCached) throw new Error(`only-if-cached: slice ${index} is not stored`);
+    if (has(x.directives, 'only-if-cached')) throw new Error(`only-if-cached: slice ${index} is not stored`);
     // The response's Cache-Status and log line describe the first slice.
     const detail = x.detail;
     const obtained = await this.fills.obtain(x, l, entry === undefined ? 'uri-miss' : 'stale');
@@ -460,11 +461,9 @@ export class CachePipeline {
         discard(obtained.response.body);
         throw new SliceMismatch(`slice ${index}: the upstream answered ${obtained.response.statusCode}`);
       }
-      case 'error': {
-        const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
-        if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) return slicePiece(entry, index);
+      case 'error':
+        if (this.staleOnError(x, entry)) return stored!;
         throw obtained.error;
-      }
     }
   }
 
@@ -791,8 +790,8 @@ export class CachePipeline {
       const bytes = range ? body.subarray(range.start, range.end + 1) : body;
       x.bytes = bytes.length;
       // Plain TCP queues a reference to the stored bytes; TLS encrypts a copy of whatever it is handed.
-      if (bytes.length <= WRITE_SLICE_BYTES || (req.socket as { encrypted?: boolean }).encrypted !== true) res.end(bytes);
-      else writeSliced(res, bytes);
+      if (bytes.length <= PIECE_BYTES || (req.socket as { encrypted?: boolean }).encrypted !== true) res.end(bytes);
+      else writeInPieces(res, bytes);
       return;
     }
     this.pipeBody(x, broadcast.openBody(range));
@@ -807,15 +806,13 @@ export class CachePipeline {
       x.res.end();
       return;
     }
-    const open = (range: ByteRange): Iterable<Buffer> | AsyncIterable<Buffer> =>
-      source.body !== undefined ? memorySlices(source.body, range.start, range.end) : source.openBody(range);
     this.pipeBody(
       x,
       Readable.from(
         (async function* () {
           for (const part of plan.parts) {
             yield part.head;
-            yield* open(part.range);
+            yield* entryBytes(source, part.range);
           }
           yield plan.tail;
         })(),
@@ -894,8 +891,7 @@ export class CachePipeline {
   private upstreamFailed(x: Exchange, l: Lookup, error: UpstreamError, status: number | undefined): void {
     const entry = l.entry;
     this.metrics.inc('upstream_errors_total', 'upstream requests that failed', { code: error.code });
-    const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
-    if (servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache')) {
+    if (this.staleOnError(x, entry)) {
       x.outcome = 'stale';
       x.detail = 'stale-if-error';
       const fwdStatus = status === undefined ? '' : `; fwd-status=${status}`;
@@ -904,6 +900,12 @@ export class CachePipeline {
     x.outcome = 'error';
     x.detail = error.code;
     this.deliverError(x, status ?? error.status, error.message, undefined);
+  }
+
+  /** stale-if-error (RFC 5861 §4): a stored response that may stand in for a failed fetch, unless the client said no-cache. */
+  private staleOnError(x: Exchange, entry: CachedEntry | undefined): entry is CachedEntry {
+    const servable = entry !== undefined && (!(entry instanceof FillEntry) || entry.usable);
+    return servable && staleIfErrorAllowed(entry.meta.http as unknown as ResponseRecord, this.now()) && !has(x.directives, 'no-cache');
   }
 
   private deliverError(x: Exchange, status: number, message: string, member: string | undefined): void {
@@ -973,32 +975,6 @@ function collapsed(detail: string | undefined): boolean {
   return detail !== undefined && (detail === 'collapsed' || detail.endsWith(',collapsed'));
 }
 
-/** Memory hits above this, over TLS, are written a slice at a time, as the client reads. */
-const WRITE_SLICE_BYTES = 64 * 1024;
-
-/**
- * A large body held in memory, written as the client's buffer drains: TLS encrypts what it is
- * handed at once, so a thousand slow clients given the whole body would hold a thousand copies.
- * (Plain TCP keeps a reference to the stored buffer instead, and takes it whole: one write is cheaper.)
- */
-export function writeSliced(res: Pick<ServerResponse, 'write' | 'end' | 'once' | 'destroyed'>, bytes: Buffer): void {
-  let offset = 0;
-  const next = (): void => {
-    while (offset < bytes.length) {
-      if (res.destroyed) return;
-      const end = Math.min(offset + WRITE_SLICE_BYTES, bytes.length);
-      const flowing = res.write(bytes.subarray(offset, end));
-      offset = end;
-      if (!flowing) {
-        res.once('drain', next);
-        return;
-      }
-    }
-    res.end();
-  };
-  next();
-}
-
 /** A fill entry that can still serve a new reader (its first byte in its window, or in the store once committed). */
 function usable(entry: FillEntry | undefined): FillEntry | undefined {
   return entry?.usable ? entry : undefined;
@@ -1013,21 +989,14 @@ function newest(stored: CachedEntry | undefined, committing: FillEntry | undefin
 const ONLY_CONTENT_TYPE: ReadonlySet<string> = new Set(['content-type']);
 const ONLY_CONTENT_RANGE: ReadonlySet<string> = new Set(['content-range']);
 
-/** A flat [name, value…] header list without the fields named. */
-function withoutFields(flat: readonly string[], names: ReadonlySet<string>): string[] {
-  const kept: string[] = [];
-  for (let i = 0; i < flat.length; i += 2) if (!names.has(flat[i]!)) kept.push(flat[i]!, flat[i + 1]!);
-  return kept;
-}
-
 /** A slice as the object it belongs to: a 200 without the slice's Content-Range. */
 function wholeRecord(slice: ResponseRecord): ResponseRecord {
   return { ...slice, status: 200, headers: withoutFields(slice.headers, ONLY_CONTENT_RANGE) };
 }
 
-/** A stored slice as the stitcher reads it; anything else found under a slice's key is not part of the object. */
+/** A slice as the stitcher reads it; anything else found under a slice's key is not part of the object. */
 function slicePiece(entry: CachedEntry, index: number): SlicePiece {
-  const piece = (entry.meta.http as unknown as ResponseRecord).status === 206 ? storedPiece(entry) : undefined;
+  const piece = storedPiece(entry);
   if (piece === undefined) throw new SliceMismatch(`slice ${index} is no longer a part of the object`);
   return piece;
 }

@@ -38,6 +38,7 @@ import {
   type Lookup,
 } from './exchange.js';
 import { headerText, type NotStoredReason, type ResponseTimes } from './response-policy.js';
+import { ExpiringKeys } from './expiring-keys.js';
 import { sliceAnswer, sliceRangeHeader } from './slices.js';
 import { freshOnArrival, refusesShared, staleIfErrorAllowed, verdict } from './serve-policy.js';
 import type { PurgeRequest } from './purge.js';
@@ -91,8 +92,6 @@ interface Flight {
 const ERROR_STATUSES = new Set([500, 502, 503, 504]);
 /** Not-stored reasons that come from one request or moment, not from the key: they do not make it hit-for-miss. */
 const PASSING_REASONS = new Set<NotStoredReason>(['authorization', 'request-no-store', 'purged']);
-/** Bound on remembered hit-for-miss keys before expired ones are pruned. */
-const HIT_FOR_MISS_PRUNE_AT = 100_000;
 /** How long slices of a URL whose versions were found mixed are fetched with no-cache (the tiers above may hold the old one). */
 const SLICE_MISMATCH_MS = 60_000;
 
@@ -118,11 +117,11 @@ export interface FillDeps {
 export class Fills {
   private readonly flights = new Map<string, Flight>();
   /** Keys not collapsed until the time given (ms). */
-  private readonly hitForMiss = new Map<string, number>();
+  private readonly hitForMiss: ExpiringKeys;
   /** Invalidations and purges: a fetch begun before one of them neither stores nor shares its response. */
   private readonly removals = new RemovalLog();
-  /** URLs whose slices were of different versions, until when (ms): their slice fetches say no-cache. */
-  private readonly sliceMismatches = new Map<string, number>();
+  /** URLs whose slices were of different versions lately: their slice fetches say no-cache. */
+  private readonly sliceMismatches: ExpiringKeys;
   private readonly settings: FillSettings;
   private readonly upstream: Upstream;
   private readonly writer: StoreWriter;
@@ -137,6 +136,8 @@ export class Fills {
     this.logger = deps.logger;
     this.now = deps.now;
     this.track = deps.track;
+    this.hitForMiss = new ExpiringKeys(deps.now);
+    this.sliceMismatches = new ExpiringKeys(deps.now);
   }
 
   /** Keys with a fetch or a commit window open. */
@@ -194,17 +195,7 @@ export class Fills {
    * the origin instead of handing them out again (§5.2.1.4).
    */
   noteSliceMismatch(url: string): void {
-    const now = this.now();
-    if (this.sliceMismatches.size > HIT_FOR_MISS_PRUNE_AT) for (const [u, until] of this.sliceMismatches) if (until <= now) this.sliceMismatches.delete(u);
-    this.sliceMismatches.set(url, now + SLICE_MISMATCH_MS);
-  }
-
-  private recentSliceMismatch(url: string): boolean {
-    const until = this.sliceMismatches.get(url);
-    if (until === undefined) return false;
-    if (until > this.now()) return true;
-    this.sliceMismatches.delete(url);
-    return false;
+    this.sliceMismatches.add(url, SLICE_MISMATCH_MS);
   }
 
   /** A position in the purge log: `purgedSince` tells whether a purge covering an entry ran after it. */
@@ -226,7 +217,7 @@ export class Fills {
     // Requests that may never share a response do not wait, and do not make others wait (§3.5, §5.2.1.5).
     if (has(x.directives, 'no-store') || x.req.headers.authorization !== undefined) return this.fetchOwn(x, l, key, fwd, 'uncollapsible');
     // A stored response is still revalidated (fwd=stale); with nothing stored the cache steps aside (fwd=bypass).
-    if (this.isHitForMiss(key)) return this.fetchOwn(x, l, key, l.entry ? fwd : 'bypass', 'hit-for-miss');
+    if (this.hitForMiss.has(key)) return this.fetchOwn(x, l, key, l.entry ? fwd : 'bypass', 'hit-for-miss');
     const flight = this.flights.get(key);
     if (flight === undefined) return this.lead(x, l, key, fwd);
     if (flight.result === undefined && refusesShared(x.directives)) return this.fetchOwn(x, l, key, fwd, 'refuses-shared');
@@ -394,7 +385,7 @@ export class Fills {
     const headers = upstreamHeaders(x, this.settings.nodeName, how.storing || slice !== undefined ? CLIENT_CONDITIONALS : undefined);
     if (slice !== undefined) {
       headers['range'] = sliceRangeHeader(slice.index, slice.size);
-      if (this.recentSliceMismatch(x.url)) headers['cache-control'] = 'no-cache';
+      if (this.sliceMismatches.has(x.url)) headers['cache-control'] = 'no-cache';
     }
     if (record?.etag !== undefined) headers['if-none-match'] = record.etag;
     if (record?.lastModified !== undefined) headers['if-modified-since'] = record.lastModified;
@@ -440,13 +431,10 @@ export class Fills {
             response = answer.response;
             break;
           case 'unsliceable':
-            // No strong validator to join slices by, or an empty body: fetched in full instead.
             discard(response.body);
             return this.fetchForCache(x, { ...l, entry: undefined, slice: undefined }, key, { ...how, whole: true });
           case 'mismatch':
             discard(response.body);
-            // A first slice may legitimately come back shorter than asked (RFC 9110 §15.3.7): fetched whole.
-            if (slice.index === 0) return this.fetchForCache(x, { ...l, entry: undefined, slice: undefined }, key, { ...how, whole: true });
             return { kind: 'error', error: new UpstreamError('UPSTREAM_PROTOCOL', answer.message), status: undefined };
           case 'not-for-the-url':
             // A 416 answers this range, not the URL: it is never stored as the URL's response.
@@ -489,19 +477,7 @@ export class Fills {
   }
 
   private markHitForMiss(key: string): void {
-    this.hitForMiss.set(key, this.now() + this.settings.hitForMissSec * 1000);
-    if (this.hitForMiss.size > HIT_FOR_MISS_PRUNE_AT) {
-      const now = this.now();
-      for (const [k, until] of this.hitForMiss) if (until <= now) this.hitForMiss.delete(k);
-    }
-  }
-
-  private isHitForMiss(key: string): boolean {
-    const until = this.hitForMiss.get(key);
-    if (until === undefined) return false;
-    if (until > this.now()) return true;
-    this.hitForMiss.delete(key);
-    return false;
+    this.hitForMiss.add(key, this.settings.hitForMissSec * 1000);
   }
 }
 

@@ -40,35 +40,17 @@ export function selectRanges(
 ): RangeAnswer {
   if (range === undefined) return { kind: 'full' };
   if (ifRange !== undefined && !ifRangeMatches(ifRange, etag, lastModified)) return { kind: 'full' };
-  const unit = /^\s*bytes\s*=/i.exec(range);
-  if (!unit) return { kind: 'full' };
-  const specs = range.slice(unit[0].length).split(',');
-  if (specs.length > MAX_SPECS) return { kind: 'full' };
+  const specs = rangeSpecs(range);
+  if (specs === undefined) return { kind: 'full' };
   const ranges: ByteRange[] = [];
-  let any = false;
-  for (const text of specs) {
-    const spec = text.trim();
-    // Empty list elements are allowed (§5.6.1).
-    if (spec === '') continue;
-    const match = /^(\d*)\s*-\s*(\d*)$/.exec(spec);
-    if (!match) return { kind: 'full' };
-    const [, first, last] = match as unknown as [string, string, string];
-    if (first === '' && last === '') return { kind: 'full' };
-    any = true;
-    if (first === '') {
-      // Suffix range: the last N bytes.
-      const length = Number(last);
-      // §14.1.2: on an empty representation only a suffix range is satisfiable, and there is no
-      // 206 for zero bytes (§14.4): the empty 200 it is.
-      if (length > 0 && size === 0) return { kind: 'full' };
-      if (length > 0) ranges.push({ start: Math.max(0, size - length), end: size - 1 });
-      continue;
-    }
-    const start = Number(first);
-    if (last !== '' && Number(last) < start) return { kind: 'full' };
-    if (start < size) ranges.push({ start, end: last === '' ? size - 1 : Math.min(Number(last), size - 1) });
+  for (const { first, last } of specs) {
+    if (first === undefined) {
+      // Suffix range: the last N bytes. §14.1.2: on an empty representation only a suffix range
+      // is satisfiable, and there is no 206 for zero bytes (§14.4): the empty 200 it is.
+      if (last! > 0 && size === 0) return { kind: 'full' };
+      if (last! > 0) ranges.push({ start: Math.max(0, size - last!), end: size - 1 });
+    } else if (first < size) ranges.push({ start: first, end: last === undefined ? size - 1 : Math.min(last, size - 1) });
   }
-  if (!any) return { kind: 'full' };
   if (ranges.length === 0) return { kind: 'unsatisfiable' };
   const parts = coalesce(ranges);
   if (parts.length > MAX_PARTS) return { kind: 'full' };
@@ -139,15 +121,32 @@ export function multipartPlan(ranges: readonly ByteRange[], size: number, partCo
  * value is one `selectRanges` would ignore.
  */
 export function firstRequestedByte(range: string | undefined, ifRange: string | undefined): number {
-  if (range === undefined || ifRange !== undefined) return 0;
+  const specs = range === undefined || ifRange !== undefined ? undefined : rangeSpecs(range);
+  if (specs === undefined || specs.some((spec) => spec.first === undefined)) return 0;
+  return Math.min(...specs.map((spec) => spec.first!));
+}
+
+/**
+ * The specs of a `bytes=` Range value (§14.1.1): `first` undefined for a suffix range, `last`
+ * undefined for an open one. Undefined for a value this cache answers in full: another unit, a
+ * syntax error, last before first, no spec at all, or more than MAX_SPECS. Empty list elements are
+ * allowed (§5.6.1).
+ */
+function rangeSpecs(range: string): Array<{ first: number | undefined; last: number | undefined }> | undefined {
   const unit = /^\s*bytes\s*=/i.exec(range);
-  if (!unit) return 0;
-  let first = Infinity;
-  for (const text of range.slice(unit[0].length).split(',')) {
-    if (text.trim() === '') continue;
-    const match = /^\s*(\d*)\s*-\s*(\d*)\s*$/.exec(text);
-    if (match === null || match[1] === '' || (match[2] !== '' && Number(match[2]) < Number(match[1]))) return 0;
-    first = Math.min(first, Number(match[1]));
+  if (!unit) return undefined;
+  const texts = range.slice(unit[0].length).split(',');
+  if (texts.length > MAX_SPECS) return undefined;
+  const specs: Array<{ first: number | undefined; last: number | undefined }> = [];
+  for (const text of texts) {
+    const spec = text.trim();
+    if (spec === '') continue;
+    const match = /^(\d*)\s*-\s*(\d*)$/.exec(spec);
+    if (!match || (match[1] === '' && match[2] === '')) return undefined;
+    const first = match[1] === '' ? undefined : Number(match[1]);
+    const last = match[2] === '' ? undefined : Number(match[2]);
+    if (first !== undefined && last !== undefined && last < first) return undefined;
+    specs.push({ first, last });
   }
-  return Number.isFinite(first) ? first : 0;
+  return specs.length > 0 ? specs : undefined;
 }

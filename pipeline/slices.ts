@@ -19,8 +19,9 @@ import { Readable } from 'node:stream';
 import type { CachedEntry, EntryMeta } from '../storage/cache-store.js';
 import { parseHttpDate } from './http-date.js';
 import { parseContentRange, type ByteRange } from './ranges.js';
+import { entryBytes } from './memory-body.js';
 import { headerText } from './response-policy.js';
-import type { ResponseRecord } from './stored-response.js';
+import { fieldOf, type ResponseRecord } from './stored-response.js';
 import type { HeaderMap, UpstreamResponse } from './upstream.js';
 
 /** The Range header that asks for slice `index`. */
@@ -40,9 +41,12 @@ export type SliceAnswer =
   | { kind: 'slice'; total: number }
   /** A 206 that holds the whole body: an ordinary 200 in all but its status. */
   | { kind: 'whole'; response: UpstreamResponse }
-  /** Cannot be sliced (no strong validator, or an empty body): fetch it in full. */
+  /**
+   * Cannot be sliced: no strong validator, an empty body, or a first slice other than asked for
+   * (RFC 9110 §15.3.7 lets a server send less): fetch it in full.
+   */
   | { kind: 'unsliceable' }
-  /** A 206 for some other range than the one asked for. */
+  /** A later slice's 206 for some other range than the one asked for. */
   | { kind: 'mismatch'; message: string }
   /** A 416: it answers the range, not the URL, and is never stored. */
   | { kind: 'not-for-the-url' }
@@ -57,12 +61,13 @@ export function sliceAnswer(response: UpstreamResponse, index: number, sliceSize
   const headers = response.headers;
   const range = parseContentRange(headerText(headers['content-range']));
   const start = index * sliceSize;
+  const mismatch = (message: string): SliceAnswer => (index === 0 ? { kind: 'unsliceable' } : { kind: 'mismatch', message });
   if (range === undefined || range.total === undefined || range.start !== start || range.end !== Math.min(start + sliceSize, range.total) - 1) {
-    return { kind: 'mismatch', message: `asked for bytes ${start}-${start + sliceSize - 1}, the upstream sent ${headerText(headers['content-range']) ?? 'no Content-Range'}` };
+    return mismatch(`asked for bytes ${start}-${start + sliceSize - 1}, the upstream sent ${headerText(headers['content-range']) ?? 'no Content-Range'}`);
   }
   const length = range.end - range.start + 1;
   const declared = headerText(headers['content-length']);
-  if (declared !== undefined && Number(declared) !== length) return { kind: 'mismatch', message: `Content-Length ${declared} for a ${length}-byte range` };
+  if (declared !== undefined && Number(declared) !== length) return mismatch(`Content-Length ${declared} for a ${length}-byte range`);
   // The body is checked against this length as it is stored (store-writer.ts).
   headers['content-length'] = String(length);
   if (range.start === 0 && range.end === range.total - 1) {
@@ -97,23 +102,19 @@ export interface SlicePiece {
   release(): void;
 }
 
-/** A stored slice (or one in its commit window). */
+/** A stored slice (or one in its commit window); undefined for anything else (only slices are stored as 206). */
 export function storedPiece(entry: CachedEntry): SlicePiece | undefined {
   const record = entry.meta.http as unknown as ResponseRecord;
+  if (record.status !== 206) return undefined;
   const range = parseContentRange(fieldOf(record.headers, 'content-range'));
   if (range?.total === undefined) return undefined;
   return {
     range,
     total: range.total,
     validator: validatorOf(record.etag, record.lastModified, fieldOf(record.headers, 'date')),
-    bytes: (from, to) => (entry.body !== undefined ? memorySlices(entry.body, from, to) : entry.openBody({ start: from, end: to })),
+    bytes: (from, to) => entryBytes(entry, { start: from, end: to }),
     release: () => undefined,
   };
-}
-
-/** Bytes `from` to `to` of a body held in memory, 64 KiB at a time: TLS and HTTP/2 copy what they are handed. */
-export function* memorySlices(body: Buffer, from: number, to: number): Generator<Buffer> {
-  for (let at = from; at <= to; at += 64 * 1024) yield body.subarray(at, Math.min(at + 64 * 1024, to + 1));
 }
 
 /** A slice upstream answered but that is not stored (private, too large): its body can be read once. */
@@ -236,10 +237,4 @@ export class SlicedObject implements CachedEntry {
       if (sent !== to - from + 1) throw new Error(`slice ${index} ended after ${sent} of ${to - from + 1} bytes`);
     }
   }
-}
-
-/** The first value of a field in a stored record's flat header list. */
-export function fieldOf(headers: readonly string[], name: string): string | undefined {
-  for (let i = 0; i < headers.length; i += 2) if (headers[i] === name) return headers[i + 1];
-  return undefined;
 }

@@ -108,6 +108,19 @@ export function makeResponseRecord(input: RecordInput): ResponseRecord {
   };
 }
 
+/** The first value of a field in a flat [name, value…] header list (names in lower case). */
+export function fieldOf(flat: readonly string[], name: string): string | undefined {
+  for (let i = 0; i < flat.length; i += 2) if (flat[i] === name) return flat[i + 1];
+  return undefined;
+}
+
+/** A flat [name, value…] header list without the fields named. */
+export function withoutFields(flat: readonly string[], names: ReadonlySet<string>): string[] {
+  const kept: string[] = [];
+  for (let i = 0; i < flat.length; i += 2) if (!names.has(flat[i]!)) kept.push(flat[i]!, flat[i + 1]!);
+  return kept;
+}
+
 /** The stored headers as a map (for policy recomputation after a 304). */
 export function recordHeaders(record: ResponseRecord): HeaderMap {
   const map: HeaderMap = {};

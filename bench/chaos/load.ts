@@ -5,10 +5,10 @@
  * purge peers) or a GET of a Zipf-chosen key (s = 1), sometimes a Range, verified against the oracle.
  */
 import { Pool } from 'undici';
-import { expectedBody, keyPath, prng } from './body.js';
+import { bodySize, expectedBody, keyPath, prng } from './body.js';
 import { cacheOutcome, Tally, Timeline } from './record.js';
 import type { OutpostNode } from './topology.js';
-import { errorCause, readAndCheck, type Checked } from './verify.js';
+import { errorCause, readAndCheck, rightlyUnsatisfiable, type AskedRange, type Checked } from './verify.js';
 import type { VersionFile } from './versions.js';
 
 export interface LoadOptions {
@@ -125,9 +125,12 @@ export class LoadGenerator {
     const { tally, timeline, edges } = this.o;
     const e = Math.floor(this.random() * edges.length);
     const headers: Record<string, string> = { host: this.o.host };
+    let asked: AskedRange | undefined;
     if (this.random() < this.o.rangeShare) {
-      const first = Math.floor(this.random() * 512);
-      headers.range = `bytes=${first}-${first + Math.floor(this.random() * 512)}`;
+      // Anywhere in the current version's body, up to 1.5 MiB long: across slice boundaries too.
+      const first = Math.floor(this.random() * bodySize(key, this.current[key]!));
+      asked = { first, last: first + Math.floor(this.random() * 1.5 * 1024 * 1024) };
+      headers.range = `bytes=${asked.first}-${asked.last}`;
       tally.rangeSent++;
     }
     const started = timeline.now();
@@ -141,12 +144,18 @@ export class LoadGenerator {
       const reply = await this.pools[e]!.request({ method: 'GET', path: keyPath(key), headers });
       status = reply.statusCode;
       replyHeaders = reply.headers;
+      if (status === 416 && asked !== undefined && rightlyUnsatisfiable(key, header(reply.headers['content-range']), asked, this.current[key]!)) {
+        // The cache holds an older, shorter version: no byte of the range is in it.
+        await reply.body.dump().catch(() => undefined);
+        tally.okPartial++;
+        return true;
+      }
       if (status !== 200 && status !== 206) {
         await reply.body.dump().catch(() => undefined);
         tally.failure(staleAvailable, `status ${status}`, timeline.activeDuring(started, timeline.now()), this.describe(started, key, e, replyHeaders));
         return false;
       }
-      checked = await readAndCheck(key, status, reply.headers, reply.body);
+      checked = await readAndCheck(key, status, reply.headers, reply.body, asked);
     } catch (error) {
       tally.failure(staleAvailable, errorCause(error), timeline.activeDuring(started, timeline.now()), this.describe(started, key, e, replyHeaders));
       return false;

@@ -5,7 +5,7 @@
  * one that ends cleanly but short, long or different is wrong.
  */
 import { crc32 } from 'node:zlib';
-import { checksumOf, etagOf, expectedBody } from './body.js';
+import { bodySize, checksumOf, etagOf, expectedBody } from './body.js';
 
 export interface Checked {
   kind: 'ok' | 'wrong' | 'cut';
@@ -31,24 +31,44 @@ function firstDifference(got: Buffer, want: Buffer): number {
   return n;
 }
 
-/** The part of `full` a 206 says it carries, or a reason it cannot be trusted. */
-function partOf(full: Buffer, contentRange: string | undefined): Buffer | string {
+/** The bytes `first`..`last` (inclusive, last clipped to the body) a request's Range asked for. */
+export interface AskedRange {
+  first: number;
+  last: number;
+}
+
+/** The part of `full` a 206 says it carries, or a reason it cannot be trusted: it must be the range asked for. */
+function partOf(full: Buffer, contentRange: string | undefined, asked: AskedRange | undefined): Buffer | string {
   const match = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(contentRange ?? '');
   if (!match) return `206 with Content-Range ${JSON.stringify(contentRange)}`;
   const [first, last, total] = [Number(match[1]), Number(match[2]), Number(match[3])];
   if (total !== full.length) return `Content-Range total ${total}, the version's body has ${full.length}`;
   if (last < first || last >= total) return `Content-Range ${contentRange} out of bounds`;
+  if (asked === undefined) return `206 to a request without Range (${contentRange})`;
+  if (first !== asked.first || last !== Math.min(asked.last, total - 1)) return `Content-Range ${contentRange} for bytes=${asked.first}-${asked.last}`;
   return full.subarray(first, last + 1);
 }
 
-export async function readAndCheck(key: number, status: number, headers: Headers, body: AsyncIterable<Buffer>): Promise<Checked> {
+/**
+ * A 416 to a range that starts at or past the end of a version's body is right, for the version
+ * the cache holds (which may be older than the current one): its Content-Range names as complete
+ * length that of one of versions 1..current, no more than the first byte asked for.
+ */
+export function rightlyUnsatisfiable(key: number, contentRange: string | undefined, asked: AskedRange, current: number): boolean {
+  const total = Number(/^bytes \*\/(\d+)$/.exec(contentRange ?? '')?.[1] ?? NaN);
+  if (!(total <= asked.first)) return false;
+  for (let version = 1; version <= current; version++) if (bodySize(key, version) === total) return true;
+  return false;
+}
+
+export async function readAndCheck(key: number, status: number, headers: Headers, body: AsyncIterable<Buffer>, asked: AskedRange | undefined): Promise<Checked> {
   const version = Number(one(headers['x-version']));
   const result: Checked = { kind: 'ok', version, bytes: 0, expectedBytes: 0, reason: '', firstDiff: -1, diffHex: '', head: Buffer.alloc(0), inconsistent: '' };
   let expected: Buffer | undefined;
   if (!Number.isInteger(version) || version < 1) result.reason = `x-version ${JSON.stringify(one(headers['x-version']))}`;
   else {
     const full = expectedBody(key, version);
-    const part = status === 206 ? partOf(full, one(headers['content-range'])) : full;
+    const part = status === 206 ? partOf(full, one(headers['content-range']), asked) : full;
     if (typeof part === 'string') result.reason = part;
     else expected = part;
   }

@@ -2,7 +2,7 @@
 import test from 'ava';
 import { PassThrough, Readable, Writable } from 'node:stream';
 import { BodyBroadcast } from '../../pipeline/body-broadcast.js';
-import { writeSliced } from '../../pipeline/cache-pipeline.js';
+import { writeInPieces } from '../../pipeline/memory-body.js';
 
 function reader(broadcast: BodyBroadcast, range?: { start: number; end: number }): Promise<string> {
   const out = new PassThrough();
@@ -176,7 +176,7 @@ test('a large memory hit is written a slice at a time as the client drains, neve
     return originalWrite(chunk, ...rest);
   }) as typeof out.write;
   const finished = new Promise<void>((resolve) => out.on('finish', resolve));
-  writeSliced(out as never, body);
+  writeInPieces(out as never, body);
   t.true(handed <= 64 * 1024, `handed to a client that reads nothing: ${handed} bytes`);
   release();
   await finished;

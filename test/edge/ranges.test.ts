@@ -349,6 +349,12 @@ test('RFC 9110 §14.4 a 206 whose Content-Range is not the slice asked for is a 
   });
 });
 
+test('RFC 9110 §15.3.7 a first slice other than asked for (shorter, or of unknown total) is unsliceable: the body is fetched whole', (t) => {
+  t.deepEqual(sliceAnswer(upstream(206, { 'content-range': 'bytes 0-49/1000', etag: '"abc"' }), 0, SLICE), { kind: 'unsliceable' });
+  t.deepEqual(sliceAnswer(upstream(206, { 'content-range': 'bytes 0-99/*', etag: '"abc"' }), 0, SLICE), { kind: 'unsliceable' });
+  t.deepEqual(sliceAnswer(upstream(206, { 'content-range': 'bytes 0-99/1000', 'content-length': '50', etag: '"abc"' }), 0, SLICE), { kind: 'unsliceable' });
+});
+
 test('RFC 9110 §8.6 a 206 whose Content-Length disagrees with its Content-Range is a mismatch', (t) => {
   t.deepEqual(sliceAnswer(upstream(206, { 'content-range': 'bytes 100-199/1000', 'content-length': '50', etag: '"abc"' }), 1, SLICE), {
     kind: 'mismatch',

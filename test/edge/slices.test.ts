@@ -23,6 +23,19 @@ async function slicedEdge(t: ExecutionContext, version: (count: number) => Versi
   return setup(t, rangeHandler(version), { sliceSize: SLICE, ...overrides });
 }
 
+/** Origin → shield → edge, both tiers slicing at SLICE, closed when the test ends. */
+async function shieldChain(t: ExecutionContext, version: (count: number) => Version) {
+  const origin = await startOrigin(rangeHandler(version));
+  const shield = await startTestShield(origin.url, { sliceSize: SLICE });
+  const edge = await startTestEdge(shield.url, { sliceSize: SLICE });
+  t.teardown(async () => {
+    await edge.close();
+    await shield.close();
+    await origin.close();
+  });
+  return { origin, edge };
+}
+
 const ranges = (origin: { requests: Array<{ headers: IncomingMessage['headers'] }> }): Array<string | undefined> => origin.requests.map((r) => r.headers.range);
 
 /** The parts of a multipart/byteranges body (RFC 9110 §14.6). */
@@ -259,14 +272,7 @@ test('RFC 9111 §4.4 an unsafe request invalidates every slice of the URL', asyn
 
 test('slices through a shield: the edge and the shield both store slices; the origin sees each slice once', async (t) => {
   const body = pattern(SIZE, 16);
-  const origin = await startOrigin(rangeHandler(() => ({ body, etag: '"c"' })));
-  const shield = await startTestShield(origin.url, { sliceSize: SLICE });
-  const edge = await startTestEdge(shield.url, { sliceSize: SLICE });
-  t.teardown(async () => {
-    await edge.close();
-    await shield.close();
-    await origin.close();
-  });
+  const { origin, edge } = await shieldChain(t, () => ({ body, etag: '"c"' }));
   const first = await fetchFrom(edge.url, '/big');
   t.true(first.body.equals(body));
   t.deepEqual(ranges(origin), [0, 1, 2, 3, 4, 5].map(sliceRange));
@@ -321,14 +327,7 @@ test('slices through a shield: after a version change between slices, the next r
   const old = pattern(SIZE, 18);
   const fresh = pattern(SIZE, 19);
   let current = { body: old, etag: '"old"' };
-  const origin = await startOrigin(rangeHandler(() => current));
-  const shield = await startTestShield(origin.url, { sliceSize: SLICE });
-  const edge = await startTestEdge(shield.url, { sliceSize: SLICE });
-  t.teardown(async () => {
-    await edge.close();
-    await shield.close();
-    await origin.close();
-  });
+  const { edge } = await shieldChain(t, () => current);
   // The shield (and the edge) hold the first slice of the old version only.
   await fetchFrom(edge.url, '/big', { headers: { range: 'bytes=0-9' } });
   await settle({ commits: true });
