@@ -118,7 +118,7 @@ export interface DiskStats {
 }
 
 /** The disk tiers of the node's processes, combined (undefined when its store has no disk tier). */
-function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undefined {
+export function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undefined {
   const disks = snapshots.flatMap((s) => (s.disk ? [s.disk] : []));
   if (disks.length === 0) return undefined;
   const sum = (pick: (d: DiskReport) => number) => disks.reduce((total, d) => total + pick(d), 0);
@@ -144,10 +144,11 @@ function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undefined {
 }
 
 /** /readyz detail: what is degraded without making the node unready (memory keeps serving). Undefined when nothing is. */
-function readinessDetail(snapshots: readonly NodeSnapshot[]): { disk: string } | undefined {
+export function readinessDetail(snapshots: readonly NodeSnapshot[]): { disk: string } | undefined {
   const disk = diskStats(snapshots);
   if (disk?.state !== 'degraded') return undefined;
-  const where = disk.degradedWorkers !== undefined ? ` on ${disk.degradedWorkers} of ${snapshots.length} workers` : '';
+  const withDisk = snapshots.filter((s) => s.disk !== undefined).length;
+  const where = disk.degradedWorkers !== undefined ? ` on ${disk.degradedWorkers} of ${withDisk} workers` : '';
   return { disk: `degraded${where} since ${disk.since}: ${disk.lastError}` };
 }
 

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { ConfigError } from './config-error.js';
-import { parseCidrs, parseRate, parseRateLimits, parseWaf, type RateLimitSpec, type RateSpec, type WafSettings } from './request-rules.js';
+import { asList, parseCidrs, parseRate, parseRateLimits, parseWaf, type RateLimitSpec, type RateSpec, type WafSettings } from './request-rules.js';
 
 export { ConfigError };
 
@@ -26,6 +26,8 @@ interface OptionSpec {
   choices?: readonly string[];
   min?: number;
   max?: number;
+  /** A value that turns the option off and is allowed below `min`. */
+  off?: number;
   /** Flag name if it differs from the kebab-case field (e.g. --upstream for upstreams). */
   flag?: string;
 }
@@ -67,7 +69,9 @@ export const OPTIONS = {
   sliceSize: {
     kind: 'bytes',
     default: 8 * 1024 ** 2,
-    min: 0,
+    // A slice smaller than a disk chunk would cost a fetch and an entry per few bytes.
+    min: 64 * 1024,
+    off: 0,
     help: 'larger objects are fetched and stored in ranges of this size (as nginx slice), at least 64KB; a Range request fetches only the slices it covers. 0: off',
   },
   nodeName: { kind: 'string', default: (r: Role) => `outpost-${r}`, help: 'name in Via and Cache-Status' },
@@ -305,7 +309,8 @@ function convert(name: OptionName, raw: unknown, source: string, current?: unkno
     throw new ConfigError(name, source, message);
   };
   const range = (n: number): number => {
-    if (spec.min !== undefined && n < spec.min) fail(`must be at least ${spec.min}, got ${n}`);
+    if (spec.off !== undefined && n === spec.off) return n;
+    if (spec.min !== undefined && n < spec.min) fail(`must be ${spec.off !== undefined ? `${spec.off} (off) or ` : ''}at least ${spec.min}, got ${n}`);
     if (spec.max !== undefined && n > spec.max) fail(`must be at most ${spec.max}, got ${n}`);
     return n;
   };
@@ -350,14 +355,14 @@ function convert(name: OptionName, raw: unknown, source: string, current?: unkno
       return { host, port };
     }
     case 'string-list': {
-      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list');
+      const list = asList(raw) ?? fail('must be a list');
       if (!list.every((item) => typeof item === 'string')) fail('must be a list of strings');
       return list;
     }
     case 'address-list':
       return parseCidrs(raw, name, source);
     case 'status-list': {
-      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of status codes');
+      const list = asList(raw) ?? fail('must be a list of status codes');
       return list.map((item) => {
         const code = typeof item === 'number' ? item : typeof item === 'string' && /^\d{3}$/.test(item) ? Number(item) : Number.NaN;
         if (!Number.isInteger(code) || code < 200 || code > 599) fail(`not a final status code (200-599): ${JSON.stringify(item)}`);
@@ -365,7 +370,7 @@ function convert(name: OptionName, raw: unknown, source: string, current?: unkno
       });
     }
     case 'url-list': {
-      const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : fail('must be a list of URLs');
+      const list = asList(raw) ?? fail('must be a list of URLs');
       return list.map((item) => checkUrl(item, name, source));
     }
     case 'routes':
@@ -400,7 +405,7 @@ function checkUrl(item: unknown, field: string, source: string): string {
 }
 
 function parsePurgePeers(raw: unknown, source: string): PurgePeer[] {
-  const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+  const list = asList(raw);
   if (list === undefined) throw new ConfigError('purgePeers', source, 'must be a list of admin URLs or { "url", "token" } objects');
   return list.map((item: unknown, i) => {
     const field = `purgePeers[${i}]`;
@@ -476,15 +481,14 @@ export function loadConfig(role: Role, sources: ConfigSources = {}): Readonly<Co
     if (!accepts(name)) throw new ConfigError(name, `flag --${flagName(name)}`, `not an option of the ${role}`);
     const spec: OptionSpec = OPTIONS[name];
     const list = spec.kind === 'url-list' || spec.kind === 'string-list' || spec.kind === 'address-list' || spec.kind === 'status-list' || spec.kind === 'purge-peers';
-    // A list flag may be repeated and each value comma-separated, as in the environment.
-    const given = list ? raws.flatMap((raw) => raw.split(',').map((item) => item.trim()).filter(Boolean)) : raws[raws.length - 1];
+    // A list flag may be repeated and each value comma-separated, as in the environment (convert splits it).
+    const given = list ? raws.join(',') : raws[raws.length - 1];
     values[name] = convert(name, given, `flag --${flagName(name)}`, values[name]);
   }
   checkAdmin(values as unknown as Config, sources.file ? fileSource : 'config');
   checkRateLimitStore(values as unknown as Config);
   checkWafBody(values as unknown as Config);
   checkTls(values as unknown as Config);
-  checkSliceSize(values as unknown as Config);
   return Object.freeze(values as unknown as Config);
 }
 
@@ -521,11 +525,6 @@ function checkTls(config: Config): void {
   if ((config.upstreamCert === '') !== (config.upstreamKey === '')) throw new ConfigError(config.upstreamCert === '' ? 'upstreamCert' : 'upstreamKey', 'config', 'give --upstream-cert and --upstream-key together');
   if (config.trustedProxies.length > 0 && !config.proxyProtocol) throw new ConfigError('trustedProxies', 'config', 'only means something with --proxy-protocol');
   if (config.proxyProtocol && config.trustedProxies.length === 0) throw new ConfigError('trustedProxies', 'config', '--proxy-protocol needs the balancers allowed to send the header: give --trusted-proxy');
-}
-
-/** Slices are 64 KiB (a disk chunk) or larger: smaller ones would cost a fetch and an entry per few bytes. */
-function checkSliceSize(config: Config): void {
-  if (config.sliceSize !== 0 && config.sliceSize < 64 * 1024) throw new ConfigError('sliceSize', 'config', `is ${config.sliceSize} bytes: give 0 (off) or at least 64KB`);
 }
 
 function checkWafBody(config: Config): void {

@@ -178,8 +178,14 @@ function checkRegex(pattern: string, ignoreCase: boolean, field: string, source:
   }
 }
 
+/** A list option's value: a list as given (config file), or a comma-separated string (environment, flags). */
+export function asList(raw: unknown): unknown[] | undefined {
+  if (Array.isArray(raw)) return raw;
+  return typeof raw === 'string' ? raw.split(',').map((item) => item.trim()).filter(Boolean) : undefined;
+}
+
 export function parseCidrs(raw: unknown, field: string, source: string): string[] {
-  const list = Array.isArray(raw) ? raw : typeof raw === 'string' ? raw.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+  const list = asList(raw);
   if (list === undefined) throw new ConfigError(field, source, 'must be a list of addresses or CIDRs');
   for (const item of list) {
     if (typeof item !== 'string') throw new ConfigError(field, source, 'must be a list of addresses or CIDRs');

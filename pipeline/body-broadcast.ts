@@ -48,6 +48,8 @@ export class BodyBroadcast {
   private fallback: BroadcastOptions['fallback'];
   /** Bytes received so far. */
   length = 0;
+  /** True while notify() runs the readers' steps. */
+  private notifying = false;
 
   constructor(options: BroadcastOptions = {}) {
     this.window = options.window;
@@ -227,6 +229,8 @@ export class BodyBroadcast {
 
   /** Not storing: drop what every reader has written. */
   private trim(): void {
+    // Each reader a notify() wakes would walk every reader: one walk after they have all run.
+    if (this.notifying) return;
     if (this.retaining || this.chunks.length === 0) return;
     let lowest = this.dropped + this.chunks.length;
     for (const reader of this.readers) lowest = Math.min(lowest, reader.index);
@@ -252,6 +256,12 @@ export class BodyBroadcast {
     if (this.listeners.length === 0) return;
     const listeners = this.listeners;
     this.listeners = [];
-    for (const listener of listeners) listener();
+    this.notifying = true;
+    try {
+      for (const listener of listeners) listener();
+    } finally {
+      this.notifying = false;
+    }
+    this.trim();
   }
 }

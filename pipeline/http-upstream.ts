@@ -6,7 +6,7 @@
  */
 import { Client, Pool, errors, type buildConnector } from 'undici';
 import type { Socket } from 'node:net';
-import { Transform, pipeline, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { UpstreamError, type HeaderMap, type Upstream, type UpstreamRequest, type UpstreamResponse } from './upstream.js';
 
 export interface HttpUpstreamOptions {
@@ -116,7 +116,6 @@ export class HttpUpstream implements Upstream {
   }
 
   async request(request: UpstreamRequest): Promise<UpstreamResponse> {
-    const carrier = new Carrier();
     try {
       const response = await this.pool.request({
         method: request.method as 'GET',
@@ -124,14 +123,12 @@ export class HttpUpstream implements Upstream {
         headers: request.headers,
         body: request.body ?? undefined,
         signal: request.signal,
-        opaque: carrier,
         onInfo: request.onInterim && (({ statusCode, headers }) => request.onInterim!(statusCode, headers as HeaderMap)),
       });
-      const headers = response.headers as HeaderMap;
       return {
         statusCode: response.statusCode,
-        headers,
-        body: checkedBody(response.body as unknown as Readable, declaredLength(request.method, response.statusCode, headers), carrier, this.url),
+        headers: response.headers as HeaderMap,
+        body: response.body as unknown as Readable,
         member: this.url,
       };
     } catch (error) {
@@ -150,17 +147,15 @@ export class HttpUpstream implements Upstream {
   }
 }
 
-/**
- * Passed as undici's `opaque`: learns, on dispatch, the connection of the client that took the
- * request, and, as the response completes, whether that connection then carried bytes past it.
- */
-class Carrier {
-  socket: (() => Socket | undefined) | undefined;
-  /** Set a microtask after undici completed the response: before it can send the next request on the connection. */
-  verdict: { failure: Error | null | undefined } | undefined;
+/** undici's handler interface as Client.dispatch sees pool.request's handler. */
+interface ResponseHandler {
+  onHeaders(status: number, raw: Buffer[], resume: () => void, statusText: string): boolean;
+  onData(chunk: Buffer): boolean;
+  onComplete(trailers: Buffer[] | null): void;
+  onError(error: Error): void;
 }
 
-/** A Client that tells each request's Carrier how to find its connection (pipelining 1: one request per connection). */
+/** A Client whose requests get `checkFraming` (pipelining 1: one request per connection, the one `current` names). */
 function trackingClient(origin: URL, opts: Client.Options): Client {
   const connect = opts.connect as buildConnector.connector;
   let current: Socket | undefined;
@@ -174,70 +169,66 @@ function trackingClient(origin: URL, opts: Client.Options): Client {
   });
   const dispatch = client.dispatch.bind(client);
   client.dispatch = (options, handler) => {
-    // The options pool.request() was given, `opaque` included.
-    const carrier = (options as { opaque?: unknown }).opaque;
-    if (carrier instanceof Carrier) {
-      carrier.socket = () => current;
-      // llhttp reads what follows the message in the same parse: an error it raises is on the
-      // socket a microtask after completion. Judged then, not when the body's reader gets to
-      // its end, by which time the connection may carry the next request's response.
-      const complete = (handler as { onComplete?: (...args: unknown[]) => unknown }).onComplete;
-      if (typeof complete === 'function') {
-        (handler as { onComplete?: (...args: unknown[]) => unknown }).onComplete = function (this: unknown, ...args: unknown[]) {
-          const socket = current;
-          queueMicrotask(() => (carrier.verdict = { failure: socket?.errored }));
-          return complete.apply(this, args);
-        };
-      }
-    }
+    checkFraming(handler as unknown as ResponseHandler, options.method, () => current, origin.origin);
     return dispatch(options, handler);
   };
   return client;
 }
 
-/** The body length the head declares, where the body is delimited by it (RFC 9112 §6.3). */
-function declaredLength(method: string, status: number, headers: HeaderMap): number | undefined {
-  if (method === 'HEAD' || status === 204 || status === 304 || headers['transfer-encoding'] !== undefined) return undefined;
-  const value = Number(headers['content-length']);
-  return Number.isSafeInteger(value) && value >= 0 ? value : undefined;
-}
-
 /**
- * undici's body, made to fail when the connection carried bytes past its end. undici stops a
- * body at its Content-Length (or last chunk) and reports what follows only as an error on the
- * socket, after the body has ended: so the end is passed on one turn of the event loop later,
- * and only if the socket has no such error by then; otherwise the body errors and is never
- * stored. The chunk that completes a Content-Length is held until then too, so that a tier
- * below (an edge reading this shield) never receives a complete-looking body it would store.
+ * Makes a body that runs past its framing fail instead of ending. undici stops a body at its
+ * Content-Length (or last chunk) and reports what follows only as an error on the socket: llhttp
+ * reads it in the same parse, so the error is there a microtask after the response completes
+ * (judged then, not when the body's reader gets to its end, by which time the connection may
+ * carry the next request's response). So completion is passed on a microtask later, or turned
+ * into an error. The chunk that completes a Content-Length is held until then too, so that a tier
+ * below (an edge reading this shield) never receives a complete-looking body it would store. Done
+ * on undici's handler, with no stream of its own: a stream per response cost ~16 KB per miss.
  * Bytes that arrive on a later read than the body's last ones are not seen.
  */
-function checkedBody(source: Readable, declared: number | undefined, carrier: Carrier, member: string): Readable {
+function checkFraming(handler: ResponseHandler, method: string, socket: () => Socket | undefined, member: string): void {
+  const { onHeaders, onData, onComplete } = handler;
+  if (typeof onHeaders !== 'function' || typeof onData !== 'function' || typeof onComplete !== 'function') {
+    throw new Error('undici passed a handler without onHeaders/onData/onComplete: bodies could not be checked against their framing');
+  }
+  let declared: number | undefined;
   let received = 0;
   let held: Buffer | undefined;
-  const body = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      received += chunk.length;
-      if (declared !== undefined && received >= declared) {
-        held = chunk;
-        callback();
-      } else {
-        callback(null, chunk);
+  handler.onHeaders = function (this: ResponseHandler, status, raw, resume, statusText) {
+    declared = method === 'HEAD' || status === 204 || status === 304 ? undefined : contentLength(raw);
+    return onHeaders.call(this, status, raw, resume, statusText);
+  };
+  handler.onData = function (this: ResponseHandler, chunk) {
+    received += chunk.length;
+    if (declared === undefined || received < declared) return onData.call(this, chunk);
+    held = chunk;
+    return true;
+  };
+  handler.onComplete = function (this: ResponseHandler, trailers) {
+    const connection = socket();
+    queueMicrotask(() => {
+      const failure = connection?.errored;
+      if (bytesPastTheEnd(failure)) {
+        this.onError(new UpstreamError('UPSTREAM_PROTOCOL', `${member} sent bytes past the end of the body: ${failure.message}`, { cause: failure, member, retryable: false }));
+        return;
       }
-    },
-    flush(callback) {
-      setImmediate(() => {
-        const failure = carrier.verdict !== undefined ? carrier.verdict.failure : carrier.socket?.()?.errored;
-        if (bytesPastTheEnd(failure)) {
-          callback(new UpstreamError('UPSTREAM_PROTOCOL', `${member} sent bytes past the end of the body: ${failure.message}`, { cause: failure, member, retryable: false }));
-        } else {
-          callback(null, held);
-        }
-      });
-    },
-  });
-  // Destroying the body (a client went away) destroys undici's, which aborts the request.
-  pipeline(source, body, () => undefined);
-  return body;
+      if (held !== undefined) onData.call(this, held);
+      onComplete.call(this, trailers);
+    });
+  };
+}
+
+/** The Content-Length of a raw header list, where it delimits the body (not with Transfer-Encoding, RFC 9112 §6.3). */
+function contentLength(raw: Buffer[]): number | undefined {
+  let length: number | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    // Only names of those two lengths are decoded.
+    if (raw[i]!.length !== 14 && raw[i]!.length !== 17) continue;
+    const name = raw[i]!.toString('latin1').toLowerCase();
+    if (name === 'transfer-encoding') return undefined;
+    if (name === 'content-length') length = Number(raw[i + 1]!.toString('latin1'));
+  }
+  return length !== undefined && Number.isSafeInteger(length) && length >= 0 ? length : undefined;
 }
 
 /**

@@ -237,14 +237,24 @@ function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstr
   metrics.gauge('store_entries', 'entries per cache tier', ['tier'], () => tiers((s) => s.entries));
   metrics.gauge('store_bytes', 'bytes per cache tier (bodies and metadata)', ['tier'], () => tiers((s) => s.bytes));
   metrics.counterFrom('store_evictions_total', 'entries dropped to keep a tier within its size budget', ['tier'], () => tiers((s) => s.evictions));
-  if (diskOf(store).disk !== undefined) {
-    const disk = (pick: (d: DiskReport) => number) => (): Array<[Record<string, string>, number]> => [[{}, pick(diskOf(store).disk!)]];
+  const tiered = store as Partial<{ diskReport(): DiskReport }>;
+  if (typeof tiered.diskReport === 'function') {
+    // One report per scrape, shared by the gauges read in it (dropped on the next turn of the loop).
+    let report: DiskReport | undefined;
+    const current = (): DiskReport => {
+      if (report === undefined) {
+        report = tiered.diskReport!();
+        setImmediate(() => (report = undefined));
+      }
+      return report;
+    };
+    const disk = (pick: (d: DiskReport) => number) => (): Array<[Record<string, string>, number]> => [[{}, pick(current())]];
     metrics.gauge('disk_degraded', 'whether the disk tier is degraded (1): writes go to memory only while it is reopened and probed; with several workers, how many are', [], disk((d) => (d.state === 'degraded' ? 1 : 0)));
     metrics.counterFrom('disk_degraded_total', 'times the disk tier became degraded after a failed write', [], disk((d) => d.degradedEntered));
     metrics.counterFrom('disk_recoveries_total', 'times a degraded disk tier took writes again by itself', [], disk((d) => d.recoveries));
     metrics.counterFrom('disk_degraded_seconds_total', 'time the disk tier spent degraded', [], disk((d) => d.degradedMs / 1000));
     metrics.counterFrom('disk_skipped_writes_total', 'writes that went to memory only: the disk tier was behind or degraded', ['reason'], () => {
-      const d = diskOf(store).disk!;
+      const d = current();
       return [
         [{ reason: 'behind' }, d.skippedBehind],
         [{ reason: 'degraded' }, d.skippedDegraded],

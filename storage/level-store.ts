@@ -590,8 +590,7 @@ export class LevelStore implements CacheStore {
       const released = full && (await this.reserve!.release());
       this.epoch++;
       if (this.db.status === 'open') await this.db.close();
-      this.entries = 0;
-      this.bytes = 0;
+      this.forgetContents();
       try {
         if (full && !released) throw new StoreError('STORE_FULL', 'the disk is full and the reserve file is used up');
         this.db = await openLevel(this.location);
@@ -615,8 +614,7 @@ export class LevelStore implements CacheStore {
       if (LEVELDB_FILE.test(name) || name === RESERVE_FILE) await rm(path.join(this.location, name), { force: true });
     }
     this.db = await openLevel(this.location);
-    this.entries = 0;
-    this.bytes = 0;
+    this.forgetContents();
     this.counters.wiped++;
     const free = (await freeBytes(this.location)) ?? 0;
     this.budget = Math.max(0, Math.min(this.budget, Math.floor((free - 2 * (this.reserve?.bytes ?? 0)) / 2)));
@@ -913,6 +911,17 @@ export class LevelStore implements CacheStore {
     if (ops.length > 0) await this.db.batch(ops);
     if (!options?.soft) for (const [, rec] of hits) this.account(-1, rec.size);
     return hits.length;
+  }
+
+  /**
+   * Before the database is counted again (reopen) or emptied (wipe): no entries, no bytes, a
+   * presence filter of the same capacity with no key in it (settle adds back the keys it finds, so
+   * a reopen neither counts a key twice nor keeps one that a wipe removed).
+   */
+  private forgetContents(): void {
+    this.entries = 0;
+    this.bytes = 0;
+    this.presence = new BloomFilter(this.presence.capacity);
   }
 
   /** Adds a key to the presence filter; a filter past its capacity is rebuilt larger in the background. */

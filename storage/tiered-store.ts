@@ -462,12 +462,9 @@ export class TieredStore implements CacheStore {
             if (memWriter === undefined) throw diskError;
             this.counters.diskWriteErrors++;
             this.lastDiskError = diskError;
-            // An older disk version must not come back once memory evicts the new one.
-            const token = this.owed.oweKey(key);
-            await this.disk.delete(key).then(
-              () => this.owed.settleKey(key, token),
-              () => undefined,
-            );
+            // An older disk version must not come back once memory evicts the new one: owed (hidden
+            // from disk reads at once), deleted when the disk takes writes again.
+            this.outdate(key);
           }
           let inMemory = false;
           if (memWriter !== undefined) {

@@ -12,7 +12,6 @@ export class WafView implements WafRequest {
   readonly method: string;
   readonly headers: Exchange['req']['headers'];
   readonly rawHeaders: readonly string[];
-  readonly host: string;
   readonly clientAddress: string;
   /** Raw path, without the query. */
   readonly path: string;
@@ -23,17 +22,23 @@ export class WafView implements WafRequest {
   private decoded: Map<string, string[]> | undefined;
   private decodedPlus: Map<string, string[]> | undefined;
   private text: string | undefined;
+  private readonly rawHost: string;
+  private name: string | undefined;
 
   constructor(x: Exchange) {
     this.method = x.method;
     this.headers = x.req.headers;
     this.rawHeaders = x.req.rawHeaders;
-    // The name, as rules give it: without the port or a final dot (the key's host is lower case already).
-    this.host = hostName(x.host);
+    this.rawHost = x.host;
     this.clientAddress = x.clientAddress;
     const q = x.path.indexOf('?');
     this.path = q === -1 ? x.path : x.path.slice(0, q);
     this.query = q === -1 ? '' : x.path.slice(q + 1);
+  }
+
+  /** The name, as host rules give it: without the port or a final dot. Only host rules ask. */
+  get host(): string {
+    return (this.name ??= hostName(this.rawHost));
   }
 
   header(name: string): string | undefined {

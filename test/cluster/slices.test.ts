@@ -6,9 +6,9 @@
 import test from 'ava';
 import { Ownership } from '../../cluster/ownership.js';
 import { cacheKey } from '../../pipeline/cache-key.js';
-import { startOrigin } from '../helpers/harness.js';
+import { pattern, startOrigin } from '../helpers/harness.js';
 import { startCluster, type RunningCluster } from '../helpers/cluster.js';
-import { pattern, rangeHandler } from '../helpers/range-origin.js';
+import { rangeHandler } from '../helpers/range-origin.js';
 
 const SLICE = 64 * 1024;
 const SIZE = 4 * SLICE + 123;

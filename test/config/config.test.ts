@@ -119,7 +119,8 @@ test('SIGHUP: restart-only options keep their values and are named; a reload may
 });
 
 test('sliceSize is 0 (off) or at least 64KB, with the field named', (t) => {
-  t.throws(() => loadConfig('edge', { flags: { sliceSize: ['1KB'] } }), { instanceOf: ConfigError, message: /invalid sliceSize \(config\): is 1024 bytes: give 0 \(off\) or at least 64KB/ });
+  t.throws(() => loadConfig('edge', { flags: { sliceSize: ['1KB'] } }), { instanceOf: ConfigError, message: /invalid sliceSize \(flag --slice-size\): must be 0 \(off\) or at least 65536, got 1024$/ });
+  t.throws(() => loadConfig('edge', { env: { OUTPOST_SLICE_SIZE: '1000' } }), { message: /invalid sliceSize \(environment OUTPOST_SLICE_SIZE\)/ });
   t.is(loadConfig('edge', { flags: { sliceSize: ['0'] } }).sliceSize, 0);
   t.is(loadConfig('edge', { flags: { sliceSize: ['64KB'] } }).sliceSize, 65536);
   t.is(loadConfig('edge', {}).sliceSize, 8 * 1024 * 1024);

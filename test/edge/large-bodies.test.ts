@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { openTieredStore } from '../../storage/tiered-store.js';
-import { delay, fetchFrom, startOrigin, startTestEdge, waitFor, type TestEdge } from '../helpers/harness.js';
+import { delay, fetchFrom, pattern, startOrigin, startTestEdge, waitFor, type TestEdge } from '../helpers/harness.js';
 
 setFlagsFromString('--expose-gc');
 const collect = runInNewContext('gc') as () => void;
@@ -28,12 +28,6 @@ async function liveArrayBuffers(): Promise<number> {
 }
 
 const MiB = 1024 * 1024;
-
-function patternBody(size: number, seed: number): Buffer {
-  const body = Buffer.allocUnsafe(size);
-  for (let i = 0; i < size; i++) body[i] = (i * 31 + seed + (i >> 12)) & 0xff;
-  return body;
-}
 
 const sha256 = (bytes: Buffer): string => createHash('sha256').update(bytes).digest('hex');
 
@@ -92,7 +86,7 @@ async function largeObjectEdge(t: ExecutionContext, body: Buffer): Promise<{ edg
 
 // Serial: the first test measures the process's array buffers, which a concurrent test's bodies would inflate.
 test.serial('a fill is not slowed by its slowest readers: 20 stalled clients of a 48 MiB object, the origin finishes, the edge holds a window, and every client then gets every byte', async (t) => {
-  const body = patternBody(48 * MiB, 7);
+  const body = pattern(48 * MiB, 7);
   const { edge, finishedAt, fetches } = await largeObjectEdge(t, body);
   const before = await liveArrayBuffers();
   const stalled = Array.from({ length: 20 }, () => stalledClient(edge.url, '/big'));
@@ -113,7 +107,7 @@ test.serial('a fill is not slowed by its slowest readers: 20 stalled clients of 
 });
 
 test.serial('a client that joins a large fill after its window has moved on is served from the disk tier once the fill commits', async (t) => {
-  const body = patternBody(24 * MiB, 3);
+  const body = pattern(24 * MiB, 3);
   const { edge, finishedAt, fetches } = await largeObjectEdge(t, body);
   const first = stalledClient(edge.url, '/big');
   // The fill runs ahead of the stalled first client; later ones find the first byte gone from the window.

@@ -25,7 +25,7 @@ test('over the limit: 429 with Retry-After, RateLimit-Policy and RateLimit; cach
   t.is(header(limited, 'retry-after'), '1');
   t.is(header(limited, 'ratelimit-policy'), '"default";q=3;w=3');
   t.regex(header(limited, 'ratelimit')!, /^"default";r=0;t=[1-3]$/);
-  t.regex(limited.text, /rate limit "default"/);
+  t.regex(limited.text, /^429 Too Many Requests: rate limit "default" exceeded\n/);
   t.truthy(header(limited, 'x-request-id'));
   t.is(edge.metrics.get('rate_limited_total', { limit: 'default' }), 1);
   // A second later a token is back; within the limit the fields are sent only when configured.

@@ -5,11 +5,11 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import type { IncomingMessage } from 'node:http';
-import { cacheStatus, fetchFrom, header, setup, settle, startOrigin, startTestEdge, delay, type Reply, type TestEdge } from '../helpers/harness.js';
+import { cacheStatus, fetchFrom, header, pattern, setup, settle, startOrigin, delay, type Reply, type TestEdge } from '../helpers/harness.js';
 import { loadConfig } from '../../config/config.js';
 import { rawGet } from '../helpers/raw-origin.js';
-import { pattern, rangeHandler, type Version } from '../helpers/range-origin.js';
-import { startTestShield } from '../shield/fixtures/chain.js';
+import { rangeHandler, type Version } from '../helpers/range-origin.js';
+import { startTestChain } from '../shield/fixtures/chain.js';
 
 const SLICE = 64 * 1024;
 /** Six slices, the last one short. */
@@ -26,13 +26,8 @@ async function slicedEdge(t: ExecutionContext, version: (count: number) => Versi
 /** Origin → shield → edge, both tiers slicing at SLICE, closed when the test ends. */
 async function shieldChain(t: ExecutionContext, version: (count: number) => Version) {
   const origin = await startOrigin(rangeHandler(version));
-  const shield = await startTestShield(origin.url, { sliceSize: SLICE });
-  const edge = await startTestEdge(shield.url, { sliceSize: SLICE });
-  t.teardown(async () => {
-    await edge.close();
-    await shield.close();
-    await origin.close();
-  });
+  t.teardown(() => origin.close());
+  const { edge } = await startTestChain(t, origin.url, { shield: { sliceSize: SLICE }, edge: { sliceSize: SLICE } });
   return { origin, edge };
 }
 

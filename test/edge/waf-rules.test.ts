@@ -15,7 +15,7 @@ test('a block rule answers 403 naming the rule and the request id; the origin ne
   const { origin, edge } = await setup(t, ok, rules({ id: 'block-wp', message: 'no WordPress here', path: { prefix: '/wp-admin' }, action: 'block' }));
   const blocked = await fetchFrom(edge.url, '/wp-admin/install.php');
   t.is(blocked.status, 403);
-  t.regex(blocked.text, /block-wp/);
+  t.regex(blocked.text, /^403 Forbidden: blocked by rule block-wp\n/);
   const id = header(blocked, 'x-request-id')!;
   t.truthy(id);
   t.true(blocked.text.includes(id));

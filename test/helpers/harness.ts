@@ -177,6 +177,13 @@ export function header(reply: Reply, name: string): string | undefined {
   return Array.isArray(value) ? value.join(', ') : value;
 }
 
+/** Bytes that differ at every offset and between versions, so a misplaced or mixed byte shows. */
+export function pattern(size: number, seed: number): Buffer {
+  const bytes = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + (i >>> 8) * 7 + seed * 101) & 0xff;
+  return bytes;
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

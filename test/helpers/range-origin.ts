@@ -1,13 +1,6 @@
 /** A test origin that serves byte ranges, as real origins (and nginx, S3) do, for the slicing tests. */
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from 'node:http';
 
-/** Bytes that differ at every offset and between versions, so a misplaced or mixed byte shows. */
-export function pattern(size: number, seed: number): Buffer {
-  const bytes = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) bytes[i] = (i * 31 + (i >>> 8) * 7 + seed * 101) & 0xff;
-  return bytes;
-}
-
 export interface Version {
   body: Buffer;
   etag?: string;

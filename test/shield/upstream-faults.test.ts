@@ -10,28 +10,16 @@ import test, { type ExecutionContext } from 'ava';
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import { gzipSync } from 'node:zlib';
-import { cacheStatus, delay, fetchFrom, header, startOrigin, startTestEdge, waitFor, type Reply } from '../helpers/harness.js';
+import { cacheStatus, delay, fetchFrom, header, startOrigin, waitFor, type Reply } from '../helpers/harness.js';
 import type { RunningNode } from '../../pipeline/node-server.js';
-import { startTestShield, type TestShield } from './fixtures/chain.js';
-import { chunk, rawGet, responseHead, startRawOrigin, type RawOrigin } from '../helpers/raw-origin.js';
+import { startTestChain } from './fixtures/chain.js';
+import { chunk, rawGet, rawOriginFor, responseHead } from '../helpers/raw-origin.js';
 
-/** A shield in front of `origin` and an edge in front of the shield, closed when the test ends. */
-async function chain(t: ExecutionContext, origin: string, overrides: { shield?: Record<string, unknown>; edge?: Record<string, unknown> } = {}) {
-  const shield: TestShield = await startTestShield(origin, overrides.shield);
-  // Plain HTTP/1.1 even under OUTPOST_TEST_CLIENT=h2: the raw client reads HTTP/1.1 framing.
-  const edge = await startTestEdge(shield.url, { listenTls: '', ...overrides.edge });
-  t.teardown(async () => {
-    await edge.close();
-    await shield.close();
-  });
-  return { shield, edge };
+/** The chain these tests read with a raw client: plain HTTP/1.1 even under OUTPOST_TEST_CLIENT=h2. */
+function chain(t: ExecutionContext, origin: string, overrides: { shield?: Record<string, unknown>; edge?: Record<string, unknown> } = {}) {
+  return startTestChain(t, origin, { shield: overrides.shield, edge: { listenTls: '', ...overrides.edge } });
 }
 
-async function rawOrigin(t: ExecutionContext, respond: Parameters<typeof startRawOrigin>[0]): Promise<RawOrigin> {
-  const origin = await startRawOrigin(respond);
-  t.teardown(() => origin.close());
-  return origin;
-}
 
 /** Every request names this host, so both tiers key `path` as http://www.test<path>. */
 const HOST = 'www.test';
@@ -83,7 +71,7 @@ for (const framing of ['content-length', 'chunked'] as const) {
       ? responseHead(200, { 'Content-Length': 1000, 'Cache-Control': 'max-age=60' })
       : responseHead(200, { 'Transfer-Encoding': 'chunked', 'Cache-Control': 'max-age=60' });
     const whole = framing === 'content-length' ? FULL : Buffer.concat([chunk(FULL), Buffer.from('0\r\n\r\n')]);
-    const origin = await rawOrigin(t, (socket, request) => {
+    const origin = await rawOriginFor(t, (socket, request) => {
       if (request.n > 1) return void socket.write(Buffer.concat([Buffer.from(head), Buffer.from(whole)]));
       socket.write(head + (framing === 'content-length' ? FULL.slice(0, 100) : chunk(FULL.slice(0, 100)).toString('latin1')));
       // Reset once the client has the response head (or after a while, whatever happens).
@@ -113,7 +101,7 @@ for (const framing of ['content-length', 'chunked'] as const) {
 // ---- an origin that sends more, or fewer, bytes than its Content-Length --------------------------
 
 test('RFC 9112 §6.3 an origin that sends more bytes than its Content-Length: nothing stored, the client never gets more than the declared length, nor the extra bytes', async (t) => {
-  const origin = await rawOrigin(t, (socket, request) => {
+  const origin = await rawOriginFor(t, (socket, request) => {
     if (request.path === '/extra' && request.n === 1) {
       socket.write(`${responseHead(200, { 'Content-Length': 5, 'Cache-Control': 'max-age=60' })}helloEXTRA-GARBAGE-THAT-IS-NOT-HTTP\r\n\r\n`);
     } else {
@@ -147,7 +135,7 @@ test('RFC 9112 §6.3 an origin that sends more bytes than its Content-Length: no
 });
 
 test('RFC 9112 §8, RFC 9111 §3.3 an origin that sends fewer bytes than its Content-Length and closes: cut connection, nothing stored', async (t) => {
-  const origin = await rawOrigin(t, (socket, request) => {
+  const origin = await rawOriginFor(t, (socket, request) => {
     if (request.n === 1) {
       // A clean close (FIN, not a reset) after 100 of 1000 bytes.
       socket.end(`${responseHead(200, { 'Content-Length': 1000, 'Cache-Control': 'max-age=60' })}${FULL.slice(0, 100)}`);
@@ -176,7 +164,7 @@ test('RFC 9112 §8, RFC 9111 §3.3 an origin that sends fewer bytes than its Con
 // ---- an origin that hangs after the headers, or trickles ---------------------------------------
 
 test('an origin that hangs after the headers: the shield\'s idle-body timeout cuts the response, nothing is stored, other requests are served meanwhile', async (t) => {
-  const origin = await rawOrigin(t, (socket, request) => {
+  const origin = await rawOriginFor(t, (socket, request) => {
     if (request.path === '/hang' && request.n === 1) {
       // Ten bytes, then silence with the connection open.
       socket.write(`${responseHead(200, { 'Content-Length': 1000, 'Cache-Control': 'max-age=60' })}${FULL.slice(0, 10)}`);
@@ -228,7 +216,7 @@ function trickle(gapMs: number, body: string) {
 
 test('an origin that trickles one byte a second, within the idle-body timeout: the client gets the whole body and it is stored', async (t) => {
   const send = trickle(1_000, 'hello');
-  const origin = await rawOrigin(t, (socket, request) => send(socket, request.n === 1));
+  const origin = await rawOriginFor(t, (socket, request) => send(socket, request.n === 1));
   // Gaps of 1 s against a 5 s timeout on both tiers.
   const nodes = await chain(t, origin.url, { shield: { idleBodyTimeoutMs: 5_000 }, edge: { idleBodyTimeoutMs: 5_000 } });
 
@@ -247,7 +235,7 @@ test('an origin that trickles one byte a second, within the idle-body timeout: t
 
 test('an origin that trickles with gaps longer than the idle-body timeout: cut, not stored', async (t) => {
   const send = trickle(3_000, 'hello');
-  const origin = await rawOrigin(t, (socket, request) => send(socket, request.n === 1));
+  const origin = await rawOriginFor(t, (socket, request) => send(socket, request.n === 1));
   // Gaps of 3 s against the shield's 1 s timeout.
   const nodes = await chain(t, origin.url, { shield: { idleBodyTimeoutMs: 1_000 }, edge: { idleBodyTimeoutMs: 30_000 } });
 
@@ -275,7 +263,7 @@ for (const fault of ['shorter', 'longer', 'truncated-chunked'] as const) {
   test(`RFC 9112 §6.3 a 200 with Content-Encoding gzip and ${what}: never stored, never served as complete, bytes passed through undecoded`, async (t) => {
     const half = GZIPPED.subarray(0, Math.floor(GZIPPED.length / 2));
     const gzipHead = (fields: Record<string, string | number>) => Buffer.from(responseHead(200, { 'Content-Type': 'text/plain', 'Content-Encoding': 'gzip', 'Cache-Control': 'max-age=60', ...fields }));
-    const origin = await rawOrigin(t, (socket, request) => {
+    const origin = await rawOriginFor(t, (socket, request) => {
       if (request.n > 1) return void socket.write(Buffer.concat([gzipHead({ 'Content-Length': GZIPPED.length }), GZIPPED]));
       if (fault === 'shorter') socket.end(Buffer.concat([gzipHead({ 'Content-Length': GZIPPED.length }), half]));
       else if (fault === 'longer') socket.write(Buffer.concat([gzipHead({ 'Content-Length': half.length }), GZIPPED]));

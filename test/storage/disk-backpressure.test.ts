@@ -11,12 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import test, { type ExecutionContext } from 'ava';
-import { putEntry, type CachedEntry } from '../../storage/cache-store.js';
+import { putEntry, UNKNOWN_SIZE, type CachedEntry } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { LevelStore } from '../../storage/level-store.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import { TieredStore } from '../../storage/tiered-store.js';
 import { DelayedCommitStore } from '../helpers/delayed-commit-store.js';
+import { waitFor } from '../helpers/harness.js';
 import { bodyOf, meta, readAll } from './contract.js';
 
 function tempDir(t: ExecutionContext): string {
@@ -236,6 +237,8 @@ test('heap under a burst of fills faster than the disk: the default bound keeps 
   t.is(bounded.peakWrites, 256);
   t.is(bounded.skipped, count - 256);
   t.is(unbounded.peakWrites, count, 'without the bound every write waits for the disk');
+  // Measured +3.7 MiB against +46.7 MiB: a third leaves room for a collector's noise.
+  t.true(bounded.heapGrowth < unbounded.heapGrowth / 3, 'the bound keeps the backlog out of the heap');
 });
 
 test('bodies on their way into memory stay under maxPendingMemoryBytes: past it a large write goes to disk only, and to memory on its first hit', async (t) => {
@@ -261,7 +264,7 @@ test('bodies on their way into memory stay under maxPendingMemoryBytes: past it 
   t.truthy(memory.get(key(3)));
   const fromDisk = await store.get(key(2));
   t.true((await readAll(fromDisk!.openBody())).equals(bodyOf(size, 2)));
-  t.true(await waitUntil(() => memory.get(key(2)) !== undefined), 'promoted on its first hit');
+  t.true(await waitFor(() => memory.get(key(2)) !== undefined), 'promoted on its first hit');
   // With nothing in flight, a large write goes to memory again; an aborted one gives its bytes back.
   const third = store.openWriter(key(4), meta(size));
   third.abort();
@@ -270,11 +273,25 @@ test('bodies on their way into memory stay under maxPendingMemoryBytes: past it 
   t.truthy(memory.get(key(5)));
 });
 
-async function waitUntil(condition: () => boolean, timeoutMs = 3000): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) return false;
-    await sleep(10);
-  }
-  return true;
-}
+test("a worker's memory-only copies: too large is ENTRY_TOO_LARGE, past the in-flight bound MEMORY_BUSY; a body of undeclared size counts as it grows", async (t) => {
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 1024 ** 3 });
+  const memory = new MemoryStore({ maxBytes: 64 * 1024 * 1024 });
+  // Keys of another worker: memory only.
+  const store = new TieredStore({ memory, disk: level, diskKeys: () => false, memoryMaxEntryBytes: 1024 * 1024, maxPendingMemoryBytes: 1024 * 1024 });
+  t.teardown(() => store.close());
+  const large = store.openWriter(key(1), meta(2 * 1024 * 1024));
+  t.throws(() => large.write(bodyOf(1000, 1)), { code: 'ENTRY_TOO_LARGE' });
+  const first = store.openWriter(key(2), meta(900 * 1024));
+  const busy = store.openWriter(key(3), meta(900 * 1024));
+  t.throws(() => busy.write(bodyOf(1000, 3)), { code: 'MEMORY_BUSY' });
+  first.write(bodyOf(900 * 1024, 2));
+  await first.commit();
+  t.is(store.memoryPending, 0);
+  const unsized = store.openWriter(key(4), meta(UNKNOWN_SIZE));
+  unsized.write(bodyOf(300 * 1024, 4));
+  t.is(store.memoryPending, 300 * 1024);
+  unsized.write(bodyOf(200 * 1024, 5));
+  t.is(store.memoryPending, 500 * 1024);
+  unsized.abort();
+  t.is(store.memoryPending, 0);
+});

@@ -503,3 +503,15 @@ test('rows outside the o1/ format are left alone', async (t) => {
     t.deepEqual(await db.keys({ gte: Buffer.from('o1/'), lt: Buffer.from('o10') }).all(), []);
   });
 });
+
+test('a reopen counts each stored key once: entries, bytes and the presence filter are rebuilt, not added to', async (t) => {
+  const store = await open(t, tempDir(t), { expectedEntries: 1024 });
+  for (let i = 0; i < 300; i++) await putEntry(store, entryKey(`https://r.test/${i}`, ''), meta(10), body(10, i + 1));
+  const before = store.stats();
+  const filter = (): { count: number } => (store as unknown as { presence: { count: number } }).presence;
+  t.is(filter().count, 300);
+  for (let round = 0; round < 3; round++) await store.reopen();
+  t.deepEqual(store.stats(), before);
+  t.is(filter().count, 300, 'a filter counting every key again per reopen would soon be rebuilt larger for nothing');
+  t.truthy(await store.get(entryKey('https://r.test/7', '')));
+});
