@@ -16,6 +16,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { checksumOf, etagOf, expectedBody, keyOfPath } from './chaos/body.js';
 import { VersionFile } from './chaos/versions.js';
+import { sendWithRange } from './single-range.js';
 
 const CACHE_CONTROL = 'max-age=8, stale-while-revalidate=8, stale-if-error=300';
 
@@ -61,21 +62,7 @@ const server = createServer((req, res) => {
     res.end();
     return;
   }
-  const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-  if (range !== null) {
-    const start = Number(range[1]);
-    if (start >= body.length) {
-      res.writeHead(416, { 'content-range': `bytes */${body.length}`, 'content-length': 0 });
-      res.end();
-      return;
-    }
-    const end = Math.min(range[2] === '' ? body.length - 1 : Number(range[2]), body.length - 1);
-    res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${end}/${body.length}`, 'content-length': end - start + 1 });
-    res.end(req.method === 'HEAD' ? undefined : body.subarray(start, end + 1));
-    return;
-  }
-  res.writeHead(200, { ...headers, 'content-length': body.length });
-  res.end(req.method === 'HEAD' ? undefined : body);
+  sendWithRange(req, res, headers, body);
 });
 server.keepAliveTimeout = 30_000;
 

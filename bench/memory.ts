@@ -209,8 +209,11 @@ async function missesScenario(origin: number, kind: 'large' | 'ranged'): Promise
   };
 }
 
+const SCENARIOS = ['fill', 'slow', 'misses', 'slow-sliced', 'misses-sliced'];
+
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
+  for (const name of wanted) if (!SCENARIOS.includes(name)) throw new Error(`unknown scenario ${JSON.stringify(name)}; one of ${SCENARIOS.join(', ')}`);
   const run = (name: string) => wanted.length === 0 || wanted.includes(name);
   if (WRK === undefined && run('fill')) throw new Error('wrk is needed (apt-get install -y wrk)');
   const origin = await launchNodeScript('origin.js');

@@ -17,6 +17,7 @@
  */
 import { createServer, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { singleRange } from './single-range.js';
 
 const KIB = 1024;
 const body1k = Buffer.alloc(KIB, 'a');
@@ -33,19 +34,15 @@ let largeSent = 0;
  */
 function sendLarge(res: ServerResponse, size: number, ranged?: { etag: string; range: string | undefined }): void {
   const headers = { 'Content-Type': 'application/octet-stream', 'Cache-Control': 'max-age=3600', ...(ranged ? { ETag: ranged.etag } : {}) };
-  const match = ranged && /^bytes=(\d+)-(\d*)$/.exec(ranged.range ?? '');
-  let start = 0;
-  let end = size - 1;
-  if (match) {
-    start = Number(match[1]);
-    end = Math.min(match[2] === '' ? size - 1 : Number(match[2]), size - 1);
-    if (start >= size) {
-      res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
-      res.end();
-      return;
-    }
-    res.writeHead(206, { ...headers, 'Content-Range': `bytes ${start}-${end}/${size}`, 'Content-Length': end - start + 1 });
-  } else res.writeHead(200, { ...headers, 'Content-Length': size });
+  const range = ranged && singleRange(ranged.range, size);
+  if (range === 'unsatisfiable') {
+    res.writeHead(416, { 'Content-Range': `bytes */${size}`, 'Content-Length': 0 });
+    res.end();
+    return;
+  }
+  const { start, end } = range ?? { start: 0, end: size - 1 };
+  if (range) res.writeHead(206, { ...headers, 'Content-Range': `bytes ${start}-${end}/${size}`, 'Content-Length': end - start + 1 });
+  else res.writeHead(200, { ...headers, 'Content-Length': size });
   const whole = start === 0 && end === size - 1;
   const slice = Buffer.alloc(64 * KIB, 'L');
   const length = end - start + 1;

@@ -11,18 +11,6 @@ export const MIN_BODY = 1024;
 export const MAX_BODY = 5 * 1024 * 1024;
 const PATTERN_BYTES = MAX_BODY + 1024 * 1024;
 
-/** mulberry32: a small seeded PRNG, [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 let pattern: Buffer | undefined;
 function bytes(): Buffer {
   if (pattern) return pattern;

@@ -5,7 +5,8 @@
  * purge peers) or a GET of a Zipf-chosen key (s = 1), sometimes a Range, verified against the oracle.
  */
 import { Pool } from 'undici';
-import { bodySize, expectedBody, keyPath, prng } from './body.js';
+import { mulberry32 } from '../random.js';
+import { bodySize, expectedBody, keyPath } from './body.js';
 import { cacheOutcome, Tally, Timeline } from './record.js';
 import type { OutpostNode } from './topology.js';
 import { errorCause, readAndCheck, rightlyUnsatisfiable, type AskedRange, type Checked } from './verify.js';
@@ -59,7 +60,7 @@ export class LoadGenerator {
 
   constructor(private readonly o: LoadOptions) {
     this.pools = o.edges.map((edge) => new Pool(edge.url, { connections: o.concurrency, headersTimeout: 15_000, bodyTimeout: 10_000, connectTimeout: 2000, keepAliveTimeout: 4000 }));
-    this.random = prng(o.seed);
+    this.random = mulberry32(o.seed);
     this.pickKey = zipfSampler(o.keys, 1, this.random);
     this.current = new Uint32Array(o.keys).fill(1);
     this.fetched = new Uint8Array(o.keys);

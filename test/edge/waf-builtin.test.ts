@@ -7,6 +7,7 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { compileBuiltinRules, type BuiltinMatch, type Paranoia, type WafRequest } from '../../edge/waf/builtin/index.js';
 import { decodedForms, MAX_DECODE } from '../../edge/waf/decode.js';
+import { mulberry32 } from '../../bench/random.js';
 
 interface Entry {
   name: string;
@@ -161,19 +162,8 @@ test('decodedForms: bounded in count and length', (t) => {
   for (const v of ['%', '%%', '%u', '%uZZZZ', '%c0', '&#', '&#x;', '&#99999999999;', '\\u', '\\ud800', '\ud800%41', '/*', '*/', '/*!']) t.notThrows(() => decodedForms(v, true), JSON.stringify(v));
 });
 
-/** Deterministic pseudo-random numbers (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 test('never throws on garbage', (t) => {
-  const rand = rng(42);
+  const rand = mulberry32(42);
   const pieces = ['%', '%c0', '%u', '&#', '\\u', '\ud800', '\udfff', '\u0000', '\r\n', '${', '{{', "'", '"', '<', '../', '/*', '\\', '+', '=', '&', ';', 'é', '😀', '\uffff', 'select', '://', '[', ']'];
   const garbage = (n: number) => {
     let s = '';

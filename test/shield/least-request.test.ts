@@ -1,7 +1,7 @@
 import test from 'ava';
 import type { Member } from '../../origin-shield/balancer.js';
 import { LeastRequestBalancer } from '../../origin-shield/least-request.js';
-import { seededRandom } from './fixtures/test-origin.js';
+import { mulberry32 } from '../../bench/random.js';
 
 const member = (id: string, pending: number, weight = 1): Member => ({ id, weight, pending });
 
@@ -30,7 +30,7 @@ test('the two choices are always distinct members', (t) => {
 
 test('prefers less loaded members over many picks; the most loaded is never chosen', (t) => {
   const members = [member('idle', 0), member('some', 5), member('busy', 10), member('busiest', 20)];
-  const lr = new LeastRequestBalancer({ random: seededRandom(42) });
+  const lr = new LeastRequestBalancer({ random: mulberry32(42) });
   const counts: Record<string, number> = { idle: 0, some: 0, busy: 0, busiest: 0 };
   for (let i = 0; i < 12_000; i++) counts[lr.pick(members, '')!.id]!++;
   t.is(counts.busiest, 0);
@@ -41,7 +41,7 @@ test('prefers less loaded members over many picks; the most loaded is never chos
 
 test('equal load spreads evenly', (t) => {
   const members = [member('a', 0), member('b', 0), member('c', 0)];
-  const lr = new LeastRequestBalancer({ random: seededRandom(7) });
+  const lr = new LeastRequestBalancer({ random: mulberry32(7) });
   const counts: Record<string, number> = { a: 0, b: 0, c: 0 };
   for (let i = 0; i < 9_000; i++) counts[lr.pick(members, '')!.id]!++;
   for (const count of Object.values(counts)) t.true(Math.abs(count - 3_000) < 300, JSON.stringify(counts));
@@ -56,7 +56,7 @@ test('weight scales the load a member may carry', (t) => {
 test('exclusions, single candidate and empty set', (t) => {
   const a = member('a', 0);
   const b = member('b', 100);
-  const lr = new LeastRequestBalancer({ random: seededRandom(1) });
+  const lr = new LeastRequestBalancer({ random: mulberry32(1) });
   t.is(lr.pick([a, b], '', new Set([a])), b);
   t.is(lr.pick([a], ''), a);
   t.is(lr.pick([a, b], '', new Set([a, b])), undefined);
