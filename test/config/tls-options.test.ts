@@ -10,7 +10,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, loadConfig, type Config, type ConfigSources } from '../../config/config.js';
+import { ConfigError, envName, flagName, loadConfig, parseBytes, type Config, type ConfigSources, type OptionName } from '../../config/config.js';
 import { makeCertificate, writePair } from '../helpers/certificates.js';
 
 const bin = fileURLToPath(new URL('../../../bin/outpost', import.meta.url));
@@ -27,6 +27,29 @@ interface Rule {
   /** The nearest valid setting, and what it loads to. */
   good: ConfigSources;
   loads: Partial<Config>;
+}
+
+type Via = 'file' | 'env' | 'flag';
+
+/** `field` given its value by a config file, the environment or a flag. */
+function given(field: OptionName, via: Via, raw: number | string): ConfigSources {
+  if (via === 'file') return { fileContents: { [field]: raw } };
+  if (via === 'env') return { env: { [envName(field)]: String(raw) } };
+  return { flags: { [field]: [String(raw)] } };
+}
+
+/** A numeric bound: `bad` refused past it, `good` (by default the bound itself) loads. Sizes such as '1KB' are read as the node reads them. */
+function bound(field: OptionName, via: Via, side: 'least' | 'most', limit: number, bad: number | string, good: number | string = limit): Rule {
+  const value = (raw: number | string): number => (typeof raw === 'string' ? parseBytes(raw)! : raw);
+  return {
+    rule: `${field} at ${side} ${limit} (${via})`,
+    bad: given(field, via, bad),
+    field,
+    source: via === 'file' ? 'config' : via === 'env' ? `environment ${envName(field)}` : `flag --${flagName(field)}`,
+    reason: new RegExp(`must be at ${side} ${limit}, got ${value(bad)}$`),
+    good: given(field, via, good),
+    loads: { [field]: value(good) } as Partial<Config>,
+  };
 }
 
 const TLS = { listenTls: '127.0.0.1:0' };
@@ -113,78 +136,14 @@ const rules: Rule[] = [
     good: { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', '::1'] } },
     loads: { proxyProtocol: true, trustedProxies: ['10.0.0.1', '::1'] },
   },
-  {
-    rule: 'tlsTicketRotateSec at least 60',
-    bad: { fileContents: { tlsTicketRotateSec: 59 } },
-    field: 'tlsTicketRotateSec',
-    source: 'config',
-    reason: /must be at least 60, got 59/,
-    good: { fileContents: { tlsTicketRotateSec: 60 } },
-    loads: { tlsTicketRotateSec: 60 },
-  },
-  {
-    rule: 'tlsTicketRotateSec at least 60 (environment)',
-    bad: { env: { OUTPOST_TLS_TICKET_ROTATE_SEC: '0' } },
-    field: 'tlsTicketRotateSec',
-    source: 'environment OUTPOST_TLS_TICKET_ROTATE_SEC',
-    reason: /must be at least 60, got 0/,
-    good: { env: { OUTPOST_TLS_TICKET_ROTATE_SEC: '86400' } },
-    loads: { tlsTicketRotateSec: 86_400 },
-  },
-  {
-    rule: 'clientMaxHeaders at least 8',
-    bad: { fileContents: { clientMaxHeaders: 7 } },
-    field: 'clientMaxHeaders',
-    source: 'config',
-    reason: /must be at least 8, got 7/,
-    good: { fileContents: { clientMaxHeaders: 8 } },
-    loads: { clientMaxHeaders: 8 },
-  },
-  {
-    rule: 'clientMaxHeaders at most 10000',
-    bad: { flags: { clientMaxHeaders: ['10001'] } },
-    field: 'clientMaxHeaders',
-    source: 'flag --client-max-headers',
-    reason: /must be at most 10000, got 10001/,
-    good: { flags: { clientMaxHeaders: ['10000'] } },
-    loads: { clientMaxHeaders: 10_000 },
-  },
-  {
-    rule: 'clientHeaderMaxBytes at least 1KB',
-    bad: { fileContents: { clientHeaderMaxBytes: 1023 } },
-    field: 'clientHeaderMaxBytes',
-    source: 'config',
-    reason: /must be at least 1024, got 1023/,
-    good: { fileContents: { clientHeaderMaxBytes: '1KB' } },
-    loads: { clientHeaderMaxBytes: 1024 },
-  },
-  {
-    rule: 'clientHeaderMaxBytes at most 1MB',
-    bad: { flags: { clientHeaderMaxBytes: ['1025KB'] } },
-    field: 'clientHeaderMaxBytes',
-    source: 'flag --client-header-max-bytes',
-    reason: /must be at most 1048576, got 1049600/,
-    good: { flags: { clientHeaderMaxBytes: ['1MB'] } },
-    loads: { clientHeaderMaxBytes: 1024 * 1024 },
-  },
-  {
-    rule: 'h2MaxConcurrentStreams at least 1',
-    bad: { fileContents: { h2MaxConcurrentStreams: 0 } },
-    field: 'h2MaxConcurrentStreams',
-    source: 'config',
-    reason: /must be at least 1, got 0/,
-    good: { fileContents: { h2MaxConcurrentStreams: 1 } },
-    loads: { h2MaxConcurrentStreams: 1 },
-  },
-  {
-    rule: 'maxConnectionsPerClient not negative (0 is no limit)',
-    bad: { fileContents: { maxConnectionsPerClient: -1 } },
-    field: 'maxConnectionsPerClient',
-    source: 'config',
-    reason: /must be at least 0, got -1/,
-    good: { fileContents: { maxConnectionsPerClient: 0 } },
-    loads: { maxConnectionsPerClient: 0 },
-  },
+  bound('tlsTicketRotateSec', 'file', 'least', 60, 59),
+  bound('tlsTicketRotateSec', 'env', 'least', 60, 0, 86_400),
+  bound('clientMaxHeaders', 'file', 'least', 8, 7),
+  bound('clientMaxHeaders', 'flag', 'most', 10_000, 10_001),
+  bound('clientHeaderMaxBytes', 'file', 'least', 1024, 1023, '1KB'),
+  bound('clientHeaderMaxBytes', 'flag', 'most', 1024 ** 2, '1025KB', '1MB'),
+  bound('h2MaxConcurrentStreams', 'file', 'least', 1, 0),
+  bound('maxConnectionsPerClient', 'file', 'least', 0, -1),
   {
     rule: 'trustedProxies are addresses or CIDRs',
     bad: { fileContents: { proxyProtocol: true, trustedProxies: ['10.0.0.1', 'not-an-ip'] } },
@@ -212,35 +171,17 @@ for (const rule of rules) {
     const error = t.throws(() => loadConfig('edge', rule.bad), { instanceOf: ConfigError });
     t.is(error?.field, rule.field);
     t.is(error?.source, rule.source);
-    t.true(error!.message.startsWith(`invalid ${rule.field} (${rule.source}): `), error!.message);
     t.regex(error!.message, rule.reason);
     t.like(loadConfig('edge', rule.good), rule.loads);
   });
 }
 
-test('the valid settings load to the values given', (t) => {
-  const tls = loadConfig('edge', { fileContents: { ...TLS, tlsCert: ['a.crt', 'b.crt'], tlsKey: ['a.key', 'b.key'], redirectHttp: true } });
-  t.deepEqual(tls.listenTls, { host: '127.0.0.1', port: 0 });
-  t.deepEqual([tls.tlsCert, tls.tlsKey, tls.redirectHttp], [['a.crt', 'b.crt'], ['a.key', 'b.key'], true]);
-  const proxy = loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1', '10.1.0.0/16', '::1'] } });
-  t.deepEqual([proxy.proxyProtocol, proxy.trustedProxies], [true, ['10.0.0.1', '10.1.0.0/16', '::1']]);
-  const fromEnv = loadConfig('edge', { env: { OUTPOST_PROXY_PROTOCOL: 'true', OUTPOST_TRUSTED_PROXIES: '10.0.0.1, 10.1.0.0/16' } });
-  t.deepEqual(fromEnv.trustedProxies, ['10.0.0.1', '10.1.0.0/16'], 'the environment variable is comma-separated');
-  const client = loadConfig('edge', { fileContents: { upstreamCert: 'client.crt', upstreamKey: 'client.key' } });
-  t.deepEqual([client.upstreamCert, client.upstreamKey], ['client.crt', 'client.key']);
-  const bounds = loadConfig('edge', {
-    fileContents: { tlsTicketRotateSec: 60, clientMaxHeaders: 8, clientHeaderMaxBytes: '1KB', h2MaxConcurrentStreams: 1, maxConnectionsPerClient: 0 },
-    flags: { clientHeaderMaxBytes: ['1MB'] },
-  });
-  t.like(bounds, { tlsTicketRotateSec: 60, clientMaxHeaders: 8, clientHeaderMaxBytes: 1024 * 1024, h2MaxConcurrentStreams: 1, maxConnectionsPerClient: 0 });
-  t.is(loadConfig('edge', { flags: { clientMaxHeaders: ['10000'] } }).clientMaxHeaders, 10_000);
-  t.is(loadConfig('edge', { fileContents: { clientHeaderMaxBytes: 1024 } }).clientHeaderMaxBytes, 1024);
-});
-
 // A list flag's value is split on commas as the environment's is (--drop-query-params a,b too).
 test('rule trustedProxies (flag --trusted-proxy): a comma-separated value is split, as its help says', (t) => {
   const config = loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1,10.1.0.0/16'] } });
   t.deepEqual(config.trustedProxies, ['10.0.0.1', '10.1.0.0/16']);
+  const fromEnv = loadConfig('edge', { env: { OUTPOST_PROXY_PROTOCOL: 'true', OUTPOST_TRUSTED_PROXIES: '10.0.0.1, 10.1.0.0/16' } });
+  t.deepEqual(fromEnv.trustedProxies, ['10.0.0.1', '10.1.0.0/16'], 'as the environment variable is');
   const error = t.throws(() => loadConfig('edge', { flags: { proxyProtocol: ['true'], trustedProxies: ['10.0.0.1,not-an-ip'] } }), { instanceOf: ConfigError });
   t.regex(error!.message, /not an IP address or CIDR: "not-an-ip"$/);
   t.deepEqual(loadConfig('edge', { flags: { dropQueryParams: ['utm_source,utm_medium', 'fbclid'] } }).dropQueryParams, ['utm_source', 'utm_medium', 'fbclid']);
