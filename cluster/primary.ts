@@ -19,6 +19,7 @@ import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
 import { LocalLimiter } from '../edge/rate-limit/limiter.js';
 import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { shardDir } from './worker.js';
+import { workerExecArgv } from './worker-heap.js';
 
 /** Deaths within this window that count towards a crash loop. */
 const CRASH_WINDOW_MS = 60_000;
@@ -94,6 +95,8 @@ export class Primary implements NodeControl {
     removeOrphanShards(this.config.dataDir, this.slots.length, this.logger);
     // Set before the first fork; see README ("Workers") for the measured choice.
     cluster.schedulingPolicy = this.config.workerScheduling === 'kernel' ? cluster.SCHED_NONE : cluster.SCHED_RR;
+    // memorySize is restart-only: the share, and so the heap limit, holds for every fork.
+    cluster.setupPrimary({ execArgv: workerExecArgv(process.execArgv, process.env['NODE_OPTIONS'], Math.floor(this.config.memorySize / this.slots.length)) });
     cluster.on('message', (worker, message: WorkerMessage) => this.onMessage(worker, message));
     cluster.on('exit', (worker, code, signal) => this.onExit(worker, code, signal));
     for (const slot of this.slots) this.fork(slot);

@@ -9,6 +9,9 @@
  */
 import { open, rm, statfs } from 'node:fs/promises';
 
+/** Zeros written per call: the reserve (up to 64 MiB) never sits in memory whole. */
+const ZEROS = Buffer.alloc(1024 * 1024);
+
 export class SpaceReserve {
   constructor(
     readonly path: string,
@@ -25,7 +28,11 @@ export class SpaceReserve {
       if (size >= this.bytes) return true;
       // Zeros written for real (not a sparse truncate), so the blocks are taken now.
       // No fsync: the file system counts the blocks as used from the write on.
-      await file.write(Buffer.alloc(this.bytes - size), 0, this.bytes - size, size);
+      for (let at = size; at < this.bytes; ) {
+        const { bytesWritten } = await file.write(ZEROS, 0, Math.min(ZEROS.length, this.bytes - at), at);
+        if (bytesWritten === 0) throw new Error('no bytes written');
+        at += bytesWritten;
+      }
       return true;
     } catch {
       await file?.close().catch(() => undefined);

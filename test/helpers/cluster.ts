@@ -43,6 +43,8 @@ export interface ClusterOptions {
   role?: 'edge' | 'shield';
   /** The admin token (--admin-token); the helpers send it. */
   token?: string;
+  /** Environment added to the node's (after OUTPOST_* variables are cleared). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export async function startCluster(t: ExecutionContext, upstream: string, options: ClusterOptions): Promise<RunningCluster> {
@@ -51,6 +53,7 @@ export async function startCluster(t: ExecutionContext, upstream: string, option
   const role = options.role ?? 'edge';
   const env = { ...process.env };
   for (const name of Object.keys(env)) if (name.startsWith('OUTPOST_')) delete env[name];
+  Object.assign(env, options.env);
   const child = spawn(
     process.execPath,
     [
