@@ -388,7 +388,7 @@ export function ownCpuSeconds(): { self: number; children: number } {
  * The `http {}` lines every bench nginx shares: temp folders in `dir`, keep-alive as the other
  * servers', the proxy cache and the origin upstream (the hits and tls scenarios).
  */
-export function nginxCacheHttp(dir: string, originPort: number): string {
+export function nginxCacheHttp(dir: string, originPort: number, cache: { maxSize?: string; keysZone?: string } = {}): string {
   return `  client_body_temp_path ${dir}/client_body;
   proxy_temp_path ${dir}/proxy_temp;
   fastcgi_temp_path ${dir}/fastcgi_temp;
@@ -397,6 +397,6 @@ export function nginxCacheHttp(dir: string, originPort: number): string {
   sendfile on;
   keepalive_requests 1000000;
   keepalive_timeout 75s;
-  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:16m max_size=1g inactive=60m use_temp_path=off;
+  proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:${cache.keysZone ?? '16m'} max_size=${cache.maxSize ?? '1g'} inactive=60m use_temp_path=off;
   upstream origin { server ${HOST}:${originPort}; keepalive 64; }`;
 }

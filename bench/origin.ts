@@ -12,6 +12,7 @@
  *   /obj/…            Cache-Control: max-age=3600, 1 KiB: one distinct object per path (memory fill)
  *   /large/N/…        Cache-Control: max-age=3600, an N-byte body generated as it is sent (memory, slow clients)
  *   /ranged/N/…       the same with an ETag, answering `Range: bytes=a-b` with a 206, as a file server or S3 does (the edge slices it)
+ *   /zipf/D/N/…       Cache-Control: max-age=3600, an N-byte body after D ms (bench/zipf.ts: one object per path)
  *   /health           200 ok
  *   /__stats[?path=P] JSON {"total": n, "path": count of P, "largeSent": /large/ bodies sent in full}
  */
@@ -23,6 +24,15 @@ const KIB = 1024;
 const body1k = Buffer.alloc(KIB, 'a');
 const body100k = Buffer.alloc(100 * KIB, 'b');
 const tiny = Buffer.from('ok\n');
+
+/** Bodies of /zipf/ objects by size: a few dozen sizes, each allocated once. */
+const zipfBodies = new Map<number, Buffer>();
+
+function zipfBody(size: number): Buffer {
+  let body = zipfBodies.get(size);
+  if (body === undefined) zipfBodies.set(size, (body = Buffer.alloc(size, 'z')));
+  return body;
+}
 
 const counts = new Map<string, number>();
 let total = 0;
@@ -107,6 +117,13 @@ const server = createServer((req, res) => {
   if (path.startsWith('/warm/')) return send(res, tiny, 'max-age=3600');
   if (path.startsWith('/obj/')) return send(res, body1k, 'max-age=3600');
   if (path.startsWith('/large/')) return sendLarge(res, Number(path.split('/')[2]));
+  if (path.startsWith('/zipf/')) {
+    const [, , delay, size] = path.split('/');
+    const body = zipfBody(Math.min(Number(size) || 0, 1024 * KIB));
+    if (Number(delay) > 0) setTimeout(() => send(res, body, 'max-age=3600'), Number(delay));
+    else send(res, body, 'max-age=3600');
+    return;
+  }
   if (path.startsWith('/ranged/')) return sendLarge(res, Number(path.split('/')[2]), { etag: `"${path}"`, range: req.headers.range });
   res.writeHead(404, { 'Content-Length': 0, 'Cache-Control': 'no-store' });
   res.end();

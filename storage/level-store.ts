@@ -12,9 +12,11 @@
  * Everything lives under `o1/`; rows under any other prefix are never read or touched, so a
  * later format can live beside this one.
  *
- * Writes put chunks under a fresh generation, then one batch writes the meta and index rows,
- * deletes the pending row and removes the replaced generation. Index rows can go stale only
- * when a meta record is corrupt; every index reader checks the meta and drops stale rows.
+ * Writes put chunks under a fresh generation (after a pending row), then one batch writes the
+ * meta and index rows, deletes the pending row and removes the replaced generation. A body that
+ * fits in one chunk is written in that batch instead, with no pending row; commits queued back to
+ * back share one batch. Index rows can go stale only when a meta record is corrupt; every index
+ * reader checks the meta and drops stale rows.
  *
  * All mutations of meta/index rows run one at a time on `queue`, so read-modify-write is safe;
  * reads (get, body streams) run beside it and rely on LevelDB's atomic batches and iterator
@@ -88,6 +90,31 @@ export interface LevelStoreOptions {
 
 type Db = Level<Buffer, Buffer>;
 type Op = { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer };
+
+/** A commit waiting for its group's batch (see commitEntry). */
+interface QueuedCommit {
+  k: Buffer;
+  rec: Omit<MetaRecord, 'accessAt'>;
+  epoch: number;
+  /** Rows written in the same batch (a one-chunk body). */
+  rows: Op[];
+  /** The writer wrote a pending row, deleted by the batch. */
+  pendingRow: boolean;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+interface CommitGroup {
+  commits: QueuedCommit[];
+  /** Bytes of the rows the commits bring (one-chunk bodies). */
+  bytes: number;
+}
+
+/** A group takes at most this many commits, and stops taking more once its bodies reach COMMIT_GROUP_BYTES. */
+const COMMIT_GROUP_MAX = 256;
+const COMMIT_GROUP_BYTES = 4 * 1024 * 1024;
+
+const rowBytes = (rows: Op[]) => rows.reduce((sum, row) => sum + row.key.length + (row.type === 'put' ? row.value.length : 0), 0);
 
 /** What the meta row holds. */
 interface MetaRecord {
@@ -337,6 +364,8 @@ export class LevelStore implements CacheStore {
   private closed = false;
   private closing: Promise<void> | undefined;
   private readonly writers = new Set<LevelWriter>();
+  /** Commits queued on `queue` and not started yet, which a new commit may join. */
+  private commitGroup: CommitGroup | undefined;
   /** Touches waiting for the next flush: entry key -> [encoded key, time]. */
   private touches = new Map<string, [Buffer, number]>();
   /**
@@ -650,27 +679,79 @@ export class LevelStore implements CacheStore {
   }
 
   /** Makes a fully written generation the entry's body, replacing any previous one. */
-  commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>, epoch = this.epoch): Promise<void> {
+  /**
+   * Makes an entry visible: one batch writes its meta and index rows, removes the entry it
+   * replaces and, for a writer that wrote chunks before committing, deletes its pending row.
+   * `rows` are written in the same batch: the body of an entry that fits one chunk, which then
+   * needs no pending row (the batch is atomic).
+   *
+   * Commits queued back to back run as one group (issue 14): one getMany for the old meta rows and
+   * one batch for all of them, instead of a read and a batch each, one after the other on the
+   * queue. A mutation queued between two commits closes the group, so every mutation still runs
+   * in the order it was asked for.
+   */
+  commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>, epoch = this.epoch, rows: Op[] = [], pendingRow = true): Promise<void> {
     this.remember(k);
-    return this.mutate('commit', async () => {
-      // Its chunks went to a handle since closed; the reopen dropped them as an unfinished write.
-      if (epoch !== this.epoch) throw new StoreError('STORE_REOPENED', 'the disk cache was reopened while this entry was written; not stored');
-      const full: MetaRecord = { ...rec, accessAt: this.now() };
-      const oldValue = await this.db.get(metaKey(k));
-      const old = oldValue && decodeRecord(oldValue, k, rec.key);
-      const ops = old ? removalOps(k, old, true) : [];
-      ops.push(...indexOps(k, full), { type: 'del', key: pendingKey(rec.gen) });
-      await this.db.batch(ops);
-      if (old) this.account(-1, old.size);
-      this.account(1, rec.size);
-      // The entry is committed now; cleanup failures must not fail the commit (the writer would delete its chunks).
-      try {
-        if (oldValue && !old) await this.forgetCorrupt(oldValue, true);
-        await this.evict();
-      } catch {
-        this.counters.writeErrors++;
+    return new Promise<void>((resolve, reject) => {
+      const commit: QueuedCommit = { k, rec, epoch, rows, pendingRow, resolve, reject };
+      const open = this.commitGroup;
+      if (open !== undefined && open.commits.length < COMMIT_GROUP_MAX && open.bytes < COMMIT_GROUP_BYTES) {
+        open.commits.push(commit);
+        open.bytes += rowBytes(rows);
+        return;
       }
+      const group: CommitGroup = { commits: [commit], bytes: rowBytes(rows) };
+      this.mutate('commit', async () => {
+        if (this.commitGroup === group) this.commitGroup = undefined;
+        await this.commitGroupNow(group.commits);
+      }).catch((error: unknown) => {
+        for (const queued of group.commits) queued.reject(error);
+      });
+      // After mutate: queuing it closed any group before it, and this one is now the open one.
+      this.commitGroup = group;
     });
+  }
+
+  /** Commits a group in one read and one batch. Only on the queue. */
+  private async commitGroupNow(queued: QueuedCommit[]): Promise<void> {
+    const commits: QueuedCommit[] = [];
+    for (const commit of queued) {
+      // Its chunks went to a handle since closed; the reopen dropped them as an unfinished write.
+      if (commit.epoch !== this.epoch) commit.reject(new StoreError('STORE_REOPENED', 'the disk cache was reopened while this entry was written; not stored'));
+      else commits.push(commit);
+    }
+    if (commits.length === 0) return;
+    const now = this.now();
+    const stored = await this.db.getMany(commits.map((commit) => metaKey(commit.k)));
+    // A key committed twice in one group: the second replaces what the first wrote.
+    const written = new Map<string, Buffer>();
+    const ops: Op[] = [];
+    const replaced: Array<{ old: MetaRecord | undefined; corrupt: Buffer | undefined }> = [];
+    commits.forEach((commit, i) => {
+      const id = commit.k.toString('latin1');
+      const oldValue = written.get(id) ?? stored[i];
+      const old = oldValue && decodeRecord(oldValue, commit.k, commit.rec.key);
+      if (old) ops.push(...removalOps(commit.k, old, true));
+      const rows = indexOps(commit.k, { ...commit.rec, accessAt: now });
+      ops.push(...commit.rows, ...rows);
+      if (commit.pendingRow) ops.push({ type: 'del', key: pendingKey(commit.rec.gen) });
+      written.set(id, (rows[0] as { value: Buffer }).value);
+      replaced.push({ old, corrupt: oldValue && !old ? oldValue : undefined });
+    });
+    await this.db.batch(ops);
+    commits.forEach((commit, i) => {
+      const { old } = replaced[i]!;
+      if (old) this.account(-1, old.size);
+      this.account(1, commit.rec.size);
+    });
+    // The entries are committed now; cleanup failures must not fail the commits (their writers would delete their chunks).
+    try {
+      for (const { corrupt } of replaced) if (corrupt) await this.forgetCorrupt(corrupt, true);
+      await this.evict();
+    } catch {
+      this.counters.writeErrors++;
+    }
+    for (const commit of commits) commit.resolve();
   }
 
   /** Body stream reading one chunk at a time, verified before it is pushed. */
@@ -729,6 +810,8 @@ export class LevelStore implements CacheStore {
   /** Runs a mutation on the queue; LevelDB failures become STORE_WRITE_FAILED. */
   private mutate<T>(what: string, task: () => Promise<T>): Promise<T> {
     if (this.closed && what !== 'commit') return Promise.reject(new StoreError('STORE_CLOSED', 'disk cache is closed'));
+    // A commit asked for after this mutation must not join a group queued before it.
+    this.commitGroup = undefined;
     const run = this.queue.then(async () => {
       try {
         return await task();
@@ -1026,6 +1109,8 @@ class LevelWriter implements EntryWriter {
   private chunks = 0;
   private written = 0;
   private bodyCrc = 0;
+  /** Written before the first chunk put on its own (a body longer than one chunk). */
+  private pendingRow = false;
   private readonly limit: number;
   /** The handle this writer's rows go to, all of them: a reopen meanwhile makes its commit fail. */
   private readonly db: Db;
@@ -1047,8 +1132,9 @@ class LevelWriter implements EntryWriter {
       this.error = this.tooLarge();
       this.chain = Promise.resolve();
     } else {
-      // The pending row goes first so a crash after any chunk leaves a record of it.
-      this.chain = this.db.put(pendingKey(this.gen), k).catch((error: unknown) => this.fail(error));
+      // Nothing is written until a first chunk fills (see flush): a body that fits one chunk goes
+      // to disk in its commit's batch, with no pending row.
+      this.chain = Promise.resolve();
     }
     this.settled = this.chain;
   }
@@ -1090,20 +1176,24 @@ class LevelWriter implements EntryWriter {
   private async finish(): Promise<void> {
     try {
       await this.chain;
-      if (!this.error) await this.flush();
       if (!this.error && this.meta.size !== UNKNOWN_SIZE && this.written !== this.meta.size) {
         this.error = this.sizeMismatch();
       }
       if (this.error) throw this.error;
+      // A body that never filled a chunk is written with its commit; a longer one's last chunk now.
+      const rows: Op[] = [];
+      if (this.pendingRow) await this.flush();
+      else if (this.filled > 0) rows.push(this.takeChunk());
+      if (this.error) throw this.error;
       await this.store.commitEntry(this.k, {
         key: this.key,
         gen: this.gen,
-        chunks: this.chunks,
+        chunks: this.chunks + rows.length,
         chunkBytes: this.store.chunkBytes,
         size: this.written,
         bodyCrc: this.bodyCrc,
         meta: { ...this.meta, tags: [...this.meta.tags], size: this.written },
-      }, this.epoch);
+      }, this.epoch, rows, this.pendingRow);
       this.state = 'committed';
       this.store.writerDone(this);
     } catch (error) {
@@ -1131,15 +1221,26 @@ class LevelWriter implements EntryWriter {
     }
   }
 
-  private async flush(): Promise<void> {
-    if (this.filled === 0 || !this.buffer) return;
+  /** The filled buffer as the row of the next chunk; the buffer is handed over. */
+  private takeChunk(): Op {
     const key = chunkKey(this.gen, this.chunks);
-    const value = this.buffer.subarray(0, 4 + this.filled);
+    const value = this.buffer!.subarray(0, 4 + this.filled);
     value.writeUInt32BE(chunkCrc(key, value.subarray(4)), 0);
     this.buffer = undefined;
     this.filled = 0;
+    return { type: 'put', key, value };
+  }
+
+  /** Writes the filled chunk; before the first one, the pending row, so a crash after any chunk leaves a record of it. */
+  private async flush(): Promise<void> {
+    if (this.filled === 0 || !this.buffer) return;
+    const row = this.takeChunk() as { key: Buffer; value: Buffer };
     try {
-      await this.db.put(key, value);
+      if (!this.pendingRow) {
+        await this.db.put(pendingKey(this.gen), this.k);
+        this.pendingRow = true;
+      }
+      await this.db.put(row.key, row.value);
       this.chunks++;
     } catch (error) {
       this.fail(error);
@@ -1157,7 +1258,8 @@ class LevelWriter implements EntryWriter {
     this.buffer = undefined;
     const prefix = chunkPrefix(this.gen);
     try {
-      if (this.error?.code !== 'STORE_CLOSED') {
+      // Nothing was written before a pending row.
+      if (this.pendingRow && this.error?.code !== 'STORE_CLOSED') {
         await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
         await this.db.del(pendingKey(this.gen));
       }

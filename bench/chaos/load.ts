@@ -5,7 +5,7 @@
  * purge peers) or a GET of a Zipf-chosen key (s = 1), sometimes a Range, verified against the oracle.
  */
 import { Pool } from 'undici';
-import { mulberry32 } from '../random.js';
+import { mulberry32, zipfSampler } from '../random.js';
 import { bodySize, expectedBody, keyPath } from './body.js';
 import { cacheOutcome, Tally, Timeline } from './record.js';
 import type { OutpostNode } from './topology.js';
@@ -24,24 +24,6 @@ export interface LoadOptions {
   versions: VersionFile;
   tally: Tally;
   timeline: Timeline;
-}
-
-/** Zipf(s) over 0..n-1 by inverse CDF. */
-function zipfSampler(n: number, s: number, random: () => number): () => number {
-  const cdf = new Float64Array(n);
-  let sum = 0;
-  for (let i = 0; i < n; i++) cdf[i] = sum += 1 / Math.pow(i + 1, s);
-  return () => {
-    const u = random() * sum;
-    let lo = 0;
-    let hi = n - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (cdf[mid]! < u) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
-  };
 }
 
 export class LoadGenerator {
