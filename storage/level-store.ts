@@ -364,6 +364,9 @@ export class LevelStore implements CacheStore {
   private closed = false;
   private closing: Promise<void> | undefined;
   private readonly writers = new Set<LevelWriter>();
+  /** The first bytes of every generation this store makes (nextGeneration). */
+  private readonly generationPrefix = randomBytes(GEN_BYTES - 6);
+  private generations = 0;
   /** Commits queued on `queue` and not started yet, which a new commit may join. */
   private commitGroup: CommitGroup | undefined;
   /** Touches waiting for the next flush: entry key -> [encoded key, time]. */
@@ -710,6 +713,17 @@ export class LevelStore implements CacheStore {
       // After mutate: queuing it closed any group before it, and this one is now the open one.
       this.commitGroup = group;
     });
+  }
+
+  /**
+   * A generation no other write of this store uses: random bytes drawn once per store, then a
+   * count (a crypto draw per write was 1.5 % of a cold fill's CPU).
+   */
+  nextGeneration(): Buffer {
+    const gen = Buffer.allocUnsafe(GEN_BYTES);
+    this.generationPrefix.copy(gen, 0);
+    gen.writeUIntBE(++this.generations, GEN_BYTES - 6, 6);
+    return gen;
   }
 
   /** Commits a group in one read and one batch. Only on the queue. */
@@ -1102,7 +1116,7 @@ class LevelWriter implements EntryWriter {
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
   /** Why commit must fail; set as soon as it is known so later writes are skipped. */
   private error: StoreError | undefined;
-  private readonly gen = randomBytes(GEN_BYTES);
+  private readonly gen: Buffer;
   private chain: Promise<void>;
   private buffer: Buffer | undefined;
   private filled = 0;
@@ -1123,6 +1137,7 @@ class LevelWriter implements EntryWriter {
     private readonly meta: EntryMeta,
   ) {
     this.db = store.db;
+    this.gen = store.nextGeneration();
     this.epoch = store.currentEpoch;
     this.limit = store.maxBytes - ENTRY_OVERHEAD_BYTES;
     if (store.isClosed) {
