@@ -47,6 +47,9 @@ import { SpaceReserve, freeBytes } from './space-reserve.js';
 export const ENTRY_OVERHEAD_BYTES = 1024;
 const DEFAULT_CHUNK_BYTES = 64 * 1024;
 const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
+const DEFAULT_COUNT_IN_BACKGROUND_ABOVE_BYTES = 4 * 1024 * 1024;
+/** The smallest meta row a response makes (its key, times and a few headers as JSON), for sizing the filter. */
+const META_ROW_BYTES_MIN = 256;
 /** A hit rewrites the access order only if the last touch is older than this. */
 const TOUCH_INTERVAL_MS = 5_000;
 /** Rows handled per batch by scans (purge, sweep, eviction). */
@@ -86,6 +89,12 @@ export interface LevelStoreOptions {
    * room to reopen, evict and compact (see space-reserve.ts). Default 0: none.
    */
   reserveBytes?: number;
+  /**
+   * At open, a store whose meta rows take more than this many bytes (LevelDB's estimate) is
+   * counted in the background: it serves at once, asking LevelDB for every key until the count
+   * has rebuilt the presence filter (see countInBackground). Default 4 MiB (~10,000 entries).
+   */
+  countInBackgroundAboveBytes?: number;
 }
 
 type Db = Level<Buffer, Buffer>;
@@ -360,6 +369,11 @@ export class LevelStore implements CacheStore {
   private presence: BloomFilter;
   /** Keys added while the filter is being rebuilt, replayed into the new one. */
   private rebuildAdds: Buffer[] | undefined;
+  /** False while a background count is still adding the stored keys: the filter may not answer a miss then. */
+  private presenceReady = true;
+  /** Resolves once entries and bytes are counted and the presence filter holds every stored key. */
+  counted: Promise<void> = Promise.resolve();
+  private readonly countInBackgroundAboveBytes: number;
   private queue: Promise<unknown> = Promise.resolve();
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -393,6 +407,7 @@ export class LevelStore implements CacheStore {
     this.reserve = reserveBytes > 0 ? new SpaceReserve(path.join(location, RESERVE_FILE), reserveBytes) : undefined;
     this.presence = new BloomFilter(options.expectedEntries ?? 64 * 1024);
     this.chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    this.countInBackgroundAboveBytes = options.countInBackgroundAboveBytes ?? DEFAULT_COUNT_IN_BACKGROUND_ABOVE_BYTES;
     this.now = options.now ?? Date.now;
     let sweeping = false;
     this.sweepTimer = setInterval(() => {
@@ -437,7 +452,7 @@ export class LevelStore implements CacheStore {
     try {
       await store.mutate('open', async () => {
         try {
-          await store.settle(released);
+          await store.settle(released, true);
         } catch (error) {
           // Full even with the reserve given back: start empty rather than not at all (see reopen).
           if (store.reserve === undefined || !noSpace(error)) throw error;
@@ -456,13 +471,13 @@ export class LevelStore implements CacheStore {
     if (this.closed) return undefined;
     const k = encodeText(key);
     // A key never written is answered at once, without a read on LevelDB's thread pool.
-    if (!this.presence.mightContain(k)) return undefined;
+    if (this.presenceReady && !this.presence.mightContain(k)) return undefined;
     return this.lookup(key, k);
   }
 
   /** False when the store certainly does not hold `key` (no I/O). */
   mightContain(key: string): boolean {
-    return this.presence.mightContain(encodeText(key));
+    return !this.presenceReady || this.presence.mightContain(encodeText(key));
   }
 
   private async lookup(key: string, k: Buffer): Promise<CachedEntry | undefined> {
@@ -681,7 +696,6 @@ export class LevelStore implements CacheStore {
     return this.epoch;
   }
 
-  /** Makes a fully written generation the entry's body, replacing any previous one. */
   /**
    * Makes an entry visible: one batch writes its meta and index rows, removes the entry it
    * replaces and, for a writer that wrote chunks before committing, deletes its pending row.
@@ -708,6 +722,8 @@ export class LevelStore implements CacheStore {
         if (this.commitGroup === group) this.commitGroup = undefined;
         await this.commitGroupNow(group.commits);
       }).catch((error: unknown) => {
+        // mutate counted the failed batch once; writeErrors counts failed commits.
+        if ((error as StoreError).code === 'STORE_WRITE_FAILED') this.counters.writeErrors += group.commits.length - 1;
         for (const queued of group.commits) queued.reject(error);
       });
       // After mutate: queuing it closed any group before it, and this one is now the open one.
@@ -1019,13 +1035,16 @@ export class LevelStore implements CacheStore {
     this.entries = 0;
     this.bytes = 0;
     this.presence = new BloomFilter(this.presence.capacity);
+    // A count still running on the previous handle stops at its next row (its epoch is gone).
+    this.presenceReady = true;
   }
 
   /** Adds a key to the presence filter; a filter past its capacity is rebuilt larger in the background. */
   private remember(k: Buffer): void {
     this.presence.add(k);
     if (this.rebuildAdds !== undefined) this.rebuildAdds.push(Buffer.from(k));
-    else if (this.presence.full && !this.closed) {
+    // While a background count runs the filter answers nothing; the count sizes it when done.
+    else if (this.presence.full && !this.closed && this.presenceReady) {
       this.rebuildAdds = [Buffer.from(k)];
       void this.rebuildPresence();
     }
@@ -1055,16 +1074,90 @@ export class LevelStore implements CacheStore {
    * (the reserve had to be given back, or less than a reserve's worth is free) it makes room
    * first. Then it writes the reserve again if there is room. Only on the queue.
    */
-  private async settle(released: boolean): Promise<void> {
-    await this.recoverRows();
+  private async settle(released: boolean, background = false): Promise<void> {
+    await this.dropUnfinished();
     const free = this.reserve ? await freeBytes(this.location) : undefined;
-    if (released || (free !== undefined && free < this.reserve!.bytes)) {
-      await this.reserve?.release();
-      await this.makeRoom();
+    const full = released || (free !== undefined && free < this.reserve!.bytes);
+    // Making room needs the counts; a full disk is counted before serving, as a small store is.
+    const metaBytes = background && !full ? await this.metaBytes() : 0;
+    if (metaBytes > this.countInBackgroundAboveBytes) {
+      this.countInBackground(metaBytes);
     } else {
-      await this.evict();
+      await this.countContents();
+      if (full) {
+        await this.reserve?.release();
+        await this.makeRoom();
+      } else {
+        await this.evict();
+      }
     }
     await this.reserve?.ensure();
+  }
+
+  /** LevelDB's estimate of the bytes its meta rows take. */
+  private async metaBytes(): Promise<number> {
+    try {
+      return await (this.db as Db & { approximateSize(start: Buffer, end: Buffer): Promise<number> }).approximateSize(META, prefixEnd(META));
+    } catch {
+      return Infinity;
+    }
+  }
+
+  /**
+   * Counts entries and bytes and fills the presence filter while the store serves (issue 14: a
+   * scan of 1,000,000 entries at open kept the node from listening for seconds). Called on the
+   * queue: the iterator's snapshot is taken before any later mutation, and every mutation
+   * accounts against what it finds in the database, so the sums come out exact: an entry in the
+   * snapshot replaced or removed meanwhile is counted here and subtracted there, one written
+   * meanwhile is counted there only. Until it is done, lookups ask LevelDB (the filter cannot
+   * answer a miss) and eviction waits (the count is short); then the filter is sized for what
+   * was found and the store evicts to its budget.
+   */
+  private countInBackground(metaBytes: number): void {
+    const epoch = this.epoch;
+    const rows = this.db.iterator({ gte: META, lt: prefixEnd(META) });
+    this.presenceReady = false;
+    // Sized from LevelDB's estimate (meta rows are rarely under META_ROW_BYTES_MIN), so the count
+    // seldom outgrows it.
+    const expected = Number.isFinite(metaBytes) ? metaBytes / META_ROW_BYTES_MIN : 0;
+    if (expected > this.presence.capacity) this.presence = new BloomFilter(expected);
+    this.counted = (async () => {
+      const corrupt: Array<[Buffer, Buffer]> = [];
+      try {
+        for await (const [key, value] of rows) {
+          if (epoch !== this.epoch) return;
+          const k = key.subarray(META.length);
+          this.presence.add(k);
+          const rec = decodeRecord(value, k);
+          if (rec) this.account(1, rec.size);
+          else corrupt.push([Buffer.from(k), value]);
+        }
+      } catch {
+        // Closed or reopened meanwhile (the reopen counts again), or unreadable: the filter stays
+        // unused, so no miss is ever answered from it.
+        return;
+      }
+      await this.mutate('counted', async () => {
+        if (epoch !== this.epoch) return;
+        for (const [k, value] of corrupt) await this.dropCorruptNow(k, value, false);
+        this.presenceReady = true;
+        await this.evict();
+      }).catch(() => undefined);
+      // Sized for what the count found (it may have outgrown its first capacity): rebuilt larger in the background.
+      if (this.presenceReady && this.presence.full && this.rebuildAdds === undefined && !this.closed) {
+        this.rebuildAdds = [];
+        void this.rebuildPresence();
+      }
+    })();
+  }
+
+  /** Deletes chunks of writes that never committed (the pending rows a crash left). */
+  private async dropUnfinished(): Promise<void> {
+    for await (const [key] of this.db.iterator({ gte: PENDING, lt: prefixEnd(PENDING), values: false })) {
+      const prefix = chunkPrefix(key.subarray(PENDING.length));
+      await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+      await this.db.del(key);
+    }
   }
 
   /**
@@ -1091,13 +1184,8 @@ export class LevelStore implements CacheStore {
     if (room > 0) this.budget = Math.min(this.maxBytes, Math.max(this.budget, this.bytes + room));
   }
 
-  /** Deletes chunks of writes that never committed, then counts entries and bytes. */
-  private async recoverRows(): Promise<void> {
-    for await (const [key] of this.db.iterator({ gte: PENDING, lt: prefixEnd(PENDING), values: false })) {
-      const prefix = chunkPrefix(key.subarray(PENDING.length));
-      await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
-      await this.db.del(key);
-    }
+  /** Counts entries and bytes and fills the presence filter, dropping corrupt meta rows. Only on the queue. */
+  private async countContents(): Promise<void> {
     const corrupt: Array<[Buffer, Buffer]> = [];
     for await (const [key, value] of this.db.iterator({ gte: META, lt: prefixEnd(META) })) {
       const k = key.subarray(META.length);
@@ -1232,7 +1320,8 @@ class LevelWriter implements EntryWriter {
       chunk.copy(this.buffer, 4 + this.filled, offset, offset + n);
       this.filled += n;
       offset += n;
-      if (this.filled === size) await this.flush();
+      // A full chunk is written now, unless it is the whole declared body (then it goes in the commit's batch).
+      if (this.filled === size && !(this.chunks === 0 && this.meta.size === size)) await this.flush();
     }
   }
 

@@ -3,7 +3,8 @@
  * GCRA/token bucket; its memory limiter keeps a timer per key rather than a bounded LRU; and its
  * cluster limiter asks the primary for every decision.
  */
-import { Redis } from 'ioredis';
+import { createRequire } from 'node:module';
+import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { checkRate, intervalMicros, type Decision, type Rate } from './gcra.js';
 
@@ -52,6 +53,14 @@ return {0, 0, tat - now, tat - now + interval - limit, now}
 `;
 
 type GcraReply = [granted: number, remaining: number, resetUs: number, retryAfterUs: number, nowUs: number];
+/**
+ * ioredis, loaded when the first Redis limiter is made: most nodes have none, and loading it took
+ * ~8 % of each process's start-up (issue 14: time to the first hit after a restart).
+ */
+function loadIoredis(): typeof Redis {
+  return (createRequire(import.meta.url)('ioredis') as { Redis: typeof Redis }).Redis;
+}
+
 type GcraRedis = Redis & {
   outpostGcra(key: string, intervalUs: number, burst: number, want: number, nowUs: string): Promise<GcraReply>;
 };
@@ -90,7 +99,7 @@ export class RedisLimiter {
     this.#prefix = options.prefix ?? 'outpost:rl:';
     if (!(this.#timeoutMs > 0)) throw new RangeError(`timeoutMs must be > 0, got ${options.timeoutMs}`);
     if (this.#failMode !== 'open' && this.#failMode !== 'local') throw new RangeError(`failMode must be open or local, got ${String(options.failMode)}`);
-    this.#redis = new Redis(options.url, {
+    this.#redis = new (loadIoredis())(options.url, {
       // Never queue while disconnected: a queued decision would come back long after we fell back.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
