@@ -5,24 +5,26 @@
  */
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import cluster from 'node:cluster';
+import type { Logger } from 'pino';
 import { ConfigError, OPTIONS, envName, flagName, loadConfig, optionsFor, optionSpec, type Config, type OptionName, type Role } from '../config/config.js';
-import { startDemoOrigin, demoIndex } from '../demo-origin/demo-origin.js';
-import { startEdge, upstreamTls } from '../edge/edge.js';
-import { CertificateStore, type CertificatePair } from '../edge/tls/certificates.js';
-import { certificatePairs } from '../pipeline/listeners.js';
+import { CertificateStore, certificatePairs, type CertificatePair } from '../edge/tls/certificates.js';
+import { upstreamTls } from '../edge/upstream-tls.js';
 import { ensureSelfSigned } from '../edge/tls/self-signed.js';
 import type { RunningNode } from '../pipeline/node-server.js';
-import cluster from 'node:cluster';
 import { Primary } from '../cluster/primary.js';
-import { startAdmin, type AdminServer } from '../admin/admin-server.js';
-import { LocalControl, type NodeControl } from '../admin/node-control.js';
-import { PurgeOutbox } from '../admin/purge-outbox.js';
+import type { AdminServer } from '../admin/admin-server.js';
+import type { LocalControl, NodeControl } from '../admin/node-control.js';
+import type { PurgeOutbox } from '../admin/purge-outbox.js';
 import { WORKER_ENV } from '../cluster/messages.js';
-import { runWorker, type Starter } from '../cluster/worker.js';
-import type { Logger } from 'pino';
-import { runPurgeClient } from './purge-client.js';
+import type { Starter } from '../cluster/worker.js';
 import { createLogger, silentLogger } from '../pipeline/logger.js';
-import { startShield } from '../origin-shield/shield.js';
+
+// The request path (edge, shield, pipeline, undici), the admin API, the demo origin and the
+// purge client are imported where they are used: a primary forks its workers before it loads
+// any of them, so a restarted node answers sooner (issue 14: time to the first hit).
+const startEdge: Starter = async (config, options) => (await import('../edge/edge.js')).startEdge(config, options);
+const startShield: Starter = async (config, options) => (await import('../origin-shield/shield.js')).startShield(config, options);
 
 const USAGE = `outpost — a caching edge node (CDN point of presence) with an origin-shield tier
 
@@ -136,6 +138,7 @@ async function runStart(argv: readonly string[]): Promise<void> {
   const baseDir = parsed.flags.dataDir?.[0] ?? process.env.OUTPOST_DATA_DIR ?? '.outpost-data';
   let originUrl = parsed.extra.origin ?? process.env.OUTPOST_ORIGIN;
   const closers: Array<() => Promise<void>> = [];
+  const { startDemoOrigin, demoIndex } = await import('../demo-origin/demo-origin.js');
   if (!originUrl) {
     const demo = await startDemoOrigin('127.0.0.1', 0);
     originUrl = demo.url;
@@ -145,7 +148,7 @@ async function runStart(argv: readonly string[]): Promise<void> {
   const shieldConfig = loadConfig('shield', {
     fileContents: { listen: parsed.extra['shield-listen'] ?? '127.0.0.1:0', origins: [originUrl], dataDir: join(baseDir, 'shield') },
   });
-  const shield = await startShield(shieldConfig);
+  const shield = await startShield(shieldConfig, {});
   const { dataDir: _ignored, ...edgeFlags } = parsed.flags;
   // HTTPS too: with no certificate given, a self-signed one for localhost in the data folder.
   const edgeDefaults: Record<string, unknown> = { upstreams: [shield.url], dataDir: join(baseDir, 'edge'), trustForwardedFrom: [], adminListen: '127.0.0.1:8081', listenTls: '127.0.0.1:8443' };
@@ -158,8 +161,9 @@ async function runStart(argv: readonly string[]): Promise<void> {
     edgeDefaults.tlsKey = [selfSigned.keyFile];
     edgeConfig = loadEdge();
   }
-  const edge = await startEdge(edgeConfig);
+  const edge = await startEdge(edgeConfig, {});
   // One admin API for the chain: it reports on the edge, and its purges reach the shield too.
+  const { LocalControl } = await import('../admin/node-control.js');
   const control = new LocalControl([edge, shield]);
   const logger = createLogger(edgeConfig.logLevel, edgeConfig.nodeName, { buffered: false }).child({ admin: true });
   const admin = await openAdmin(edgeConfig, control, logger);
@@ -184,7 +188,7 @@ async function runStart(argv: readonly string[]): Promise<void> {
  */
 async function runNode(load: () => Readonly<Config>, start: Starter, upstreams: (config: Readonly<Config>) => string): Promise<void> {
   // A worker runs the config the primary validated (the file may have changed since).
-  if (cluster.isWorker) return runWorker(JSON.parse(process.env[WORKER_ENV.config]!) as Config, start);
+  if (cluster.isWorker) return (await import('../cluster/worker.js')).runWorker(JSON.parse(process.env[WORKER_ENV.config]!) as Config, start);
   let config = load();
   mkdirSync(config.dataDir, { recursive: true });
   const logger = createLogger(config.logLevel, config.nodeName, { buffered: false }).child({ primary: true });
@@ -218,6 +222,7 @@ function peersOf(config: Readonly<Config>) {
 async function openAdmin(config: Readonly<Config>, control: NodeControl, logger: Logger, current: () => Readonly<Config> = () => config): Promise<(AdminServer & { outbox: PurgeOutbox }) | undefined> {
   if (config.adminListen === undefined) return undefined;
   if (config.adminToken === '') logger.warn('the admin API has no token: anyone who can reach its loopback address can purge');
+  const [{ PurgeOutbox }, { startAdmin }] = await Promise.all([import('../admin/purge-outbox.js'), import('../admin/admin-server.js')]);
   const outbox = await PurgeOutbox.open({ location: join(config.dataDir, 'purge-outbox'), peers: peersOf(config), retrySec: config.purgeRetrySec, logger });
   const admin = await startAdmin({ listen: config.adminListen, control, logger, config: current, outbox });
   return {
@@ -268,6 +273,7 @@ async function runOrigin(argv: readonly string[]): Promise<void> {
   }
   const match = /^(.+):(\d{1,5})$/.exec(listen);
   if (!match) throw new ConfigError('listen', 'flag --listen', `must be host:port, got ${JSON.stringify(listen)}`);
+  const { startDemoOrigin } = await import('../demo-origin/demo-origin.js');
   const demo = await startDemoOrigin(match[1]!, Number(match[2]));
   process.stderr.write(`demo origin on ${demo.url}\n`);
   process.once('SIGTERM', () => demo.server.close(() => process.exit(0)));
@@ -287,7 +293,7 @@ export async function main(argv: readonly string[]): Promise<void> {
         return await runNode(checked, command === 'edge' ? startEdge : startShield, describe);
       }
       case 'purge':
-        return await runPurgeClient(rest);
+        return await (await import('./purge-client.js')).runPurgeClient(rest);
       case 'start':
         return await runStart(rest);
       case 'origin':

@@ -2,6 +2,7 @@
  * What the primary and its workers say to each other over the node:cluster IPC channel. Every
  * question carries an id; its answer carries the same id.
  */
+import { join } from 'node:path';
 import type { Config } from '../config/config.js';
 import type { Grant } from '../edge/rate-limit/gcra.js';
 import type { LeaseRequest } from '../edge/rate-limit/limiter.js';
@@ -17,6 +18,11 @@ export const WORKER_ENV = {
   /** The config the primary validated (JSON): a worker forked after a reload runs the reloaded one. */
   config: 'OUTPOST_WORKER_CONFIG',
 } as const;
+
+/** A worker's disk shard. */
+export function shardDir(dataDir: string, index: number): string {
+  return join(dataDir, `worker-${index}`);
+}
 
 export type WorkerMessage =
   /** The shard is open; the primary answers with `go` and the purges it missed while down. */

@@ -17,8 +17,7 @@ import type { MetricsJson } from '../pipeline/metrics.js';
 import type { NodeSnapshot } from '../pipeline/node-server.js';
 import { describePurge, type PurgeRequest } from '../pipeline/purge.js';
 import { LocalLimiter } from '../edge/rate-limit/limiter.js';
-import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
-import { shardDir } from './worker.js';
+import { WORKER_ENV, shardDir, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { workerExecArgv } from './worker-heap.js';
 
 /** Deaths within this window that count towards a crash loop. */

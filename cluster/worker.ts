@@ -17,7 +17,7 @@ import { purgeStore, type PurgeRequest } from '../pipeline/purge.js';
 import { LeasedLimiter } from '../edge/rate-limit/limiter.js';
 import { LevelStore } from '../storage/level-store.js';
 import { openTieredStore, type TieredStore } from '../storage/tiered-store.js';
-import { WORKER_ENV, type PrimaryMessage, type WorkerMessage } from './messages.js';
+import { WORKER_ENV, shardDir, type PrimaryMessage, type WorkerMessage } from './messages.js';
 import { Ownership } from './ownership.js';
 
 export type Starter = (config: Readonly<Config>, options: StartOptions) => Promise<RunningNode>;
@@ -27,9 +27,6 @@ export function ownerSocket(runDir: string, index: number): string {
   return join(runDir, `worker-${index}.sock`);
 }
 
-export function shardDir(dataDir: string, index: number): string {
-  return join(dataDir, `worker-${index}`);
-}
 
 /** Longest a request waits for the primary to lease rate-limit tokens. */
 const LEASE_TIMEOUT_MS = 250;

@@ -8,9 +8,8 @@ import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { healthFilter, HEALTH_PATH } from '../pipeline/health-filter.js';
 import { EdgeGuard, type GuardOptions } from './request-guard.js';
-import { readFileSync } from 'node:fs';
-import { ConfigError } from '../config/config-error.js';
-import { HttpUpstream, type UpstreamTls } from '../pipeline/http-upstream.js';
+import { HttpUpstream } from '../pipeline/http-upstream.js';
+import { upstreamTls } from './upstream-tls.js';
 import { createLogger } from '../pipeline/logger.js';
 import { startNode, type RunningNode } from '../pipeline/node-server.js';
 import type { Upstream } from '../pipeline/upstream.js';
@@ -45,22 +44,6 @@ export function upstreamTimeouts(config: Readonly<Config>) {
 }
 
 /** --upstream-ca, --upstream-cert/--upstream-key and --upstream-insecure, read from their files. */
-export function upstreamTls(config: Readonly<Config>): UpstreamTls {
-  const read = (field: 'upstreamCa' | 'upstreamCert' | 'upstreamKey'): string | undefined => {
-    const file = config[field];
-    if (file === '') return undefined;
-    try {
-      return readFileSync(file, 'utf8');
-    } catch (error) {
-      throw new ConfigError(field, 'config', `cannot read ${file}: ${(error as Error).message}`);
-    }
-  };
-  const ca = read('upstreamCa');
-  const cert = read('upstreamCert');
-  const key = read('upstreamKey');
-  return { ...(ca ? { ca } : {}), ...(cert ? { cert } : {}), ...(key ? { key } : {}), rejectUnauthorized: !config.upstreamInsecure };
-}
-
 export function edgeUpstream(config: Readonly<Config>): Upstream {
   if (config.upstreams.length === 0) throw new Error('the edge needs at least one --upstream');
   if (config.upstreams.length === 1) return new HttpUpstream({ url: config.upstreams[0]!, ...upstreamTimeouts(config) });

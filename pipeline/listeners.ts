@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
-import type { CertificatePair, CertificateStore } from '../edge/tls/certificates.js';
+import type { CertificateStore } from '../edge/tls/certificates.js';
 import { ProxyProtocolError, readProxyHeader } from '../edge/proxy-protocol.js';
 import { buildBlockList, inAddressList } from './address-list.js';
 import { HEALTH_PATH } from './health-filter.js';
@@ -26,9 +26,6 @@ export const PROXY_HEADER_TIMEOUT_MS = 5_000;
 const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 
 /** --tls-cert and --tls-key pair up by position (config.ts checks the counts match). */
-export function certificatePairs(config: Readonly<Config>): CertificatePair[] {
-  return config.tlsCert.map((certFile, i) => ({ certFile, keyFile: config.tlsKey[i]! }));
-}
 
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
 

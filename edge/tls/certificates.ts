@@ -10,6 +10,7 @@ import { resolve } from 'node:path';
 import { isIP } from 'node:net';
 import { createSecureContext, type SecureContext, type SecureContextOptions } from 'node:tls';
 import type { Logger } from 'pino';
+import type { Config } from '../../config/config.js';
 import { ConfigError } from '../../config/config-error.js';
 import { SERVER_TLS_POLICY } from './tls-policy.js';
 
@@ -294,4 +295,9 @@ function readPem(file: string): Buffer {
 
 function reason(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The certificate and key files the config names, paired in order. */
+export function certificatePairs(config: Readonly<Config>): CertificatePair[] {
+  return config.tlsCert.map((certFile, i) => ({ certFile, keyFile: config.tlsKey[i]! }));
 }
