@@ -1,0 +1,108 @@
+/**
+ * Commits queued back to back share one read and one batch (storage/level-store.ts, issue 14).
+ * The group must not change what a store guarantees: every entry whole and counted once, the same
+ * key committed several times in one group ending with one version and no rows of the others, and
+ * a delete or purge asked between two commits applied in that order.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import test, { type ExecutionContext } from 'ava';
+import { Level } from 'level';
+import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
+import { entryKey } from '../../storage/keys.js';
+import { ENTRY_OVERHEAD_BYTES, LevelStore } from '../../storage/level-store.js';
+
+const FAR = 10 ** 13;
+const CHUNK = 1024;
+
+function tempDir(t: ExecutionContext): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-group-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const meta = (size: number, tags: string[] = []): EntryMeta => ({ size, tags, storedAt: 1, staleAt: FAR, graceUntil: FAR, deleteAt: FAR, http: { status: 200 } });
+const key = (i: number) => entryKey(`https://example.test/group/${i}`, '');
+/** Version v of key i: sizes on both sides of one chunk, so groups mix one-row bodies and chunked ones. */
+const bodyOf = (i: number, v: number) => Buffer.alloc([0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK][(i + v) % 6]!, `${i}.${v};`);
+
+async function readBody(store: LevelStore, k: string): Promise<Buffer | undefined> {
+  const entry = await store.get(k);
+  if (entry === undefined) return undefined;
+  const parts: Buffer[] = [];
+  for await (const part of entry.openBody()) parts.push(part as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** Rows under a prefix, read with a plain LevelDB handle once the store is closed. */
+async function rowCount(dir: string, prefix: string): Promise<number> {
+  const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await db.open();
+  try {
+    return (await db.keys({ gte: Buffer.from(prefix), lt: Buffer.from(prefix.slice(0, -1) + '0') }).all()).length;
+  } finally {
+    await db.close();
+  }
+}
+
+test('400 concurrent commits of 50 keys, 8 versions each: every key one whole version, counted once, no rows of the others', async (t) => {
+  const dir = tempDir(t);
+  const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
+  const writes: Promise<void>[] = [];
+  for (let v = 0; v < 8; v++) for (let i = 0; i < 50; i++) writes.push(putEntry(store, key(i), meta(bodyOf(i, v).length, [`v${v}`]), bodyOf(i, v)));
+  await Promise.all(writes);
+  let bytes = 0;
+  let chunks = 0;
+  const finals: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const body = await readBody(store, key(i));
+    const version = Array.from({ length: 8 }, (_, v) => v).find((v) => body !== undefined && body.equals(bodyOf(i, v)));
+    t.not(version, undefined, `key ${i} holds one of its versions, whole`);
+    finals.push(version!);
+    bytes += body!.length + ENTRY_OVERHEAD_BYTES;
+    chunks += Math.ceil(body!.length / CHUNK);
+  }
+  t.deepEqual(store.stats(), { entries: 50, bytes });
+  await store.close();
+  t.is(await rowCount(dir, 'o1/b/'), chunks, 'exactly the chunks of the 50 bodies kept');
+  t.is(await rowCount(dir, 'o1/p/'), 0, 'no pending row left');
+  t.is(await rowCount(dir, 'o1/a/'), 50, 'one access row per entry');
+  const reopened = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
+  t.teardown(() => reopened.close());
+  for (let v = 0; v < 8; v++) {
+    t.is(await reopened.purgeTag(`v${v}`), finals.filter((f) => f === v).length, `tag v${v}: only the keys whose last version carries it`);
+  }
+  t.deepEqual(reopened.stats(), { entries: 0, bytes: 0 });
+});
+
+/** Lets pending microtasks run (a writer's commit asks the store for its commit a few ticks after commit()). */
+async function ticks(): Promise<void> {
+  for (let i = 0; i < 20; i++) await Promise.resolve();
+}
+
+test('a delete or purge asked between two commits splits their group: it removes the one before, not the one after', async (t) => {
+  const dir = tempDir(t);
+  const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
+  t.teardown(() => store.close());
+  // A mutation first keeps the queue busy (its LevelDB call ends in a later turn), so everything
+  // below is asked for, in this order, before any of it runs: without the split, the commits
+  // around each delete or purge would share one batch.
+  const busy = store.purgeTag('nothing');
+  const before = putEntry(store, key(1), meta(10), Buffer.alloc(10, 'a'));
+  await ticks();
+  const removed = store.delete(key(1));
+  const after = putEntry(store, key(1), meta(20), Buffer.alloc(20, 'b'));
+  const tagged = putEntry(store, key(2), meta(5, ['t']), Buffer.alloc(5, 'c'));
+  await ticks();
+  const purged = store.purgeTag('t');
+  const kept = putEntry(store, key(3), meta(7, ['t']), Buffer.alloc(7, 'd'));
+  await busy;
+  await Promise.all([before, after, tagged, kept]);
+  t.true(await removed, 'the delete found the entry committed before it');
+  t.is(await purged, 1, 'the purge found the tagged entry committed before it');
+  t.deepEqual(await readBody(store, key(1)), Buffer.alloc(20, 'b'), 'the commit asked for after the delete stands');
+  t.is(await store.get(key(2)), undefined);
+  t.deepEqual(await readBody(store, key(3)), Buffer.alloc(7, 'd'), 'the commit asked for after the purge stands');
+  t.deepEqual(store.stats(), { entries: 2, bytes: 20 + 7 + 2 * ENTRY_OVERHEAD_BYTES });
+});
