@@ -901,7 +901,9 @@ export class LevelStore implements CacheStore {
       for await (const chunk of this.db.values({ gte: prefix, lt: prefixEnd(prefix) })) size += chunk.length - 4;
       await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
     }
-    if (counted) this.account(-1, size);
+    // While a background count runs, a corrupt row can only come from its snapshot, which the
+    // count does not add up: un-counting it here would count it out twice.
+    if (counted && this.presenceReady) this.account(-1, size);
   }
 
   /** A chunk is missing: corruption if the meta still names this generation, else the entry changed under us. */
@@ -932,7 +934,7 @@ export class LevelStore implements CacheStore {
     const last = this.recentTouches.get(key);
     if (this.closed || (last !== undefined && now - last < TOUCH_INTERVAL_MS)) return;
     const k = encodeText(key);
-    if (this.presence.mightContain(k)) this.touch(key, k, now);
+    if (!this.presenceReady || this.presence.mightContain(k)) this.touch(key, k, now);
   }
 
   private touch(key: string, k: Buffer, at: number): void {
@@ -1110,8 +1112,8 @@ export class LevelStore implements CacheStore {
    * accounts against what it finds in the database, so the sums come out exact: an entry in the
    * snapshot replaced or removed meanwhile is counted here and subtracted there, one written
    * meanwhile is counted there only. Until it is done, lookups ask LevelDB (the filter cannot
-   * answer a miss) and eviction waits (the count is short); then the filter is sized for what
-   * was found and the store evicts to its budget.
+   * answer a miss) and eviction goes by the partial count (so it removes only what is over
+   * budget even then); once it is done the store evicts to its budget.
    */
   private countInBackground(metaBytes: number): void {
     const epoch = this.epoch;

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import { Level } from 'level';
 import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { ENTRY_OVERHEAD_BYTES, LevelStore, type LevelStoreOptions } from '../../storage/level-store.js';
@@ -110,4 +111,57 @@ test('a reopen during the background count counts again from scratch, exactly', 
   t.deepEqual(store.stats(), expected, 'the reopen counted before serving; the first count stopped');
   await store.counted;
   t.deepEqual(store.stats(), expected, 'and the first count added nothing after it');
+});
+
+/** A filled folder with five meta rows whose checksum fails (a byte flipped with a plain LevelDB handle); their keys. */
+async function folderWithCorruptRows(t: ExecutionContext): Promise<{ dir: string; corruptKeys: string[] }> {
+  const dir = await filledFolder(t);
+  const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
+  await db.open();
+  const rows = await db.iterator({ gte: Buffer.from('o1/m/'), lt: Buffer.from('o1/m0'), limit: 5 }).all();
+  for (const [rowKey, value] of rows) {
+    const broken = Buffer.from(value);
+    broken[broken.length - 2] ^= 0xff;
+    await db.put(rowKey, broken);
+  }
+  await db.close();
+  return { dir, corruptKeys: rows.map(([rowKey]) => rowKey.subarray('o1/m/'.length).toString('utf8')) };
+}
+
+for (const race of ['get', 'delete', 'commit', 'purge'] as const) {
+  test(`corrupt meta rows met by ${race === 'get' ? 'lookups' : race === 'commit' ? 'commits replacing them' : `${race}s`} during the background count are counted out once`, async (t) => {
+    const { dir, corruptKeys } = await folderWithCorruptRows(t);
+    const store = await open(t, dir, { countInBackgroundAboveBytes: 0 });
+    if (race === 'get') await Promise.all(corruptKeys.map((k) => store.get(k)));
+    if (race === 'delete') await Promise.all(corruptKeys.map((k) => store.delete(k)));
+    if (race === 'commit') await Promise.all(corruptKeys.map((k) => putEntry(store, k, meta(3), Buffer.from('new'))));
+    if (race === 'purge') await store.purgePrefix('https://example.test/object/');
+    await store.counted;
+    const during = store.stats();
+    await store.close();
+    const plain = await countedByPlainOpen(dir);
+    t.deepEqual(during, plain);
+    t.is(plain.entries, race === 'commit' ? ENTRIES : race === 'purge' ? 0 : ENTRIES - 5);
+  });
+}
+
+test('a memory hit noted during the background count still moves its key up the disk tier\'s LRU order', async (t) => {
+  const dir = tempDir(t);
+  let now = 1_000_000;
+  const first = await LevelStore.open({ location: dir, maxBytes: 1 << 30, now: () => now });
+  for (let i = 0; i < ENTRIES; i++) {
+    now += 1;
+    await putEntry(first, key(i), meta(bodyOf(i).length), bodyOf(i));
+  }
+  await first.close();
+  now += 60_000;
+  const store = await open(t, dir, { countInBackgroundAboveBytes: 0, now: () => now });
+  store.noteAccess(key(0)); // the least recently used entry, before the count has reached it
+  await store.counted;
+  await store.close();
+  // Reopened at a third of the bytes: eviction drops the least recently used first.
+  const full = await countedByPlainOpen(dir);
+  const small = await open(t, dir, { maxBytes: Math.floor(full.bytes / 3), countInBackgroundAboveBytes: Infinity, now: () => now });
+  t.not(await small.get(key(0)), undefined, 'the noted key was kept');
+  t.is(await small.get(key(1)), undefined, 'its neighbour in the old order was evicted');
 });
