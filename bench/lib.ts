@@ -400,3 +400,24 @@ export function nginxCacheHttp(dir: string, originPort: number, cache: { maxSize
   proxy_cache_path ${dir}/cache levels=1:2 keys_zone=bench:${cache.keysZone ?? '16m'} max_size=${cache.maxSize ?? '1g'} inactive=60m use_temp_path=off;
   upstream origin { server ${HOST}:${originPort}; keepalive 64; }`;
 }
+
+/** The top of every bench nginx.conf: workers, in the foreground, pid and error log in `dir`. */
+export function nginxMain(dir: string, pidName: string, workers: number): string {
+  return `worker_processes ${workers};
+daemon off;
+master_process on;
+${process.getuid?.() === 0 ? 'user root;' : ''}
+pid ${dir}/${pidName}.pid;
+error_log ${dir}/nginx-error.log warn;
+events { worker_connections 4096; }`;
+}
+
+/** What every bench nginx does in `location /`: proxy to the origin with keep-alive and cache, one fetch per key at a time. */
+export const NGINX_CACHE_LOCATION = `      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      proxy_cache_valid 200 60m;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 60s;
+      proxy_cache_lock_age 60s;`;

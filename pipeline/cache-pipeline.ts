@@ -302,20 +302,24 @@ export class CachePipeline {
     // read, not after a thousand queued ones.
     // A response committing when the disk read starts may land before the read answers, and the
     // read may not see it: then it is the stored response this request gets.
+    const found = this.read(key);
+    if (found instanceof Promise) {
+      const committing = this.fills.committing(x, key);
+      return found.then((entry) => this.selectVariant(x, key, entry, committing));
+    }
+    return this.selectVariant(x, key, found, undefined);
+  }
+
+  /** The stored entry of `key`; concurrent disk reads of one key (an object's or a slice's) share one. */
+  private read(key: string): CachedEntry | undefined | Promise<CachedEntry | undefined> {
     const pending = this.pendingLookups.get(key);
-    if (pending !== undefined) {
-      const committing = this.fills.committing(x, key);
-      return pending.then((entry) => this.selectVariant(x, key, entry, committing));
-    }
+    if (pending !== undefined) return pending;
     const first = this.store.get(key);
-    if (first instanceof Promise) {
-      const committing = this.fills.committing(x, key);
-      const read = first.catch((error) => this.storeReadFailed(error));
-      this.pendingLookups.set(key, read);
-      read.then(() => this.pendingLookups.delete(key));
-      return read.then((entry) => this.selectVariant(x, key, entry, committing));
-    }
-    return this.selectVariant(x, key, first, undefined);
+    if (!(first instanceof Promise)) return first;
+    const read = first.catch((error) => this.storeReadFailed(error));
+    this.pendingLookups.set(key, read);
+    read.then(() => this.pendingLookups.delete(key));
+    return read;
   }
 
   /** A failing disk read is a miss (counted and logged), never a failed request. */
@@ -411,12 +415,10 @@ export class CachePipeline {
   private lookupSlice(x: Exchange, objectVariant: string, vary: VaryRecord | undefined, slice: SliceId): Lookup | Promise<Lookup> {
     const variant = sliceVariant(objectVariant, slice.size, slice.index);
     const key = entryKey(x.url, variant);
-    const found = this.store.get(key);
+    const found = this.read(key);
     if (found instanceof Promise) {
       const committing = this.fills.committing(x, key);
-      return found
-        .catch((error) => this.storeReadFailed(error))
-        .then((entry) => ({ entry: newest(entry, this.fills.committing(x, key) ?? usable(committing)), variant, vary, slice }));
+      return found.then((entry) => ({ entry: newest(entry, this.fills.committing(x, key) ?? usable(committing)), variant, vary, slice }));
     }
     return { entry: newest(found, this.fills.committing(x, key)), variant, vary, slice };
   }

@@ -9,7 +9,7 @@ import type { ByteRange } from './ranges.js';
 export const PIECE_BYTES = 64 * 1024;
 
 /** Bytes `from` to `to` (inclusive) of a body held in memory, a piece at a time. */
-export function* pieces(body: Buffer, from: number, to: number): Generator<Buffer> {
+function* pieces(body: Buffer, from: number, to: number): Generator<Buffer> {
   for (let at = from; at <= to; at += PIECE_BYTES) yield body.subarray(at, Math.min(at + PIECE_BYTES, to + 1));
 }
 

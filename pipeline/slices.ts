@@ -75,8 +75,13 @@ export function sliceAnswer(response: UpstreamResponse, index: number, sliceSize
     delete whole['content-range'];
     return { kind: 'whole', response: { ...response, statusCode: 200, headers: whole } };
   }
-  if (validatorOf(headerText(headers['etag']), headerText(headers['last-modified']), headerText(headers['date'])) === undefined) return { kind: 'unsliceable' };
+  if (upstreamValidator(headers) === undefined) return { kind: 'unsliceable' };
   return { kind: 'slice', total: range.total };
+}
+
+/** The strong validator of an upstream response's headers (see validatorOf). */
+function upstreamValidator(headers: HeaderMap): string | undefined {
+  return validatorOf(headerText(headers['etag']), headerText(headers['last-modified']), headerText(headers['date']));
 }
 
 /**
@@ -126,7 +131,7 @@ export function upstreamPiece(response: UpstreamResponse): SlicePiece | undefine
   return {
     range,
     total: range.total,
-    validator: validatorOf(headerText(headers['etag']), headerText(headers['last-modified']), headerText(headers['date'])),
+    validator: upstreamValidator(headers),
     bytes: (from, to) => {
       if (read) throw new Error('an unstored slice was read twice');
       read = true;

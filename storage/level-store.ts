@@ -1045,11 +1045,19 @@ export class LevelStore implements CacheStore {
   private remember(k: Buffer): void {
     this.presence.add(k);
     if (this.rebuildAdds !== undefined) this.rebuildAdds.push(Buffer.from(k));
-    // While a background count runs the filter answers nothing; the count sizes it when done.
-    else if (this.presence.full && !this.closed && this.presenceReady) {
-      this.rebuildAdds = [Buffer.from(k)];
-      void this.rebuildPresence();
-    }
+    // Its commit is queued after the rebuild's scan: the key is replayed into the new filter.
+    else this.growPresenceIfFull([Buffer.from(k)]);
+  }
+
+  /**
+   * Rebuilds a filter past its capacity, larger, in the background; `replay` are keys the rebuild's
+   * scan will not see yet. Not while a background count runs: the filter answers nothing then,
+   * and the count calls this when done.
+   */
+  private growPresenceIfFull(replay: Buffer[] = []): void {
+    if (this.rebuildAdds !== undefined || !this.presence.full || this.closed || !this.presenceReady) return;
+    this.rebuildAdds = replay;
+    void this.rebuildPresence();
   }
 
   /**
@@ -1124,32 +1132,22 @@ export class LevelStore implements CacheStore {
     const expected = Number.isFinite(metaBytes) ? metaBytes / META_ROW_BYTES_MIN : 0;
     if (expected > this.presence.capacity) this.presence = new BloomFilter(expected);
     this.counted = (async () => {
-      const corrupt: Array<[Buffer, Buffer]> = [];
+      let corrupt: Array<[Buffer, Buffer]> | undefined;
       try {
-        for await (const [key, value] of rows) {
-          if (epoch !== this.epoch) return;
-          const k = key.subarray(META.length);
-          this.presence.add(k);
-          const rec = decodeRecord(value, k);
-          if (rec) this.account(1, rec.size);
-          else corrupt.push([Buffer.from(k), value]);
-        }
+        corrupt = await this.countRows(rows, () => epoch === this.epoch);
       } catch {
-        // Closed or reopened meanwhile (the reopen counts again), or unreadable: the filter stays
-        // unused, so no miss is ever answered from it.
-        return;
+        // Closed meanwhile, or unreadable: the filter stays unused, so no miss is ever answered from it.
       }
+      // Stopped by a reopen, which counted again before serving.
+      if (corrupt === undefined) return;
       await this.mutate('counted', async () => {
         if (epoch !== this.epoch) return;
         for (const [k, value] of corrupt) await this.dropCorruptNow(k, value, false);
         this.presenceReady = true;
         await this.evict();
       }).catch(() => undefined);
-      // Sized for what the count found (it may have outgrown its first capacity): rebuilt larger in the background.
-      if (this.presenceReady && this.presence.full && this.rebuildAdds === undefined && !this.closed) {
-        this.rebuildAdds = [];
-        void this.rebuildPresence();
-      }
+      // The count may have outgrown the filter's first capacity.
+      this.growPresenceIfFull();
     })();
   }
 
@@ -1188,15 +1186,25 @@ export class LevelStore implements CacheStore {
 
   /** Counts entries and bytes and fills the presence filter, dropping corrupt meta rows. Only on the queue. */
   private async countContents(): Promise<void> {
+    const corrupt = await this.countRows(this.db.iterator({ gte: META, lt: prefixEnd(META) }), () => true);
+    for (const [k, value] of corrupt!) await this.dropCorruptNow(k, value, false);
+  }
+
+  /**
+   * Adds meta rows' keys to the presence filter and their entries and bytes to the counts; returns
+   * the rows that fail their checksum (not counted), or undefined once `current` turns false.
+   */
+  private async countRows(rows: AsyncIterable<[Buffer, Buffer]>, current: () => boolean): Promise<Array<[Buffer, Buffer]> | undefined> {
     const corrupt: Array<[Buffer, Buffer]> = [];
-    for await (const [key, value] of this.db.iterator({ gte: META, lt: prefixEnd(META) })) {
+    for await (const [key, value] of rows) {
+      if (!current()) return undefined;
       const k = key.subarray(META.length);
       this.remember(k);
       const rec = decodeRecord(value, k);
       if (rec) this.account(1, rec.size);
-      else corrupt.push([k, value]);
+      else corrupt.push([Buffer.from(k), value]);
     }
-    for (const [k, value] of corrupt) await this.dropCorruptNow(k, value, false);
+    return corrupt;
   }
 }
 

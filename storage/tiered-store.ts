@@ -268,12 +268,7 @@ export class TieredStore implements CacheStore {
   openWriter(key: string, meta: EntryMeta): EntryWriter {
     if (!this.onDisk(key)) {
       const writer = this.memoryWriter(key, meta);
-      if (writer !== undefined) return writer;
-      return this.refusingWriter(
-        meta.size > this.memoryMaxEntryBytes
-          ? new StoreError('ENTRY_TOO_LARGE', `a ${meta.size}-byte body does not fit the memory tier; not stored`)
-          : new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored'),
-      );
+      return writer instanceof StoreError ? this.refusingWriter(writer) : writer;
     }
     if (this.health.degraded) {
       this.counters.diskSkippedDegraded++;
@@ -302,16 +297,16 @@ export class TieredStore implements CacheStore {
 
   /**
    * A memory-tier writer whose body counts, until it commits or aborts, in the bytes memory writes in
-   * flight hold. Undefined when memory will not take the body: larger than memoryMaxEntryBytes, or
-   * more than 64 KiB while those bytes are at maxPendingMemoryBytes (many large fills at once would
-   * otherwise each hold a whole body: the node's memory is the tier plus a bounded amount in flight).
+   * flight hold. Or why memory will not take the body: larger than memoryMaxEntryBytes, or more than
+   * 64 KiB while those bytes are at maxPendingMemoryBytes (many large fills at once would otherwise
+   * each hold a whole body: the node's memory is the tier plus a bounded amount in flight).
    */
-  private memoryWriter(key: string, meta: EntryMeta): EntryWriter | undefined {
+  private memoryWriter(key: string, meta: EntryMeta): EntryWriter | StoreError {
     const declared = meta.size === UNKNOWN_SIZE ? 0 : meta.size;
-    if (declared > this.memoryMaxEntryBytes) return undefined;
+    if (declared > this.memoryMaxEntryBytes) return new StoreError('ENTRY_TOO_LARGE', `a ${meta.size}-byte body does not fit the memory tier; not stored`);
     if (declared > SMALL_MEMORY_WRITE && this.pendingMemoryBytes > 0 && this.pendingMemoryBytes + declared > this.maxPendingMemoryBytes) {
       this.counters.memorySkippedBusy++;
-      return undefined;
+      return new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored');
     }
     const inner = this.memory.openWriter(key, meta);
     let held = declared;
@@ -352,11 +347,6 @@ export class TieredStore implements CacheStore {
     };
   }
 
-  /** Memory writes in flight and the body bytes they hold. */
-  get memoryPending(): number {
-    return this.pendingMemoryBytes;
-  }
-
   /** A write to both tiers (see openWriter); counted in pendingDisk until its disk part has landed. */
   private tieredWriter(key: string, meta: EntryMeta): EntryWriter {
     const limit = this.memoryMaxEntryBytes;
@@ -364,7 +354,7 @@ export class TieredStore implements CacheStore {
     const diskWriter = this.disk.openWriter(key, meta);
     // A hard purge or delete after this write began wins: its content is not brought back by the commit.
     const mark = this.removals.mark();
-    let memWriter: EntryWriter | undefined = this.memoryWriter(key, meta);
+    let memWriter = orNone(this.memoryWriter(key, meta));
     let diskError: unknown = undefined;
     let length = 0;
     let state: 'open' | 'committing' | 'done' = 'open';
@@ -506,7 +496,7 @@ export class TieredStore implements CacheStore {
   private skipWriter(key: string, meta: EntryMeta, notStored: () => unknown): EntryWriter {
     const limit = this.memoryMaxEntryBytes;
     const mark = this.removals.mark();
-    let memWriter: EntryWriter | undefined = this.memoryWriter(key, meta);
+    let memWriter = orNone(this.memoryWriter(key, meta));
     let length = 0;
     let state: 'open' | 'committing' | 'done' = 'open';
     const dropMemory = (): void => {
@@ -901,4 +891,9 @@ export async function openTieredStore(options: OpenTieredStoreOptions): Promise<
     ...(options.maxPendingDiskBytes !== undefined ? { maxPendingDiskBytes: options.maxPendingDiskBytes } : {}),
     ...(options.diskRetryMs !== undefined ? { diskRetryMs: options.diskRetryMs } : {}),
   });
+}
+
+/** A memory writer, or none when memory refused the body (the disk part goes on alone). */
+function orNone(writer: EntryWriter | StoreError): EntryWriter | undefined {
+  return writer instanceof StoreError ? undefined : writer;
 }

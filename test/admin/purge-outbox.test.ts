@@ -1,20 +1,12 @@
 /** Purge fan-out to peers: delivered, queued and retried (across restarts, in order), expired, rejected. */
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import test, { type ExecutionContext } from 'ava';
 import { pino } from 'pino';
 import { PurgeOutbox, type PurgeOutboxOptions, type PurgePeer } from '../../admin/purge-outbox.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const logger = pino({ level: 'silent' });
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-outbox-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 interface Received { path: string; headers: IncomingHttpHeaders; body: unknown }
 
@@ -74,7 +66,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 test('a peer answering 200 gets the exact body and its Bearer token; nothing is stored', async (t) => {
   const [a, b] = [await startPeer(t), await startPeer(t)];
-  const location = tempDir(t);
+  const location = tempDir(t, 'outpost-outbox-');
   const peers: PurgePeer[] = [{ url: a.url, token: 'secret-a' }, { url: `${b.url}/`, token: undefined }];
   const outbox = await open(t, { location, peers });
   const request = { tags: ['p-1', 'p-2'], soft: true };
@@ -90,7 +82,7 @@ test('a peer answering 200 gets the exact body and its Bearer token; nothing is 
 
 test.serial('a peer that is down gets the purge queued, and delivered once it is back', async (t) => {
   const down = await downPeer(t);
-  const outbox = await open(t, { location: tempDir(t), peers: [{ url: down.url, token: 't' }] });
+  const outbox = await open(t, { location: tempDir(t, 'outpost-outbox-'), peers: [{ url: down.url, token: 't' }] });
   const [result] = await outbox.forward({ url: 'https://a.example/x' });
   t.like(result, { peer: down.url, result: 'queued', error: 'ECONNREFUSED' });
   t.deepEqual(outbox.pending(), { [down.url]: 1 });
@@ -102,7 +94,7 @@ test.serial('a peer that is down gets the purge queued, and delivered once it is
 
 test.serial('a queued purge survives a restart and is delivered exactly once', async (t) => {
   const down = await downPeer(t);
-  const location = tempDir(t);
+  const location = tempDir(t, 'outpost-outbox-');
   const peers = [{ url: down.url, token: 't' }];
   const first = await open(t, { location, peers });
   t.like((await first.forward({ prefix: 'http://a.example/static/' }))[0], { result: 'queued' });
@@ -123,7 +115,7 @@ test.serial('a queued purge survives a restart and is delivered exactly once', a
 
 test.serial('purges queued for one peer arrive in the order given', async (t) => {
   const down = await downPeer(t);
-  const outbox = await open(t, { location: tempDir(t), peers: [{ url: down.url, token: undefined }] });
+  const outbox = await open(t, { location: tempDir(t, 'outpost-outbox-'), peers: [{ url: down.url, token: undefined }] });
   const results = [
     ...(await outbox.forward({ url: 'http://a.example/1' })),
     ...(await Promise.all([outbox.forward({ url: 'http://a.example/2' }), outbox.forward({ all: true })])).flat(),
@@ -141,7 +133,7 @@ test.serial('purges queued for one peer arrive in the order given', async (t) =>
 test.serial('an undeliverable purge is dropped once retrySec has passed', async (t) => {
   const down = await downPeer(t);
   let clock = 1_000_000;
-  const location = tempDir(t);
+  const location = tempDir(t, 'outpost-outbox-');
   const peers = [{ url: down.url, token: 't' }];
   const outbox = await open(t, { location, peers, retrySec: 30, now: () => clock });
   t.like((await outbox.forward({ all: true }))[0], { result: 'queued' });
@@ -157,7 +149,7 @@ test.serial('an undeliverable purge is dropped once retrySec has passed', async 
 
 test.serial('a purge left stored past retrySec is dropped when the outbox opens again', async (t) => {
   const down = await downPeer(t);
-  const location = tempDir(t);
+  const location = tempDir(t, 'outpost-outbox-');
   const peers = [{ url: down.url, token: 't' }];
   const first = await open(t, { location, peers, retrySec: 0.2 });
   await first.forward({ all: true });
@@ -173,7 +165,7 @@ test('a 401 answer is rejected with its status and error, not retried', async (t
   peer.answer = 401;
   const lines: string[] = [];
   const capture = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
-  const outbox = await open(t, { location: tempDir(t), peers: [{ url: peer.url, token: 'wrong-token-5x7' }], logger: capture });
+  const outbox = await open(t, { location: tempDir(t, 'outpost-outbox-'), peers: [{ url: peer.url, token: 'wrong-token-5x7' }], logger: capture });
   t.deepEqual(await outbox.forward({ all: true }), [{ peer: peer.url, result: 'rejected', status: 401, error: 'no (401)' }]);
   t.like(JSON.parse(lines.join('')), { level: 50, peer: peer.url, status: 401, error: 'no (401)' });
   t.false(lines.join('').includes('wrong-token-5x7'));
@@ -186,7 +178,7 @@ test('a 401 answer is rejected with its status and error, not retried', async (t
 test('a 5xx answer is queued and retried until the peer accepts it', async (t) => {
   const peer = await startPeer(t);
   peer.answer = 503;
-  const outbox = await open(t, { location: tempDir(t), peers: [{ url: peer.url, token: 't' }] });
+  const outbox = await open(t, { location: tempDir(t, 'outpost-outbox-'), peers: [{ url: peer.url, token: 't' }] });
   t.deepEqual(await outbox.forward({ all: true }), [{ peer: peer.url, result: 'queued', error: 'HTTP 503: no (503)' }]);
   await until(() => peer.received.length >= 3, 'retries');
   peer.answer = 200;
@@ -197,14 +189,14 @@ test('a 5xx answer is queued and retried until the peer accepts it', async (t) =
 test('a peer that does not answer in time gets the purge queued', async (t) => {
   const peer = await startPeer(t);
   peer.answer = 'hang';
-  const outbox = await open(t, { location: tempDir(t), peers: [{ url: peer.url, token: 't' }], timeoutMs: 100 });
+  const outbox = await open(t, { location: tempDir(t, 'outpost-outbox-'), peers: [{ url: peer.url, token: 't' }], timeoutMs: 100 });
   t.deepEqual(await outbox.forward({ all: true }), [{ peer: peer.url, result: 'queued', error: 'no answer within 100 ms' }]);
   t.deepEqual(outbox.pending(), { [peer.url]: 1 });
 });
 
 test.serial('setPeers drops the queue of a peer no longer listed and updates tokens', async (t) => {
   const [a, b] = [await downPeer(t), await downPeer(t)];
-  const location = tempDir(t);
+  const location = tempDir(t, 'outpost-outbox-');
   const outbox = await open(t, { location, peers: [{ url: a.url, token: 'old' }, { url: b.url, token: 'b' }] });
   t.deepEqual((await outbox.forward({ all: true })).map((r) => r.result), ['queued', 'queued']);
   t.deepEqual(outbox.pending(), { [a.url]: 1, [b.url]: 1 });

@@ -6,12 +6,12 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, envName, flagName, loadConfig, parseBytes, type Config, type ConfigSources, type OptionName } from '../../config/config.js';
 import { makeCertificate, writePair } from '../helpers/certificates.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const bin = fileURLToPath(new URL('../../../bin/outpost', import.meta.url));
 
@@ -229,12 +229,6 @@ function runEdge(t: ExecutionContext, dir: string, args: string[], timeoutMs = 2
   });
 }
 
-function tempDir(t: ExecutionContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-tls-options-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 /** Exit 2 (a ConfigError), the field named in `outpost: invalid <field> (<source>): …`, nothing started. */
 function assertRefused(t: ExecutionContext, run: Run, dir: string, field: string, source: string, reason: RegExp): void {
   t.is(run.signal, null, `not killed by the timeout: ${run.stderr}`);
@@ -249,13 +243,13 @@ function assertRefused(t: ExecutionContext, run: Run, dir: string, field: string
 // One CLI process at a time: eight node start-ups at once would load a 2-core CI machine for
 // the other test files running beside this one.
 test.serial('CLI rule tlsCert: --listen-tls without --tls-cert exits 2 naming tlsCert before listening', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0']);
   assertRefused(t, run, dir, 'tlsCert', 'flag --tls-cert', /--listen-tls needs a --tls-cert and --tls-key/);
 });
 
 test.serial('CLI rule tlsCert: a --tls-cert file that is not a certificate exits 2 naming tlsCert and the file', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const good = writePair(dir, 'good', await makeCertificate(['localhost']));
   const garbage = join(dir, 'garbage.crt');
   writeFileSync(garbage, 'this is not a certificate\n');
@@ -264,7 +258,7 @@ test.serial('CLI rule tlsCert: a --tls-cert file that is not a certificate exits
 });
 
 test.serial('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 naming the file', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const good = writePair(dir, 'good', await makeCertificate(['localhost']));
   const garbage = join(dir, 'armoured.crt');
   writeFileSync(garbage, '-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n');
@@ -273,7 +267,7 @@ test.serial('CLI rule tlsCert: a PEM --tls-cert whose body is garbage exits 2 na
 });
 
 test.serial('CLI rule tlsCert: a --tls-key that does not match its certificate exits 2 naming both files', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
   const b = writePair(dir, 'b', await makeCertificate(['b.localhost']));
   const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', a.certFile, '--tls-key', b.keyFile]);
@@ -281,7 +275,7 @@ test.serial('CLI rule tlsCert: a --tls-key that does not match its certificate e
 });
 
 test.serial('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const a = writePair(dir, 'a', await makeCertificate(['a.localhost']));
   const missing = join(dir, 'missing.key');
   const run = await runEdge(t, dir, ['--listen-tls', '127.0.0.1:0', '--tls-cert', a.certFile, '--tls-key', missing]);
@@ -289,20 +283,20 @@ test.serial('CLI rule tlsCert: a missing --tls-key file exits 2 naming the file'
 });
 
 test.serial('CLI rule upstreamCa: an unreadable --upstream-ca exits 2 naming upstreamCa and the file', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const run = await runEdge(t, dir, ['--upstream-ca', '/nonexistent']);
   assertRefused(t, run, dir, 'upstreamCa', 'config', /cannot read \/nonexistent: ENOENT/);
 });
 
 test.serial('CLI rule upstreamKey: --upstream-cert without --upstream-key exits 2 naming upstreamKey', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const client = writePair(dir, 'client', await makeCertificate(['client.localhost']));
   const run = await runEdge(t, dir, ['--upstream-cert', client.certFile]);
   assertRefused(t, run, dir, 'upstreamKey', 'config', /give --upstream-cert and --upstream-key together/);
 });
 
 test.serial('CLI control: a valid --tls-cert/--tls-key pair with --listen-tls and --upstream-ca starts and listens on HTTPS', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-options-');
   const pair = writePair(dir, 'edge', await makeCertificate(['localhost']));
   const ca = join(dir, 'ca.pem');
   writeFileSync(ca, (await makeCertificate(['ca.localhost'])).cert);

@@ -6,9 +6,8 @@
  */
 import test from 'ava';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, createServer, type ConnectionOptions, type PeerCertificate, type Server } from 'node:tls';
 import { pino, type Logger } from 'pino';
@@ -18,6 +17,7 @@ import { ensureSelfSigned } from '../../edge/tls/self-signed.js';
 import { SERVER_TLS_POLICY } from '../../edge/tls/tls-policy.js';
 import { silentLogger } from '../../pipeline/logger.js';
 import { makeCa, makeCertificate, writePair, type PemPair } from '../helpers/certificates.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 interface Fixtures {
   ca: PemPair;
@@ -52,12 +52,6 @@ function memoryLogger(): { logger: Logger; lines: LogLine[] } {
   const lines: LogLine[] = [];
   const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(JSON.parse(line) as LogLine) });
   return { logger, lines };
-}
-
-function tempDir(t: { teardown(fn: () => void): void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-tls-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
 }
 
 interface Served {
@@ -119,7 +113,7 @@ function fingerprint(pem: string): string {
 /** The three pairs, default first, in a fresh directory. */
 async function threePairs(t: { teardown(fn: () => void): void }): Promise<{ dir: string; pairs: CertificatePair[]; f: Fixtures }> {
   const f = await shared();
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pairs = [writePair(dir, 'default', f.defaultCert), writePair(dir, 'a', f.exact), writePair(dir, 'wild', f.wild)];
   return { dir, pairs, f };
 }
@@ -187,7 +181,7 @@ test('a chain file serves leaf and intermediate: clients trusting only the root 
   const root = await makeCa('Root CA');
   const intermediate = await makeCa('Intermediate CA', { ca: root });
   const leaf = await makeCertificate(['chain.example'], { ca: intermediate });
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pair = writePair(dir, 'chain', { cert: leaf.cert + intermediate.cert, key: leaf.key });
   const store = new CertificateStore([pair], { logger: silentLogger(), watch: false });
   const { port } = await serve(t, store);
@@ -266,7 +260,7 @@ test('a pair replaced by rename is served after the watcher reloads it', async (
 
 test('a Kubernetes-style secret update (..data symlink swapped) is picked up', async (t) => {
   const f = await shared();
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   mkdirSync(join(dir, '..v1'));
   writePair(join(dir, '..v1'), 'tls', f.exact);
   symlinkSync('..v1', join(dir, '..data'));
@@ -378,7 +372,7 @@ test('the constructor throws a ConfigError naming the bad file', async (t) => {
 
 test('names come from DNS subjectAltNames, else the subject CN; an expired certificate loads with a warning', async (t) => {
   const f = await shared();
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const many = writePair(dir, 'many', await makeCertificate(['Multi.Example', 'other.example', '*.multi.example', '10.0.0.1'], { ca: f.ca }));
   const expiredPem = await makeCertificate(['old.example'], { ca: f.ca, notBefore: new Date(Date.now() - 10 * 86400_000), notAfter: new Date(Date.now() - 86400_000) });
   const expired = writePair(dir, 'expired', expiredPem);
@@ -398,7 +392,7 @@ test('names come from DNS subjectAltNames, else the subject CN; an expired certi
 
 test('close() stops watching; files that disappear are an error naming the file and the old pair keeps serving', async (t) => {
   const f = await shared();
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pair = writePair(dir, 'a', f.exact);
   const { logger, lines } = memoryLogger();
   let reloads = 0;
@@ -419,7 +413,7 @@ test('close() stops watching; files that disappear are an error naming the file 
 });
 
 test('ensureSelfSigned creates a localhost pair that serves and verifies against itself, then reuses it', async (t) => {
-  const dataDir = tempDir(t);
+  const dataDir = tempDir(t, 'outpost-tls-');
   const { logger } = memoryLogger();
   const started = performance.now();
   const pair = await ensureSelfSigned(dataDir, logger);
@@ -451,7 +445,7 @@ test('ensureSelfSigned creates a localhost pair that serves and verifies against
 });
 
 test('ensureSelfSigned regenerates an expired, nearly expired or garbage certificate', async (t) => {
-  const dataDir = tempDir(t);
+  const dataDir = tempDir(t, 'outpost-tls-');
   const tlsDir = join(dataDir, 'tls');
   mkdirSync(tlsDir, { recursive: true });
   const fingerprintOf = (file: string): string => new X509Certificate(readFileSync(file)).fingerprint256;

@@ -5,25 +5,19 @@
  */
 import test from 'ava';
 import { X509Certificate } from 'node:crypto';
-import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { Agent, request } from 'undici';
 import { fetchFrom, header, raw, send, setup, startTestEdge, waitFor, type TestEdge } from '../helpers/harness.js';
 import { makeCa, makeCertificate, writePair, type PemPair } from '../helpers/certificates.js';
 import { startTestShield } from '../shield/fixtures/chain.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const cacheable = (_q: unknown, res: Parameters<typeof send>[0]) => send(res, 200, { 'cache-control': 'max-age=60' }, 'hello over tls');
-
-function tempDir(t: { teardown(fn: () => void): void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-tls-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Connects, returns what the server presented and negotiated, and closes. */
 function handshake(
@@ -52,7 +46,7 @@ async function tlsEdge(t: Parameters<typeof setup>[0], pairs: Array<{ certFile: 
 }
 
 test('SNI: each name gets its own certificate, a wildcard covers one label, no SNI or an unknown name gets the first pair', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   const pairs = [
     writePair(dir, 'default', await makeCertificate(['default.example'], { ca })),
@@ -69,7 +63,7 @@ test('SNI: each name gets its own certificate, a wildcard covers one label, no S
 });
 
 test('ALPN offers h2 and http/1.1; both reach one cache', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const { origin, edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)]);
   const url = edge.tlsUrl!.replace('127.0.0.1', 'localhost');
@@ -88,7 +82,7 @@ test('ALPN offers h2 and http/1.1; both reach one cache', async (t) => {
 });
 
 test('TLS 1.3 by default; TLS 1.2 negotiates an ECDHE suite with an AEAD cipher (the refusal of 1.1 and of CBC suites: tls-certificates)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const { edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)]);
   const url = edge.tlsUrl!;
@@ -100,7 +94,7 @@ test('TLS 1.3 by default; TLS 1.2 negotiates an ECDHE suite with an AEAD cipher 
 });
 
 test('sessions resume from a ticket, also after a renewed certificate was loaded (the shared ticket key is kept), and clients without SNI get the renewed one', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   const pair = writePair(dir, 'edge', await makeCertificate(['localhost'], { ca }));
   const { edge } = await tlsEdge(t, [pair]);
@@ -121,7 +115,7 @@ test('sessions resume from a ticket, also after a renewed certificate was loaded
 });
 
 test('a certificate replaced on disk is served without a restart; a broken one is refused and the old one keeps serving', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   const pair = writePair(dir, 'edge', await makeCertificate(['localhost'], { ca }));
   const { edge } = await tlsEdge(t, [pair]);
@@ -154,7 +148,7 @@ test('a certificate replaced on disk is served without a restart; a broken one i
 });
 
 test('HSTS is sent over HTTPS only (HTTP/1.1 and HTTP/2), when configured; a reload changes it for the next response', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const pair = writePair(dir, 'edge', pem);
   const { edge } = await tlsEdge(t, [pair], { hsts: 'max-age=31536000; includeSubDomains' });
@@ -177,7 +171,7 @@ test('HSTS is sent over HTTPS only (HTTP/1.1 and HTTP/2), when configured; a rel
 });
 
 test('--redirect-http answers plain HTTP with 308 (not stored) to the HTTPS listener, the health path excepted; no valid Host is a 400; a reload turns it off', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const { origin, edge } = await tlsEdge(t, [writePair(dir, 'edge', pem)], { redirectHttp: true });
   const tlsPort = new URL(edge.tlsUrl!).port;
@@ -214,7 +208,7 @@ async function edgeOf(t: Parameters<typeof setup>[0], upstream: string, override
 }
 
 test('https:// upstreams are verified against --upstream-ca, with SNI set to the upstream host; an unknown CA is a 502', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   const origin = await httpsOrigin(t, await makeCertificate(['localhost'], { ca }));
   writeFileSync(join(dir, 'ca.pem'), ca.cert);
@@ -234,7 +228,7 @@ test('https:// upstreams are verified against --upstream-ca, with SNI set to the
 });
 
 test('an origin that requires mTLS gets the --upstream-cert client certificate; without one the edge answers 502', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   const origin = await httpsOrigin(t, await makeCertificate(['localhost'], { ca }), { clientCa: ca.cert });
   writeFileSync(join(dir, 'ca.pem'), ca.cert);
@@ -247,7 +241,7 @@ test('an origin that requires mTLS gets the --upstream-cert client certificate; 
 });
 
 test('HTTP/2 requests get the same caching answers as HTTP/1.1: a conditional hit is a 304', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const { edge } = await setup(
     t,
@@ -276,7 +270,7 @@ test('HTTP/2 requests get the same caching answers as HTTP/1.1: a conditional hi
 });
 
 test('shutdown: requests in flight over HTTPS and HTTP/2 finish, then the listeners close', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const pair = writePair(dir, 'edge', pem);
   let arrived = 0;
@@ -314,7 +308,7 @@ test('shutdown: requests in flight over HTTPS and HTTP/2 finish, then the listen
 
 test('a ring of https:// shields on a private CA: requests and the ring’s health checks are verified against --upstream-ca, so both stay healthy', async (t) => {
   t.timeout(30_000);
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const ca = await makeCa();
   writeFileSync(join(dir, 'ca.pem'), ca.cert);
   const origin = await httpsOrigin(t, await makeCertificate(['localhost'], { ca }));
@@ -336,7 +330,7 @@ test('a ring of https:// shields on a private CA: requests and the ring’s heal
 });
 
 test('HTTP/2 request bodies: forwarded whole without a Content-Length, and read by the WAF\'s body phase (a body ends with the stream, RFC 9113 §8.1)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-tls-');
   const pem = await makeCertificate(['localhost']);
   const pair = writePair(dir, 'edge', pem);
   const { origin, edge } = await setup(t, (_q, res, body) => send(res, 200, { 'cache-control': 'no-store' }, `got ${body.length}`), {

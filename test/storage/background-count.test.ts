@@ -4,23 +4,15 @@
  * yet, and comes out with exact counts however writes, replacements, deletes and purges interleave
  * with the count. `countInBackgroundAboveBytes: 0` makes every open count in the background.
  */
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { Level } from 'level';
 import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { ENTRY_OVERHEAD_BYTES, LevelStore, type LevelStoreOptions } from '../../storage/level-store.js';
+import { tempDir } from '../helpers/temp-dir.js';
+import { withRaw } from './raw-level.js';
 
 const FAR = 10 ** 13;
 const ENTRIES = 3000;
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-count-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 async function open(t: ExecutionContext, dir: string, options: Partial<LevelStoreOptions> = {}): Promise<LevelStore> {
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, ...options });
@@ -34,7 +26,7 @@ const bodyOf = (i: number, version = 1) => Buffer.alloc(100 + (i % 50), `${i}:${
 
 /** A closed store folder holding ENTRIES entries, tagged by tens. */
 async function filledFolder(t: ExecutionContext): Promise<string> {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-count-');
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30 });
   await Promise.all(Array.from({ length: ENTRIES }, (_, i) => putEntry(store, key(i), meta(bodyOf(i).length, [`tens-${Math.floor(i / 10)}`]), bodyOf(i))));
   await store.close();
@@ -116,15 +108,15 @@ test('a reopen during the background count counts again from scratch, exactly', 
 /** A filled folder with five meta rows whose checksum fails (a byte flipped with a plain LevelDB handle); their keys. */
 async function folderWithCorruptRows(t: ExecutionContext): Promise<{ dir: string; corruptKeys: string[] }> {
   const dir = await filledFolder(t);
-  const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-  await db.open();
-  const rows = await db.iterator({ gte: Buffer.from('o1/m/'), lt: Buffer.from('o1/m0'), limit: 5 }).all();
-  for (const [rowKey, value] of rows) {
-    const broken = Buffer.from(value);
-    broken[broken.length - 2] ^= 0xff;
-    await db.put(rowKey, broken);
-  }
-  await db.close();
+  const rows = await withRaw(dir, async (db) => {
+    const found = await db.iterator({ gte: Buffer.from('o1/m/'), lt: Buffer.from('o1/m0'), limit: 5 }).all();
+    for (const [rowKey, value] of found) {
+      const broken = Buffer.from(value);
+      broken[broken.length - 2] ^= 0xff;
+      await db.put(rowKey, broken);
+    }
+    return found;
+  });
   return { dir, corruptKeys: rows.map(([rowKey]) => rowKey.subarray('o1/m/'.length).toString('utf8')) };
 }
 
@@ -146,7 +138,7 @@ for (const race of ['get', 'delete', 'commit', 'purge'] as const) {
 }
 
 test('a memory hit noted during the background count still moves its key up the disk tier\'s LRU order', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-count-');
   let now = 1_000_000;
   const first = await LevelStore.open({ location: dir, maxBytes: 1 << 30, now: () => now });
   for (let i = 0; i < ENTRIES; i++) {

@@ -4,9 +4,6 @@
  * disk); the tiered store lets at most `maxPendingDiskWrites` writes (and `maxPendingDiskBytes`
  * body bytes) wait for it, and sends the rest to memory only.
  */
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -19,12 +16,7 @@ import { TieredStore } from '../../storage/tiered-store.js';
 import { DelayedCommitStore } from '../helpers/delayed-commit-store.js';
 import { waitFor } from '../helpers/harness.js';
 import { bodyOf, meta, readAll } from './contract.js';
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-backpressure-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tempDir } from '../helpers/temp-dir.js';
 
 const key = (i: number) => entryKey(`https://example.test/object/${i}`, '');
 
@@ -52,7 +44,7 @@ async function rig(
   t: ExecutionContext,
   options: { delayMs: number; maxPendingDiskWrites?: number; maxPendingDiskBytes?: number; memoryBytes?: number },
 ): Promise<Rig> {
-  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 1024 ** 3 });
+  const level = await LevelStore.open({ location: tempDir(t, 'outpost-backpressure-'), maxBytes: 1024 ** 3 });
   const memory = new MemoryStore({ maxBytes: options.memoryBytes ?? 64 * 1024 * 1024 });
   const store = new TieredStore({
     memory,
@@ -242,7 +234,7 @@ test('heap under a burst of fills faster than the disk: the default bound keeps 
 });
 
 test('bodies on their way into memory stay under maxPendingMemoryBytes: past it a large write goes to disk only, and to memory on its first hit', async (t) => {
-  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 1024 ** 3 });
+  const level = await LevelStore.open({ location: tempDir(t, 'outpost-backpressure-'), maxBytes: 1024 ** 3 });
   const memory = new MemoryStore({ maxBytes: 64 * 1024 * 1024, maxEntryBytes: 8 * 1024 * 1024 });
   const store = new TieredStore({ memory, disk: level, memoryMaxEntryBytes: 8 * 1024 * 1024, maxPendingMemoryBytes: 4 * 1024 * 1024 });
   t.teardown(() => store.close());
@@ -252,12 +244,12 @@ test('bodies on their way into memory stay under maxPendingMemoryBytes: past it 
   const second = store.openWriter(key(2), meta(size));
   // A small one always goes ahead.
   const small = store.openWriter(key(3), meta(1000));
-  t.is(store.memoryPending, size + 1000);
+  t.is(store.diskReport().memoryPendingBytes, size + 1000);
   first.write(bodyOf(size, 1));
   await second.write(bodyOf(size, 2));
   small.write(bodyOf(1000, 3));
   await Promise.all([first.commit(), second.commit(), small.commit()]);
-  t.is(store.memoryPending, 0, 'released at commit');
+  t.is(store.diskReport().memoryPendingBytes, 0, 'released at commit');
   t.is(store.counters.memorySkippedBusy, 1);
   t.truthy(memory.get(key(1)), 'the first went to memory');
   t.is(memory.get(key(2)), undefined, 'the second went to disk only');
@@ -268,13 +260,13 @@ test('bodies on their way into memory stay under maxPendingMemoryBytes: past it 
   // With nothing in flight, a large write goes to memory again; an aborted one gives its bytes back.
   const third = store.openWriter(key(4), meta(size));
   third.abort();
-  t.is(store.memoryPending, 0);
+  t.is(store.diskReport().memoryPendingBytes, 0);
   await putEntry(store, key(5), meta(size), bodyOf(size, 5));
   t.truthy(memory.get(key(5)));
 });
 
 test("a worker's memory-only copies: too large is ENTRY_TOO_LARGE, past the in-flight bound MEMORY_BUSY; a body of undeclared size counts as it grows", async (t) => {
-  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 1024 ** 3 });
+  const level = await LevelStore.open({ location: tempDir(t, 'outpost-backpressure-'), maxBytes: 1024 ** 3 });
   const memory = new MemoryStore({ maxBytes: 64 * 1024 * 1024 });
   // Keys of another worker: memory only.
   const store = new TieredStore({ memory, disk: level, diskKeys: () => false, memoryMaxEntryBytes: 1024 * 1024, maxPendingMemoryBytes: 1024 * 1024 });
@@ -286,12 +278,12 @@ test("a worker's memory-only copies: too large is ENTRY_TOO_LARGE, past the in-f
   t.throws(() => busy.write(bodyOf(1000, 3)), { code: 'MEMORY_BUSY' });
   first.write(bodyOf(900 * 1024, 2));
   await first.commit();
-  t.is(store.memoryPending, 0);
+  t.is(store.diskReport().memoryPendingBytes, 0);
   const unsized = store.openWriter(key(4), meta(UNKNOWN_SIZE));
   unsized.write(bodyOf(300 * 1024, 4));
-  t.is(store.memoryPending, 300 * 1024);
+  t.is(store.diskReport().memoryPendingBytes, 300 * 1024);
   unsized.write(bodyOf(200 * 1024, 5));
-  t.is(store.memoryPending, 500 * 1024);
+  t.is(store.diskReport().memoryPendingBytes, 500 * 1024);
   unsized.abort();
-  t.is(store.memoryPending, 0);
+  t.is(store.diskReport().memoryPendingBytes, 0);
 });

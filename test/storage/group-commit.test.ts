@@ -4,23 +4,15 @@
  * key committed several times in one group ending with one version and no rows of the others, and
  * a delete or purge asked between two commits applied in that order.
  */
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import test, { type ExecutionContext } from 'ava';
-import { Level } from 'level';
+import test from 'ava';
 import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { ENTRY_OVERHEAD_BYTES, LevelStore } from '../../storage/level-store.js';
+import { tempDir } from '../helpers/temp-dir.js';
+import { rawKeys } from './raw-level.js';
 
 const FAR = 10 ** 13;
 const CHUNK = 1024;
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-group-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 const meta = (size: number, tags: string[] = []): EntryMeta => ({ size, tags, storedAt: 1, staleAt: FAR, graceUntil: FAR, deleteAt: FAR, http: { status: 200 } });
 const key = (i: number) => entryKey(`https://example.test/group/${i}`, '');
@@ -35,19 +27,8 @@ async function readBody(store: LevelStore, k: string): Promise<Buffer | undefine
   return Buffer.concat(parts);
 }
 
-/** Rows under a prefix, read with a plain LevelDB handle once the store is closed. */
-async function rowCount(dir: string, prefix: string): Promise<number> {
-  const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-  await db.open();
-  try {
-    return (await db.keys({ gte: Buffer.from(prefix), lt: Buffer.from(prefix.slice(0, -1) + '0') }).all()).length;
-  } finally {
-    await db.close();
-  }
-}
-
 test('400 concurrent commits of 50 keys, 8 versions each: every key one whole version, counted once, no rows of the others', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-group-');
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
   const writes: Promise<void>[] = [];
   for (let v = 0; v < 8; v++) for (let i = 0; i < 50; i++) writes.push(putEntry(store, key(i), meta(bodyOf(i, v).length, [`v${v}`]), bodyOf(i, v)));
@@ -65,9 +46,9 @@ test('400 concurrent commits of 50 keys, 8 versions each: every key one whole ve
   }
   t.deepEqual(store.stats(), { entries: 50, bytes });
   await store.close();
-  t.is(await rowCount(dir, 'o1/b/'), chunks, 'exactly the chunks of the 50 bodies kept');
-  t.is(await rowCount(dir, 'o1/p/'), 0, 'no pending row left');
-  t.is(await rowCount(dir, 'o1/a/'), 50, 'one access row per entry');
+  t.is((await rawKeys(dir, 'o1/b/')).length, chunks, 'exactly the chunks of the 50 bodies kept');
+  t.is((await rawKeys(dir, 'o1/p/')).length, 0, 'no pending row left');
+  t.is((await rawKeys(dir, 'o1/a/')).length, 50, 'one access row per entry');
   const reopened = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
   t.teardown(() => reopened.close());
   for (let v = 0; v < 8; v++) {
@@ -82,7 +63,7 @@ async function ticks(): Promise<void> {
 }
 
 test('a delete or purge asked between two commits splits their group: it removes the one before, not the one after', async (t) => {
-  const dir = tempDir(t);
+  const dir = tempDir(t, 'outpost-group-');
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
   t.teardown(() => store.close());
   // A mutation first keeps the queue busy (its LevelDB call ends in a later turn), so everything

@@ -1,20 +1,12 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { crc32 } from 'node:zlib';
-import { Level } from 'level';
 import { putEntry, StoreError, UNKNOWN_SIZE, type CachedEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { ENTRY_OVERHEAD_BYTES, LevelStore, type LevelStoreOptions } from '../../storage/level-store.js';
+import { tempDir } from '../helpers/temp-dir.js';
+import { rawKeys, withRaw } from './raw-level.js';
 
 const FAR = 10 ** 13;
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 async function open(t: ExecutionContext, dir: string, options: Partial<LevelStoreOptions> = {}): Promise<LevelStore> {
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, ...options });
@@ -42,21 +34,6 @@ async function read(entry: CachedEntry | undefined, range?: { start: number; end
   const parts: Buffer[] = [];
   for await (const part of entry.openBody(range)) parts.push(part as Buffer);
   return Buffer.concat(parts);
-}
-
-/** Opens the folder with a plain LevelDB handle (the store must be closed). */
-async function withRaw<T>(dir: string, fn: (db: Level<Buffer, Buffer>) => Promise<T>): Promise<T> {
-  const db = new Level<Buffer, Buffer>(dir, { keyEncoding: 'buffer', valueEncoding: 'buffer' });
-  await db.open();
-  try {
-    return await fn(db);
-  } finally {
-    await db.close();
-  }
-}
-
-async function rawKeys(dir: string, prefix: string): Promise<Buffer[]> {
-  return withRaw(dir, (db) => db.keys({ gte: Buffer.from(prefix), lt: Buffer.from(prefix.slice(0, -1) + '0') }).all());
 }
 
 test('round-trips 0 B, 1 KiB and 5 MiB bodies byte-exact, across a reopen', async (t) => {

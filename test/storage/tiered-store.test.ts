@@ -1,6 +1,3 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import test, { type ExecutionContext } from 'ava';
 import {
@@ -18,12 +15,7 @@ import { LevelStore } from '../../storage/level-store.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import { TieredStore, openTieredStore } from '../../storage/tiered-store.js';
 import { bodyOf, meta, readAll, runStoreContract } from './contract.js';
-
-function tempDir(t: ExecutionContext): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'outpost-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tempDir } from '../helpers/temp-dir.js';
 
 // Memory takes bodies up to 1 MiB, so the contract's 2 MiB body exercises the disk-only path.
 runStoreContract('tiered', async (t) => {
