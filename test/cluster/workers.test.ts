@@ -164,7 +164,7 @@ test.serial(`${scheduling} scheduling: killing one worker under load loses no re
   t.is(stats.workers!.restarts, 1);
   // New connections now reach both workers again. The kernel picks the worker per connection, and
   // on a loaded machine one worker may take a whole burst: bursts of 20 until both answered (at most 10).
-  const seen = new Set<number | undefined>();
+  const seen = new Set<string | undefined>();
   for (let burst = 0; burst < 10 && seen.size < 2; burst++) {
     const after = await Promise.all(Array.from({ length: 20 }, (_, i) => getFresh(node.url, `/after/${burst}-${i}`)));
     t.true(after.every((r) => r.status === 200));
