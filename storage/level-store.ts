@@ -50,8 +50,12 @@ const DEFAULT_SWEEP_INTERVAL_MS = 30_000;
 const DEFAULT_COUNT_IN_BACKGROUND_ABOVE_BYTES = 4 * 1024 * 1024;
 /** The smallest meta row a response makes (its key, times and a few headers as JSON), for sizing the filter. */
 const META_ROW_BYTES_MIN = 256;
-/** A hit rewrites the access order only if the last touch is older than this. */
-const TOUCH_INTERVAL_MS = 5_000;
+/**
+ * A hit rewrites an entry's place in the access order only if its last touch is older than this,
+ * as Varnish's lru_interval: the order is exact to within a minute, and a hot key costs one
+ * rewrite a minute, not one per hit.
+ */
+export const TOUCH_INTERVAL_MS = 60_000;
 /** Rows handled per batch by scans (purge, sweep, eviction). */
 const PAGE = 256;
 const GEN_BYTES = 16;
@@ -109,6 +113,8 @@ interface QueuedCommit {
   rows: Op[];
   /** The writer wrote a pending row, deleted by the batch. */
   pendingRow: boolean;
+  /** The presence filter did not rule the key out when the commit was asked for: its old meta row is read. */
+  mayExist: boolean;
   resolve: () => void;
   reject: (error: unknown) => void;
 }
@@ -708,9 +714,12 @@ export class LevelStore implements CacheStore {
    * in the order it was asked for.
    */
   commitEntry(k: Buffer, rec: Omit<MetaRecord, 'accessAt'>, epoch = this.epoch, rows: Op[] = [], pendingRow = true): Promise<void> {
+    // Asked before remember() adds the key. A key the filter rules out has no meta row to replace:
+    // a cold fill's commit then reads nothing (the read was a third of its disk cost).
+    const mayExist = !this.presenceReady || this.presence.mightContain(k);
     this.remember(k);
     return new Promise<void>((resolve, reject) => {
-      const commit: QueuedCommit = { k, rec, epoch, rows, pendingRow, resolve, reject };
+      const commit: QueuedCommit = { k, rec, epoch, rows, pendingRow, mayExist, resolve, reject };
       const open = this.commitGroup;
       if (open !== undefined && open.commits.length < COMMIT_GROUP_MAX && open.bytes < COMMIT_GROUP_BYTES) {
         open.commits.push(commit);
@@ -742,7 +751,7 @@ export class LevelStore implements CacheStore {
     return gen;
   }
 
-  /** Commits a group in one read and one batch. Only on the queue. */
+  /** Commits a group in at most one read (of the keys that may exist) and one batch. Only on the queue. */
   private async commitGroupNow(queued: QueuedCommit[]): Promise<void> {
     const commits: QueuedCommit[] = [];
     for (const commit of queued) {
@@ -752,7 +761,10 @@ export class LevelStore implements CacheStore {
     }
     if (commits.length === 0) return;
     const now = this.now();
-    const stored = await this.db.getMany(commits.map((commit) => metaKey(commit.k)));
+    const reads = commits.filter((commit) => commit.mayExist);
+    const found = reads.length > 0 ? await this.db.getMany(reads.map((commit) => metaKey(commit.k))) : [];
+    let read = 0;
+    const stored = commits.map((commit) => (commit.mayExist ? found[read++] : undefined));
     // A key committed twice in one group: the second replaces what the first wrote.
     const written = new Map<string, Buffer>();
     const ops: Op[] = [];

@@ -70,11 +70,17 @@ function flatString(text: string): string {
   return Buffer.from(text, 'utf16le').toString('utf16le');
 }
 
-class MemoryEntry implements CachedEntry {
+export class MemoryEntry implements CachedEntry {
   constructor(
     readonly key: string,
     readonly meta: EntryMeta,
     readonly body: Buffer,
+    /**
+     * When a hit on this entry was last passed on to the disk tier's LRU order (TieredStore): at
+     * first, when it came into memory, from a fill or a disk read, either of which set the disk
+     * copy's access time.
+     */
+    public diskNotedAt: number,
   ) {}
 
   openBody(range?: { start: number; end: number }): Readable {
@@ -95,7 +101,7 @@ export class MemoryStore implements CacheStore {
   private readonly byTag = new KeyIndex();
   /** Hard purges and deletes: a write begun before one of them is not committed after it. */
   private readonly removals = new RemovalLog();
-  private readonly now: () => number;
+  readonly now: () => number;
   private readonly sweepTimer: NodeJS.Timeout;
 
   constructor(options: MemoryStoreOptions) {
@@ -115,7 +121,7 @@ export class MemoryStore implements CacheStore {
     this.sweepTimer.unref();
   }
 
-  get(key: string): CachedEntry | undefined {
+  get(key: string): MemoryEntry | undefined {
     const entry = this.lru.get(key);
     if (entry === undefined) return undefined;
     if (entry.meta.deleteAt <= this.now()) {
@@ -134,7 +140,7 @@ export class MemoryStore implements CacheStore {
     const key = flatString(given);
     const previous = this.lru.peek(key);
     if (previous) this.unindex(key, previous.meta);
-    this.lru.set(key, new MemoryEntry(key, { ...meta, tags: meta.tags.length > 0 ? meta.tags : NO_TAGS, size: body.length }, ownedBytes([body], body.length)));
+    this.lru.set(key, new MemoryEntry(key, { ...meta, tags: meta.tags.length > 0 ? meta.tags : NO_TAGS, size: body.length }, ownedBytes([body], body.length), this.now()));
     if (!this.lru.has(key)) return false;
     this.index(key, meta);
     return true;
@@ -185,7 +191,7 @@ export class MemoryStore implements CacheStore {
     const entry = this.lru.peek(key);
     if (!entry || (ifStoredAt !== undefined && entry.meta.storedAt !== ifStoredAt)) return false;
     this.unindex(key, entry.meta);
-    this.lru.set(key, new MemoryEntry(key, { ...meta, size: entry.body.length }, entry.body), { noUpdateTTL: true });
+    this.lru.set(key, new MemoryEntry(key, { ...meta, size: entry.body.length }, entry.body, entry.diskNotedAt), { noUpdateTTL: true });
     this.index(key, meta);
     return true;
   }
@@ -250,7 +256,7 @@ export class MemoryStore implements CacheStore {
       count++;
       if (options?.soft) {
         if (entry.meta.staleAt > now) {
-          this.lru.set(key, new MemoryEntry(key, { ...entry.meta, staleAt: now }, entry.body), { noUpdateTTL: true });
+          this.lru.set(key, new MemoryEntry(key, { ...entry.meta, staleAt: now }, entry.body, entry.diskNotedAt), { noUpdateTTL: true });
         }
       } else {
         this.lru.delete(key);

@@ -33,8 +33,8 @@ import {
   type TierStats,
 } from './cache-store.js';
 import { DiskHealth, type DiskHealthReport } from './disk-health.js';
-import { LevelStore } from './level-store.js';
-import { MemoryStore } from './memory-store.js';
+import { LevelStore, TOUCH_INTERVAL_MS } from './level-store.js';
+import { MemoryStore, type MemoryEntry } from './memory-store.js';
 import { OwedRemovals } from './owed-removals.js';
 import { RemovalLog } from './removal-log.js';
 
@@ -218,7 +218,7 @@ export class TieredStore implements CacheStore {
     const hit = this.memory.get(key);
     if (hit !== undefined) {
       this.counters.memoryHits++;
-      if (!this.health.degraded) this.disk.noteAccess?.(key);
+      this.noteDiskAccess(key, hit);
       return hit;
     }
     if (!this.onDisk(key) || (this.owed.size > 0 && this.owed.hidesKey(key))) {
@@ -248,6 +248,19 @@ export class TieredStore implements CacheStore {
       );
     }
     return this.afterDiskLookup(key, fromDisk, false);
+  }
+
+  /**
+   * Keeps a memory-hot entry's disk copy from looking unused to the disk tier's eviction: at most
+   * once per TOUCH_INTERVAL_MS per entry, counted from when it came into memory. Passing on every
+   * hit on a new key made the disk tier read and rewrite its meta row: 12 % of a Zipf run's CPU.
+   */
+  private noteDiskAccess(key: string, hit: MemoryEntry): void {
+    if (this.health.degraded || this.disk.noteAccess === undefined) return;
+    const now = this.memory.now();
+    if (now - hit.diskNotedAt < TOUCH_INTERVAL_MS) return;
+    hit.diskNotedAt = now;
+    this.disk.noteAccess(key);
   }
 
   /**

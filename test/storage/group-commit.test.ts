@@ -87,3 +87,42 @@ test('a delete or purge asked between two commits splits their group: it removes
   t.deepEqual(await readBody(store, key(3)), Buffer.alloc(7, 'd'), 'the commit asked for after the purge stands');
   t.deepEqual(store.stats(), { entries: 2, bytes: 20 + 7 + 2 * ENTRY_OVERHEAD_BYTES });
 });
+
+test('a commit reads the old meta row only of a key the presence filter does not rule out', async (t) => {
+  const store = await LevelStore.open({ location: tempDir(t, 'outpost-group-'), maxBytes: 1 << 30, chunkBytes: CHUNK });
+  t.teardown(() => store.close());
+  let readRows = 0;
+  const getMany = store.db.getMany.bind(store.db);
+  store.db.getMany = ((keys: Buffer[]) => {
+    readRows += keys.length;
+    return getMany(keys);
+  }) as typeof store.db.getMany;
+  await Promise.all(Array.from({ length: 100 }, (_, i) => putEntry(store, key(i), meta(bodyOf(i, 0).length), bodyOf(i, 0))));
+  t.is(readRows, 0, '100 new keys: nothing read');
+  await putEntry(store, key(7), meta(bodyOf(7, 1).length), bodyOf(7, 1));
+  t.is(readRows, 1, 'a replacement reads the row it replaces');
+  t.deepEqual(await readBody(store, key(7)), bodyOf(7, 1));
+});
+
+for (const [name, countInBackgroundAboveBytes] of [['counted at open', Infinity], ['counted in the background', 0]] as const) {
+  test(`after a reopen (${name}), replacing every key leaves no row of the old versions`, async (t) => {
+    const dir = tempDir(t, 'outpost-group-');
+    const first = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK });
+    for (let i = 0; i < 30; i++) await putEntry(first, key(i), meta(bodyOf(i, 0).length, ['old']), bodyOf(i, 0));
+    await first.close();
+    const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: CHUNK, countInBackgroundAboveBytes });
+    await Promise.all(Array.from({ length: 30 }, (_, i) => putEntry(store, key(i), meta(bodyOf(i, 1).length), bodyOf(i, 1))));
+    await store.counted;
+    let bytes = 0;
+    let chunks = 0;
+    for (let i = 0; i < 30; i++) {
+      bytes += bodyOf(i, 1).length + ENTRY_OVERHEAD_BYTES;
+      chunks += Math.ceil(bodyOf(i, 1).length / CHUNK);
+    }
+    t.deepEqual(store.stats(), { entries: 30, bytes });
+    t.is(await store.purgeTag('old'), 0, 'no tag row of the old versions');
+    await store.close();
+    t.is((await rawKeys(dir, 'o1/b/')).length, chunks, 'only the new versions\' chunks');
+    t.is((await rawKeys(dir, 'o1/a/')).length, 30, 'one access row per entry');
+  });
+}

@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { crc32 } from 'node:zlib';
 import { putEntry, StoreError, UNKNOWN_SIZE, type CachedEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
-import { ENTRY_OVERHEAD_BYTES, LevelStore, type LevelStoreOptions } from '../../storage/level-store.js';
+import { ENTRY_OVERHEAD_BYTES, LevelStore, TOUCH_INTERVAL_MS, type LevelStoreOptions } from '../../storage/level-store.js';
 import { tempDir } from '../helpers/temp-dir.js';
 import { rawKeys, withRaw } from './raw-level.js';
 
@@ -201,9 +201,10 @@ test('keeps bytes under maxBytes by evicting the least recently used entry', asy
   let clock = 1_000_000;
   const cost = 10_000 + ENTRY_OVERHEAD_BYTES;
   const store = await open(t, tempDir(t), { maxBytes: 3 * cost, chunkBytes: 4096, now: () => clock });
+  // One touch interval between writes, so the hit on a below is due.
   for (const key of ['a', 'b', 'c']) {
     await putEntry(store, key, meta(10_000), body(10_000, key.charCodeAt(0)));
-    clock += 10_000;
+    clock += TOUCH_INTERVAL_MS;
   }
   t.deepEqual(store.stats(), { entries: 3, bytes: 3 * cost });
   t.truthy(await store.get('a')); // touches a: b is now least recently used
@@ -215,7 +216,7 @@ test('keeps bytes under maxBytes by evicting the least recently used entry', asy
 
   // Order now c, a, d. Touch a, then d; a second hit on a within the touch interval does not
   // move it again, so a stays older than d.
-  clock += 60_000;
+  clock += 2 * TOUCH_INTERVAL_MS;
   t.truthy(await store.get('a'));
   clock += 1000;
   t.truthy(await store.get('d'));

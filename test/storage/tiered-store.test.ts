@@ -11,7 +11,7 @@ import {
   type PurgeOptions,
 } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
-import { LevelStore } from '../../storage/level-store.js';
+import { LevelStore, TOUCH_INTERVAL_MS } from '../../storage/level-store.js';
 import { MemoryStore } from '../../storage/memory-store.js';
 import { TieredStore, openTieredStore } from '../../storage/tiered-store.js';
 import { bodyOf, meta, readAll, runStoreContract } from './contract.js';
@@ -337,15 +337,50 @@ test('tiered: entries survive a reopen', async (t) => {
 
 test('tiered: memory hits keep the disk copy warm in the disk tier LRU order', async (t) => {
   const size = 16 * 1024;
-  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 3 * (size + 1024) });
-  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024 }), disk: level });
+  let clock = 1_000_000;
+  const now = () => clock;
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 3 * (size + 1024), now });
+  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024, now }), disk: level });
   t.teardown(() => store.close());
-  for (const [i, name] of ['a', 'b', 'c'].entries()) await putEntry(store, key(name), meta(size), bodyOf(size, i + 1));
-  // 'a' is the oldest on disk but hot in memory; the next write must evict 'b' instead.
+  for (const [i, name] of ['a', 'b', 'c'].entries()) {
+    await putEntry(store, key(name), meta(size), bodyOf(size, i + 1));
+    clock += 1000;
+  }
+  // 'a' is the oldest on disk but hot in memory, a touch interval later; the next write must evict 'b' instead.
+  clock += TOUCH_INTERVAL_MS;
   t.false((store.get(key('a')) as unknown) instanceof Promise);
   await putEntry(store, key('d'), meta(size), bodyOf(size, 4));
   t.truthy(await level.get(key('a')), 'the memory-hot entry stays on disk');
   t.is(await level.get(key('b')), undefined, 'the least recently used entry went');
+});
+
+test('tiered: a memory-hot entry is passed on to the disk tier at most once per touch interval, counted from its fill', async (t) => {
+  let clock = 1_000_000;
+  const now = () => clock;
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024, now });
+  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024, now }), disk: level });
+  t.teardown(() => store.close());
+  const noted: string[] = [];
+  const noteAccess = level.noteAccess.bind(level);
+  level.noteAccess = (k) => {
+    noted.push(k);
+    noteAccess(k);
+  };
+  await putEntry(store, key('hot'), meta(100), bodyOf(100, 1));
+  const hits = async (n: number) => {
+    for (let i = 0; i < n; i++) {
+      t.truthy(await store.get(key('hot')));
+      clock += 100;
+    }
+  };
+  await hits(50); // 5 s after the fill, which wrote the disk copy's access time
+  t.deepEqual(noted, [], 'hits within the interval after the fill write nothing to disk');
+  clock += TOUCH_INTERVAL_MS;
+  await hits(50);
+  t.deepEqual(noted, [key('hot')], 'one note for every hit of the next interval');
+  clock += TOUCH_INTERVAL_MS;
+  await hits(1);
+  t.is(noted.length, 2, 'and one more an interval later');
 });
 
 test('tiered: keys outside diskKeys live in memory only and are never read from disk (a worker\'s copies of keys it does not own)', async (t) => {
