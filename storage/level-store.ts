@@ -808,11 +808,21 @@ export class LevelStore implements CacheStore {
     let index = first;
     let bodyCrc = 0;
 
-    const next = async (): Promise<Buffer | null> => {
-      if (index > last) return null;
+    /** One chunk is one get (a disk hit on a small body: no iterator to open and close). */
+    const read = async (): Promise<[Buffer, Buffer] | undefined> => {
+      if (first === last) {
+        const key = chunkKey(rec.gen, first);
+        const value = await this.db.get(key);
+        return value === undefined ? undefined : [key, value];
+      }
       // Created on first read: its implicit snapshot keeps the generation whole while streaming.
       iterator ??= this.db.iterator({ gte: chunkKey(rec.gen, first), lte: chunkKey(rec.gen, last) });
-      const item = await iterator.next();
+      return iterator.next();
+    };
+
+    const next = async (): Promise<Buffer | null> => {
+      if (index > last) return null;
+      const item = await read();
       const expectedLength = index < rec.chunks - 1 ? rec.chunkBytes : rec.size - index * rec.chunkBytes;
       const value = item && item[0].readUInt32BE(BODY.length + GEN_BYTES) === index ? item[1] : undefined;
       if (value === undefined) throw await this.missingChunk(k, rec, index);

@@ -353,6 +353,42 @@ test('corrupt chunks, missing chunks and corrupt meta are never served and are c
   t.deepEqual(await rawKeys(dir, 'o1/b/'), [], 'no chunks left behind');
 });
 
+test('a body read in one chunk (a one-chunk body, or a range inside one chunk) is checked as a streamed one: a bad or missing chunk is never served', async (t) => {
+  const dir = tempDir(t);
+  const small = body(700);
+  const large = body(5000);
+  let store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
+  for (const key of ['small-flipped', 'small-lost', 'small-good']) await putEntry(store, key, meta(small.length), small);
+  await putEntry(store, 'large-lost', meta(large.length), large);
+  await store.close();
+  await withRaw(dir, async (db) => {
+    const chunk = async (key: string, index: number) => {
+      const at = Buffer.alloc(4);
+      at.writeUInt32BE(index);
+      return Buffer.concat([Buffer.from('o1/b/'), (await db.get(Buffer.from(`o1/m/${key}`)))!.subarray(4, 20), at]);
+    };
+    const flipped = await chunk('small-flipped', 0);
+    const value = Buffer.from((await db.get(flipped))!);
+    value[100]! ^= 1;
+    await db.put(flipped, value);
+    await db.del(await chunk('small-lost', 0));
+    await db.del(await chunk('large-lost', 2));
+  });
+  store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
+  t.teardown(() => store.close());
+  t.true((await read(await store.get('small-good'))).equals(small));
+  t.true((await read(await store.get('small-good'), { start: 10, end: 19 })).equals(small.subarray(10, 20)));
+  for (const key of ['small-flipped', 'small-lost']) {
+    await t.throwsAsync(read(await store.get(key)), { code: 'CORRUPT_ENTRY' }, key);
+    t.is(await store.get(key), undefined, `${key} is dropped`);
+  }
+  const lost = await store.get('large-lost');
+  t.true((await read(lost, { start: 1000, end: 1999 })).equals(large.subarray(1000, 2000)), 'a range in an intact chunk is served');
+  await t.throwsAsync(read(lost, { start: 2100, end: 2200 }), { code: 'CORRUPT_ENTRY' }, 'a range in the lost chunk is not');
+  t.is(await store.get('large-lost'), undefined);
+  t.is(store.counters.corruptDropped, 3);
+});
+
 test('a folder held by another handle rejects with STORE_LOCKED naming the folder', async (t) => {
   const dir = tempDir(t);
   await open(t, dir);
