@@ -1083,15 +1083,18 @@ export class LevelStore implements CacheStore {
   }
 
   /**
-   * Builds a larger filter from the keys on disk. It runs on the mutation queue, so every commit
-   * queued before it is in the snapshot; keys remembered after it began are replayed.
+   * Builds a larger filter from the keys on disk. Its snapshot is taken on the mutation queue, so
+   * every commit queued before it is in it; keys remembered after it began are replayed. The scan
+   * itself runs off the queue: on it, every commit waited for the whole scan (fills stalled for a
+   * quarter of a second at 64,000 keys). A reopen meanwhile makes the scan's filter stale: dropped.
    */
   private async rebuildPresence(): Promise<void> {
     try {
+      const epoch = this.epoch;
       const next = new BloomFilter(Math.max(this.presence.capacity * 4, this.entries * 2));
-      await this.mutate('rebuild-presence', async () => {
-        for await (const [key] of this.db.iterator({ gte: META, lt: prefixEnd(META), values: false })) next.add(key.subarray(META.length));
-      });
+      const rows = await this.mutate('rebuild-presence', async () => this.db.iterator({ gte: META, lt: prefixEnd(META), values: false }));
+      for await (const [key] of rows) next.add(key.subarray(META.length));
+      if (epoch !== this.epoch || this.closed) return;
       for (const k of this.rebuildAdds ?? []) next.add(k);
       this.presence = next;
     } catch {

@@ -52,3 +52,51 @@ test('keys committed while the filter is being rebuilt are never reported absent
   for (let i = 0; i < 1400; i++) if ((await store.get(`c${i}`)) === undefined) missing++;
   t.is(missing, 0);
 });
+
+test('a filter rebuild scans a snapshot off the mutation queue: commits and deletes go on meanwhile, and it ends with every key found', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
+  t.teardown(() => store.close());
+  const internals = store as unknown as { presence: BloomFilter; rebuildAdds: Buffer[] | undefined };
+  for (let i = 0; i < 1024; i++) await putEntry(store, `a${i}`, meta(), Buffer.from('abc'));
+  // The rebuild's scan (the next iterator the store opens) waits at a gate; its snapshot is taken when it is opened.
+  let release!: () => void;
+  const gate = new Promise<void>((resolve) => (release = resolve));
+  const iterator = store.db.iterator.bind(store.db);
+  store.db.iterator = ((options: Parameters<typeof iterator>[0]) => {
+    store.db.iterator = iterator;
+    const rows = iterator(options);
+    return (async function* () {
+      await gate;
+      yield* rows;
+    })();
+  }) as unknown as typeof store.db.iterator;
+  // A scan on the mutation queue would hold the commits: after 3 s the gate opens and the test fails.
+  let timer: NodeJS.Timeout | undefined;
+  const held = new Promise<string>((resolve) => {
+    timer = setTimeout(() => {
+      release();
+      resolve('held by the scan');
+    }, 3000);
+  });
+  const committed = (async () => {
+    await putEntry(store, 'a1024', meta(), Buffer.from('abc')); // past capacity: the rebuild starts
+    t.not(internals.rebuildAdds, undefined, 'the rebuild is running');
+    await Promise.all(Array.from({ length: 50 }, (_, i) => putEntry(store, `b${i}`, meta(), Buffer.from('abc'))));
+    return 'committed';
+  })();
+  t.is(await Promise.race([committed, held]), 'committed', 'commits go on while the scan waits');
+  clearTimeout(timer);
+  t.true(await store.delete('a0'));
+  t.not(internals.rebuildAdds, undefined, 'the scan still waits');
+  release();
+  for (let i = 0; i < 500 && internals.rebuildAdds !== undefined; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(internals.rebuildAdds, undefined, 'the rebuild ended');
+  t.true(internals.presence.capacity > 1024, 'with a larger filter');
+  let missing = 0;
+  for (let i = 1; i <= 1024; i++) if ((await store.get(`a${i}`)) === undefined) missing++;
+  for (let i = 0; i < 50; i++) if ((await store.get(`b${i}`)) === undefined) missing++;
+  t.is(missing, 0, 'every key stored before, during and after the scan is found');
+  t.is(await store.get('a0'), undefined);
+});
