@@ -10,7 +10,8 @@
  *                     a quarter of the bytes of the distinct keys nginx's run requested (nginx keeps its
  *                     cache on disk and in the page cache, bounded by max_size only)
  *   coldfill  every request a distinct 1 KiB key, no origin delay, 64 connections for
- *             BENCH_COLDFILL_SECONDS (15): objects stored, per second and per proxy CPU-second, edge vs nginx
+ *             BENCH_COLDFILL_SECONDS (15) after the same warm-up: objects stored, per second and per
+ *             proxy CPU-second, edge vs nginx
  *
  * The key sequence is generated here (seeded) and written to a file the wrk script replays, so every
  * server gets the same requests in the same order per wrk thread; how far each got decides the hit
@@ -124,6 +125,11 @@ function warmupScript(dir: string): string {
   return replayScript(dir, file, 'warmup.lua');
 }
 
+/** Warm-up traffic (warmupScript) against a server, unless BENCH_ZIPF_WARMUP_SECONDS is 0. */
+async function warmUp(proxy: Server, script: string): Promise<void> {
+  if (WARMUP_SECONDS > 0) await wrk(`http://${HOST}:${proxy.port}/`, { seconds: WARMUP_SECONDS, connections: CONNECTIONS, threads: THREADS, script });
+}
+
 interface Row {
   server: string;
   r: WrkResult;
@@ -166,7 +172,7 @@ async function zipfRun(workload: Workload, contenders: Contender[]): Promise<Row
         continue;
       }
       try {
-        if (WARMUP_SECONDS > 0) await wrk(`http://${HOST}:${proxy.port}/`, { seconds: WARMUP_SECONDS, connections: CONNECTIONS, threads: THREADS, script: warmup });
+        await warmUp(proxy, warmup);
         rows.push(await measured(name, proxy, origin, () => wrk(`http://${HOST}:${proxy.port}/`, { seconds: SECONDS, connections: CONNECTIONS, threads: THREADS, script })));
       } finally {
         await stop(proxy.child);
@@ -251,19 +257,25 @@ function fileCount(dir: string): number {
 
 export async function coldFill(): Promise<void> {
   out('## coldfill: every request a distinct 1 KiB key that is stored (issue 14)');
-  out(`wrk, ${CONNECTIONS} connections, ${COLDFILL_SECONDS} s per server, origin without delay`);
+  out(`wrk, ${CONNECTIONS} connections, ${COLDFILL_SECONDS} s per server after ${WARMUP_SECONDS} s of warm-up traffic on ${WARMUP_KEYS} other keys (not counted), origin without delay`);
   out();
   const dir = tempDir('coldfill');
+  const warmup = warmupScript(dir);
   const origin = await startOrigin();
   const rows: { server: string; row: Row; stored: number; note: string }[] = [];
   try {
     const edge = await startEdgeWithAdmin(origin, dir);
+    type Stats = { tiers: { disk: { entries: number } }; disk?: { skippedBehind?: number } };
+    const stats = async () => (await (await fetch(`http://${HOST}:${edge.admin}/stats`)).json()) as Stats;
     try {
+      await warmUp(edge, warmup);
+      const before = await stats();
       const row = await measured('outpost edge (defaults)', edge, origin, () =>
         wrk(`http://${HOST}:${edge.port}/`, { seconds: COLDFILL_SECONDS, connections: CONNECTIONS, threads: THREADS, script: distinctScript(dir, 'edge') }),
       );
-      const stats = (await (await fetch(`http://${HOST}:${edge.admin}/stats`)).json()) as { tiers: { disk: { entries: number } }; disk?: { skippedBehind?: number } };
-      rows.push({ server: row.server, row, stored: stats.tiers.disk.entries, note: `disk writes skipped while LevelDB was behind: ${fmtInt(stats.disk?.skippedBehind ?? 0)}` });
+      const after = await stats();
+      const skipped = (after.disk?.skippedBehind ?? 0) - (before.disk?.skippedBehind ?? 0);
+      rows.push({ server: row.server, row, stored: after.tiers.disk.entries - before.tiers.disk.entries, note: `disk writes skipped while LevelDB was behind: ${fmtInt(skipped)}` });
     } finally {
       await stop(edge.child);
     }
@@ -271,10 +283,12 @@ export async function coldFill(): Promise<void> {
     const nginx = await startNginx(origin.port, nginxDir, 1, { maxSize: '8g', keysZone: '64m' });
     if (nginx !== undefined) {
       try {
+        await warmUp(nginx, warmup);
+        const before = fileCount(join(nginxDir, 'cache'));
         const row = await measured('nginx proxy_cache (1 worker)', nginx, origin, () =>
           wrk(`http://${HOST}:${nginx.port}/`, { seconds: COLDFILL_SECONDS, connections: CONNECTIONS, threads: THREADS, script: distinctScript(dir, 'nginx') }),
         );
-        rows.push({ server: row.server, row, stored: fileCount(join(nginxDir, 'cache')), note: 'one file per object' });
+        rows.push({ server: row.server, row, stored: fileCount(join(nginxDir, 'cache')) - before, note: 'one file per object' });
       } finally {
         await stop(nginx.child);
       }
