@@ -56,6 +56,8 @@ const META_ROW_BYTES_MIN = 256;
  * rewrite a minute, not one per hit.
  */
 export const TOUCH_INTERVAL_MS = 60_000;
+/** Keys remembered as recently touched (recentTouches) at most. */
+const RECENT_TOUCHES_MAX = 65_536;
 /** Rows handled per batch by scans (purge, sweep, eviction). */
 const PAGE = 256;
 const GEN_BYTES = 16;
@@ -668,6 +670,8 @@ export class LevelStore implements CacheStore {
     }
     this.db = await openLevel(this.location);
     this.forgetContents();
+    // Nothing is stored: the empty filter is exact.
+    this.presenceReady = true;
     this.counters.wiped++;
     const free = (await freeBytes(this.location)) ?? 0;
     this.budget = Math.max(0, Math.min(this.budget, Math.floor((free - 2 * (this.reserve?.bytes ?? 0)) / 2)));
@@ -961,7 +965,8 @@ export class LevelStore implements CacheStore {
 
   private touch(key: string, k: Buffer, at: number): void {
     for (const [old, time] of this.recentTouches) {
-      if (at - time < TOUCH_INTERVAL_MS) break;
+      // Past the bound, the oldest go early: a key forgotten early may be touched again, no worse.
+      if (at - time < TOUCH_INTERVAL_MS && this.recentTouches.size < RECENT_TOUCHES_MAX) break;
       this.recentTouches.delete(old);
     }
     this.recentTouches.delete(key);
@@ -1059,8 +1064,10 @@ export class LevelStore implements CacheStore {
     this.entries = 0;
     this.bytes = 0;
     this.presence = new BloomFilter(this.presence.capacity);
-    // A count still running on the previous handle stops at its next row (its epoch is gone).
-    this.presenceReady = true;
+    // Empty until the count that follows (settle) refills it: until then it may answer no miss,
+    // and a commit must read the row it may replace. A count still running on the previous handle
+    // stops at its next row (its epoch is gone).
+    this.presenceReady = false;
   }
 
   /** Adds a key to the presence filter; a filter past its capacity is rebuilt larger in the background. */
@@ -1089,8 +1096,8 @@ export class LevelStore implements CacheStore {
    * quarter of a second at 64,000 keys). A reopen meanwhile makes the scan's filter stale: dropped.
    */
   private async rebuildPresence(): Promise<void> {
+    const epoch = this.epoch;
     try {
-      const epoch = this.epoch;
       const next = new BloomFilter(Math.max(this.presence.capacity * 4, this.entries * 2));
       const rows = await this.mutate('rebuild-presence', async () => this.db.iterator({ gte: META, lt: prefixEnd(META), values: false }));
       for await (const [key] of rows) next.add(key.subarray(META.length));
@@ -1101,6 +1108,8 @@ export class LevelStore implements CacheStore {
       // Closed or unreadable: keep the old filter (more false positives, never a false miss).
     } finally {
       this.rebuildAdds = undefined;
+      // Dropped for a reopen, whose count may have filled the new handle's filter meanwhile.
+      if (epoch !== this.epoch) this.growPresenceIfFull();
     }
   }
 
@@ -1119,6 +1128,8 @@ export class LevelStore implements CacheStore {
       this.countInBackground(metaBytes);
     } else {
       await this.countContents();
+      this.presenceReady = true;
+      this.growPresenceIfFull();
       if (full) {
         await this.reserve?.release();
         await this.makeRoom();

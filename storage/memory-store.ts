@@ -77,8 +77,9 @@ export class MemoryEntry implements CachedEntry {
     readonly body: Buffer,
     /**
      * When a hit on this entry was last passed on to the disk tier's LRU order (TieredStore): at
-     * first, when it came into memory, from a fill or a disk read, either of which set the disk
-     * copy's access time.
+     * first, when it came into memory. A fill sets the disk copy's access time then; a disk read
+     * does when the last was a touch interval old, so a promoted entry's disk access time may lag
+     * by up to two intervals.
      */
     public diskNotedAt: number,
   ) {}

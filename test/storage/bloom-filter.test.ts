@@ -1,11 +1,9 @@
 /** The disk tier's presence filter: never a false "absent", few false "present", cold misses answered synchronously. */
 import test from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { BloomFilter } from '../../storage/bloom-filter.js';
 import { putEntry, type EntryMeta } from '../../storage/cache-store.js';
 import { LevelStore } from '../../storage/level-store.js';
+import { tempDir } from '../helpers/temp-dir.js';
 
 const key = (i: number) => Buffer.from(`https://example.test/object/${i}`);
 
@@ -27,8 +25,7 @@ function meta(): EntryMeta {
 }
 
 test('the disk tier answers a never-written key synchronously, finds written keys after reopen and after the filter grows', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'outpost-bloom-');
   let store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
   t.is(store.get('https://example.test/never'), undefined, 'a cold miss is not a promise');
   for (let i = 0; i < 2500; i++) await putEntry(store, `k${i}`, meta(), Buffer.from('abc'));
@@ -42,8 +39,7 @@ test('the disk tier answers a never-written key synchronously, finds written key
 });
 
 test('keys committed while the filter is being rebuilt are never reported absent', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'outpost-bloom-');
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
   t.teardown(() => store.close());
   // All at once: commits queue behind each other while the rebuild starts among them.
@@ -54,8 +50,7 @@ test('keys committed while the filter is being rebuilt are never reported absent
 });
 
 test('a filter rebuild scans a snapshot off the mutation queue: commits and deletes go on meanwhile, and it ends with every key found', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'outpost-bloom-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tempDir(t, 'outpost-bloom-');
   const store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, expectedEntries: 1024 });
   t.teardown(() => store.close());
   const internals = store as unknown as { presence: BloomFilter; rebuildAdds: Buffer[] | undefined };
