@@ -167,6 +167,12 @@ export function get(port: number, path: string, agent: Agent = plainAgent): Prom
   });
 }
 
+/** A response's Cache-Status field as one string. */
+export function cacheStatus(headers: Record<string, string | string[] | undefined>): string {
+  const value = headers['cache-status'];
+  return Array.isArray(value) ? value.join(', ') : value ?? '';
+}
+
 /** Polls until GET path answers (any status), or throws after timeoutMs. */
 export async function waitHttp(port: number, path: string, spawned?: Spawned, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -386,7 +392,7 @@ export function ownCpuSeconds(): { self: number; children: number } {
 
 /**
  * The `http {}` lines every bench nginx shares: temp folders in `dir`, keep-alive as the other
- * servers', the proxy cache and the origin upstream (the hits and tls scenarios).
+ * servers', the proxy cache and the origin upstream (every bench nginx: bench/servers.ts, the tls scenario).
  */
 export function nginxCacheHttp(dir: string, originPort: number, cache: { maxSize?: string; keysZone?: string } = {}): string {
   return `  client_body_temp_path ${dir}/client_body;

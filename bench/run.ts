@@ -50,7 +50,7 @@ import { healthFilter } from '../pipeline/health-filter.js';
 import { startNode } from '../pipeline/node-server.js';
 import { openStore } from '../storage/open-store.js';
 import {
-  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cleanup, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
+  HERE, HOST, NGINX, ROOT, VARNISHD, WRK, cacheStatus, cleanup, findBinary, fmtInt, fmtMs, fmtRatio, freePort, get, killNow, launch, launchNodeScript,
   machineCpuSeconds, originStats, ownCpuSeconds, percentile, pinTree, sleep, stop, table, tempDir, treeCpuSeconds, waitHttp, wrk, type Spawned,
 } from './lib.js';
 import { startEdge, startNginx, startOrigin, startShieldProcess, startVarnish, type Server } from './servers.js';
@@ -68,10 +68,6 @@ const STAMPEDE_N = Number(process.env.BENCH_STAMPEDE_N ?? 1000);
 
 const out = (text = '') => process.stdout.write(`${text}\n`);
 
-function cacheStatus(headers: Record<string, string | string[] | undefined>): string {
-  const value = headers['cache-status'];
-  return Array.isArray(value) ? value.join(', ') : value ?? '';
-}
 
 /** GETs until the edge answers a hit (or gives up after 20 tries). */
 async function warmEdge(port: number, path: string): Promise<void> {

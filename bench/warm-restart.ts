@@ -19,7 +19,7 @@ import { cacheKey } from '../pipeline/cache-key.js';
 import { putEntry } from '../storage/cache-store.js';
 import { entryKey } from '../storage/keys.js';
 import { LevelStore } from '../storage/level-store.js';
-import { HOST, ROOT, cleanup, fmtInt, freePort, get, launch, launchNodeScript, sleep, stop, tempDir, waitHttp } from './lib.js';
+import { HOST, ROOT, cacheStatus, cleanup, fmtInt, freePort, get, launch, launchNodeScript, sleep, stop, tempDir, waitHttp } from './lib.js';
 
 const OBJECTS = Number(process.env.BENCH_RESTART_OBJECTS ?? 1_000_000);
 const out = (text = '') => process.stdout.write(`${text}\n`);
@@ -43,11 +43,6 @@ async function fill(location: string, host: string, objects: number): Promise<vo
   }
   process.stdout.write(`${JSON.stringify({ stored: objects - 1, seconds: (performance.now() - started) / 1000 })}\n`);
   process.kill(process.pid, 'SIGKILL');
-}
-
-function cacheStatus(headers: Record<string, string | string[] | undefined>): string {
-  const value = headers['cache-status'];
-  return Array.isArray(value) ? value.join(', ') : value ?? '';
 }
 
 async function main(): Promise<void> {

@@ -27,7 +27,6 @@ export function ownerSocket(runDir: string, index: number): string {
   return join(runDir, `worker-${index}.sock`);
 }
 
-
 /** Longest a request waits for the primary to lease rate-limit tokens. */
 const LEASE_TIMEOUT_MS = 250;
 

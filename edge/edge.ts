@@ -43,7 +43,7 @@ export function upstreamTimeouts(config: Readonly<Config>) {
   };
 }
 
-/** --upstream-ca, --upstream-cert/--upstream-key and --upstream-insecure, read from their files. */
+/** The edge's upstream: one shield or origin, or a consistent-hash ring of shields. */
 export function edgeUpstream(config: Readonly<Config>): Upstream {
   if (config.upstreams.length === 0) throw new Error('the edge needs at least one --upstream');
   if (config.upstreams.length === 1) return new HttpUpstream({ url: config.upstreams[0]!, ...upstreamTimeouts(config) });

@@ -7,6 +7,7 @@ import type { Config } from '../config/config.js';
 import { ConfigError } from '../config/config-error.js';
 import type { UpstreamTls } from '../pipeline/http-upstream.js';
 
+/** --upstream-ca, --upstream-cert/--upstream-key and --upstream-insecure, read from their files. */
 export function upstreamTls(config: Readonly<Config>): UpstreamTls {
   const read = (field: 'upstreamCa' | 'upstreamCert' | 'upstreamKey'): string | undefined => {
     const file = config[field];

@@ -25,8 +25,6 @@ export const PROXY_HEADER_TIMEOUT_MS = 5_000;
 /** How often node:http checks header and request timeouts (its default, 30 s, lets a slowloris hold sockets far past them). */
 const TIMEOUT_CHECK_INTERVAL_MS = 1_000;
 
-/** --tls-cert and --tls-key pair up by position (config.ts checks the counts match). */
-
 export type RequestHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export interface ListenerOptions {

@@ -11,9 +11,8 @@ import type { CacheStore, StoredVariant, TierStats } from '../storage/cache-stor
 import type { DiskReport } from '../storage/tiered-store.js';
 import { rmSync } from 'node:fs';
 import { CachePipeline, type CacheOutcome, type PipelineSettings, type RequestFilter, type WorkerRouting } from './cache-pipeline.js';
-import { CertificateStore } from '../edge/tls/certificates.js';
+import { CertificateStore, certificatePairs } from '../edge/tls/certificates.js';
 import { Listeners } from './listeners.js';
-import { certificatePairs } from '../edge/tls/certificates.js';
 import { Metrics, type MetricsJson } from './metrics.js';
 import { NodeUpstream, type MemberHealth } from './node-upstream.js';
 import type { Upstream } from './upstream.js';

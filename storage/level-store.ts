@@ -1372,7 +1372,7 @@ class LevelWriter implements EntryWriter {
   }
 
   /** The filled buffer as the row of the next chunk; the buffer is handed over. */
-  private takeChunk(): Op {
+  private takeChunk(): { type: 'put'; key: Buffer; value: Buffer } {
     const key = chunkKey(this.gen, this.chunks);
     const value = this.buffer!.subarray(0, 4 + this.filled);
     value.writeUInt32BE(chunkCrc(key, value.subarray(4)), 0);
@@ -1381,16 +1381,16 @@ class LevelWriter implements EntryWriter {
     return { type: 'put', key, value };
   }
 
-  /** Writes the filled chunk; before the first one, the pending row, so a crash after any chunk leaves a record of it. */
+  /** Writes the filled chunk; the first one in one batch with the pending row, so a crash after any chunk leaves a record of it. */
   private async flush(): Promise<void> {
     if (this.filled === 0 || !this.buffer) return;
-    const row = this.takeChunk() as { key: Buffer; value: Buffer };
+    const row = this.takeChunk();
     try {
-      if (!this.pendingRow) {
-        await this.db.put(pendingKey(this.gen), this.k);
+      if (this.pendingRow) await this.db.put(row.key, row.value);
+      else {
+        await this.db.batch([{ type: 'put', key: pendingKey(this.gen), value: this.k }, row]);
         this.pendingRow = true;
       }
-      await this.db.put(row.key, row.value);
       this.chunks++;
     } catch (error) {
       this.fail(error);

@@ -281,7 +281,9 @@ export class TieredStore implements CacheStore {
   openWriter(key: string, meta: EntryMeta): EntryWriter {
     if (!this.onDisk(key)) {
       const writer = this.memoryWriter(key, meta);
-      return writer instanceof StoreError ? this.refusingWriter(writer) : writer;
+      if (writer === 'too-large') return this.refusingWriter(new StoreError('ENTRY_TOO_LARGE', `a ${meta.size}-byte body does not fit the memory tier; not stored`));
+      if (writer === 'busy') return this.refusingWriter(new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored'));
+      return writer;
     }
     if (this.health.degraded) {
       this.counters.diskSkippedDegraded++;
@@ -310,16 +312,17 @@ export class TieredStore implements CacheStore {
 
   /**
    * A memory-tier writer whose body counts, until it commits or aborts, in the bytes memory writes in
-   * flight hold. Or why memory will not take the body: larger than memoryMaxEntryBytes, or more than
+   * flight hold. Or why memory will not take the body (no Error made: a tiered write goes on to disk
+   * alone, and an Error captures a stack): larger than memoryMaxEntryBytes, or more than
    * 64 KiB while those bytes are at maxPendingMemoryBytes (many large fills at once would otherwise
    * each hold a whole body: the node's memory is the tier plus a bounded amount in flight).
    */
-  private memoryWriter(key: string, meta: EntryMeta): EntryWriter | StoreError {
+  private memoryWriter(key: string, meta: EntryMeta): EntryWriter | MemoryRefusal {
     const declared = meta.size === UNKNOWN_SIZE ? 0 : meta.size;
-    if (declared > this.memoryMaxEntryBytes) return new StoreError('ENTRY_TOO_LARGE', `a ${meta.size}-byte body does not fit the memory tier; not stored`);
+    if (declared > this.memoryMaxEntryBytes) return 'too-large';
     if (declared > SMALL_MEMORY_WRITE && this.pendingMemoryBytes > 0 && this.pendingMemoryBytes + declared > this.maxPendingMemoryBytes) {
       this.counters.memorySkippedBusy++;
-      return new StoreError('MEMORY_BUSY', 'memory writes in flight hold their bound; not stored');
+      return 'busy';
     }
     const inner = this.memory.openWriter(key, meta);
     let held = declared;
@@ -906,7 +909,10 @@ export async function openTieredStore(options: OpenTieredStoreOptions): Promise<
   });
 }
 
+/** Why the memory tier will not take a body (see memoryWriter). */
+type MemoryRefusal = 'too-large' | 'busy';
+
 /** A memory writer, or none when memory refused the body (the disk part goes on alone). */
-function orNone(writer: EntryWriter | StoreError): EntryWriter | undefined {
-  return writer instanceof StoreError ? undefined : writer;
+function orNone(writer: EntryWriter | MemoryRefusal): EntryWriter | undefined {
+  return typeof writer === 'string' ? undefined : writer;
 }

@@ -297,7 +297,7 @@ function reason(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** The certificate and key files the config names, paired in order. */
+/** The certificate and key files the config names: --tls-cert and --tls-key pair up by position (config.ts checks the counts match). */
 export function certificatePairs(config: Readonly<Config>): CertificatePair[] {
   return config.tlsCert.map((certFile, i) => ({ certFile, keyFile: config.tlsKey[i]! }));
 }

@@ -383,6 +383,30 @@ test('tiered: a memory-hot entry is passed on to the disk tier at most once per 
   t.is(noted.length, 2, 'and one more an interval later');
 });
 
+test('tiered: a soft purge or a 304 refresh of a memory entry keeps when it was last passed on to the disk tier', async (t) => {
+  let clock = 1_000_000;
+  const now = () => clock;
+  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024, now });
+  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024, now }), disk: level });
+  t.teardown(() => store.close());
+  const noted: string[] = [];
+  const noteAccess = level.noteAccess.bind(level);
+  level.noteAccess = (k) => {
+    noted.push(k);
+    noteAccess(k);
+  };
+  const m = meta(100);
+  await putEntry(store, key('kept'), m, bodyOf(100, 1));
+  clock += TOUCH_INTERVAL_MS / 2;
+  t.is(await store.purgeUrl('https://example.test/kept', { soft: true }), 1);
+  t.truthy(await store.updateMeta(key('kept'), { ...m, staleAt: clock }));
+  t.truthy(await store.get(key('kept')));
+  t.deepEqual(noted, [], 'the replaced entry did not start at 0');
+  clock += TOUCH_INTERVAL_MS / 2;
+  t.truthy(await store.get(key('kept')));
+  t.deepEqual(noted, [key('kept')], 'an interval after the fill, not after the purge or refresh');
+});
+
 test('tiered: keys outside diskKeys live in memory only and are never read from disk (a worker\'s copies of keys it does not own)', async (t) => {
   const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024 });
   const memory = new MemoryStore({ maxBytes: 16 * 1024 * 1024 });
