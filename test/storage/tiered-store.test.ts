@@ -354,9 +354,10 @@ test('tiered: memory hits keep the disk copy warm in the disk tier LRU order', a
   t.is(await level.get(key('b')), undefined, 'the least recently used entry went');
 });
 
-test('tiered: a memory-hot entry is passed on to the disk tier at most once per touch interval, counted from its fill', async (t) => {
-  let clock = 1_000_000;
-  const now = () => clock;
+/** A tiered store on a test clock, with the keys its memory hits pass on to the disk tier (noteAccess). */
+async function notingStore(t: ExecutionContext) {
+  const clock = { now: 1_000_000 };
+  const now = () => clock.now;
   const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024, now });
   const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024, now }), disk: level });
   t.teardown(() => store.close());
@@ -366,43 +367,38 @@ test('tiered: a memory-hot entry is passed on to the disk tier at most once per 
     noted.push(k);
     noteAccess(k);
   };
+  return { clock, store, noted };
+}
+
+test('tiered: a memory-hot entry is passed on to the disk tier at most once per touch interval, counted from its fill', async (t) => {
+  const { clock, store, noted } = await notingStore(t);
   await putEntry(store, key('hot'), meta(100), bodyOf(100, 1));
   const hits = async (n: number) => {
     for (let i = 0; i < n; i++) {
       t.truthy(await store.get(key('hot')));
-      clock += 100;
+      clock.now += 100;
     }
   };
   await hits(50); // 5 s after the fill, which wrote the disk copy's access time
   t.deepEqual(noted, [], 'hits within the interval after the fill write nothing to disk');
-  clock += TOUCH_INTERVAL_MS;
+  clock.now += TOUCH_INTERVAL_MS;
   await hits(50);
   t.deepEqual(noted, [key('hot')], 'one note for every hit of the next interval');
-  clock += TOUCH_INTERVAL_MS;
+  clock.now += TOUCH_INTERVAL_MS;
   await hits(1);
   t.is(noted.length, 2, 'and one more an interval later');
 });
 
 test('tiered: a soft purge or a 304 refresh of a memory entry keeps when it was last passed on to the disk tier', async (t) => {
-  let clock = 1_000_000;
-  const now = () => clock;
-  const level = await LevelStore.open({ location: tempDir(t), maxBytes: 64 * 1024 * 1024, now });
-  const store = new TieredStore({ memory: new MemoryStore({ maxBytes: 16 * 1024 * 1024, now }), disk: level });
-  t.teardown(() => store.close());
-  const noted: string[] = [];
-  const noteAccess = level.noteAccess.bind(level);
-  level.noteAccess = (k) => {
-    noted.push(k);
-    noteAccess(k);
-  };
+  const { clock, store, noted } = await notingStore(t);
   const m = meta(100);
   await putEntry(store, key('kept'), m, bodyOf(100, 1));
-  clock += TOUCH_INTERVAL_MS / 2;
+  clock.now += TOUCH_INTERVAL_MS / 2;
   t.is(await store.purgeUrl('https://example.test/kept', { soft: true }), 1);
-  t.truthy(await store.updateMeta(key('kept'), { ...m, staleAt: clock }));
+  t.truthy(await store.updateMeta(key('kept'), { ...m, staleAt: clock.now }));
   t.truthy(await store.get(key('kept')));
   t.deepEqual(noted, [], 'the replaced entry did not start at 0');
-  clock += TOUCH_INTERVAL_MS / 2;
+  clock.now += TOUCH_INTERVAL_MS / 2;
   t.truthy(await store.get(key('kept')));
   t.deepEqual(noted, [key('kept')], 'an interval after the fill, not after the purge or refresh');
 });
