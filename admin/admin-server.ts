@@ -108,6 +108,8 @@ export interface DiskStats {
   skippedDegraded: number;
   /** Writes that skipped memory (to disk only) while memory writes in flight held their bound (32 MiB). */
   memorySkippedBusy: number;
+  /** Fills and disk hits the memory tier's admission (TinyLFU) kept out of memory: they stay on disk. */
+  memoryAdmissionsRefused: number;
   memoryPendingBytes: number;
   writeErrors: number;
   /** Disk writes in flight, and the body bytes they hold. */
@@ -135,6 +137,7 @@ export function diskStats(snapshots: readonly NodeSnapshot[]): DiskStats | undef
     skippedBehind: sum((d) => d.skippedBehind),
     skippedDegraded: sum((d) => d.skippedDegraded),
     memorySkippedBusy: sum((d) => d.memorySkippedBusy),
+    memoryAdmissionsRefused: sum((d) => d.memoryAdmissionsRefused),
     memoryPendingBytes: sum((d) => d.memoryPendingBytes),
     writeErrors: sum((d) => d.writeErrors),
     pendingWrites: sum((d) => d.pendingWrites),

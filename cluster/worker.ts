@@ -177,6 +177,7 @@ export async function runWorker(config: Readonly<Config>, start: Starter): Promi
       memoryBytes: Math.floor(config.memorySize / count),
       diskBytes: Math.floor(config.diskSize / count),
       memoryMaxEntryBytes: config.memoryMaxObjectSize,
+      memoryAdmission: config.memoryAdmission === 'tinylfu',
       diskKeys: (key) => ownership.ownsKey(key),
     });
   } catch (error) {

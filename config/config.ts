@@ -64,6 +64,12 @@ export const OPTIONS = {
   memorySize: { kind: 'bytes', default: 256 * 1024 ** 2, min: 1024 * 1024, help: 'memory tier budget (e.g. 256MB)' },
   diskSize: { kind: 'bytes', default: 10 * 1024 ** 3, min: 1024 * 1024, help: 'disk tier budget (e.g. 10GB)' },
   memoryMaxObjectSize: { kind: 'bytes', default: 8 * 1024 ** 2, min: 0, help: 'larger bodies live on disk only' },
+  memoryAdmission: {
+    kind: 'enum',
+    default: 'tinylfu',
+    choices: ['tinylfu', 'lru'],
+    help: 'which objects the memory tier takes when full: tinylfu, only those asked for more often lately than what they would evict (the rest stay on disk); lru, every one',
+  },
   maxObjectSize: { kind: 'bytes', default: 1024 ** 3, min: 0, help: 'larger responses are not stored' },
   fillBufferSize: { kind: 'bytes', default: 2 * 1024 ** 2, min: 64 * 1024, help: 'bytes of a body held per fill: larger bodies keep a window of this size, and readers further behind continue from the store' },
   sliceSize: {
@@ -206,6 +212,7 @@ export interface Config {
   memorySize: number;
   diskSize: number;
   memoryMaxObjectSize: number;
+  memoryAdmission: 'tinylfu' | 'lru';
   maxObjectSize: number;
   fillBufferSize: number;
   sliceSize: number;

@@ -261,6 +261,12 @@ function registerGauges(metrics: Metrics, store: CacheStore, upstream: NodeUpstr
       ];
     });
     metrics.counterFrom('memory_skipped_writes_total', 'fills above 64 KiB that went to disk only: memory writes in flight held their bound', [], disk((d) => d.memorySkippedBusy));
+    metrics.counterFrom(
+      'memory_admissions_refused_total',
+      'fills and disk hits the memory tier turned away (TinyLFU): asked for less often lately than what they would evict; they stay on disk',
+      [],
+      disk((d) => d.memoryAdmissionsRefused),
+    );
     metrics.gauge('memory_pending_bytes', 'body bytes held by memory-tier writes in flight (each body whole until it commits)', [], disk((d) => d.memoryPendingBytes));
     metrics.gauge('disk_pending_writes', 'disk writes in flight (the backpressure bound applies to these)', [], disk((d) => d.pendingWrites));
     metrics.gauge('disk_pending_bytes', 'body bytes held in memory for disk writes in flight', [], disk((d) => d.pendingBytes));

@@ -12,7 +12,7 @@
  * `get` is sync-or-promise (as undici's stores): a memory hit returns the entry directly so the
  * hit path allocates no promise and touches no disk.
  */
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 
 /** What the HTTP layer keeps with a response; opaque to the store, JSON-serialisable. */
 export type StoredHttp = Record<string, unknown>;
@@ -41,8 +41,8 @@ export interface CachedEntry {
   readonly key: string;
   readonly meta: EntryMeta;
   /**
-   * The whole body when the entry is held in memory, so a hit is one write.
-   * Undefined for disk entries: use `openBody`.
+   * The whole body when the entry holds it (memory entries; disk entries read with their meta
+   * in one read), so a hit is one write. Otherwise undefined: use `openBody`.
    */
   readonly body: Buffer | undefined;
   /**
@@ -51,6 +51,12 @@ export interface CachedEntry {
    * so a corrupted body is never delivered whole.
    */
   openBody(range?: { start: number; end: number }): Readable;
+}
+
+/** `openBody` of an entry that holds its whole body. */
+export function bufferBody(body: Buffer, range?: { start: number; end: number }): Readable {
+  const bytes = range ? body.subarray(range.start, range.end + 1) : body;
+  return Readable.from(bytes.length > 0 ? [bytes] : [], { objectMode: false });
 }
 
 export interface EntryWriter {

@@ -31,6 +31,7 @@ import { Level } from 'level';
 import {
   StoreError,
   UNKNOWN_SIZE,
+  bufferBody,
   type CacheStore,
   type CachedEntry,
   type EntryMeta,
@@ -61,11 +62,15 @@ const RECENT_TOUCHES_MAX = 65_536;
 /** Rows handled per batch by scans (purge, sweep, eviction). */
 const PAGE = 256;
 const GEN_BYTES = 16;
+/** Where body bytes start in a writer's chunk buffer: after a body row's generation and a checksum. */
+const DATA_AT = GEN_BYTES + 4;
 const TIME_BYTES = 6;
 const MAX_TIME = 2 ** 48 - 1;
 
 const META = Buffer.from('o1/m/');
 const BODY = Buffer.from('o1/b/');
+/** The body of a one-chunk entry, keyed by the entry: read with its meta row in one getMany. */
+const BODY_ROW = Buffer.from('o1/f/');
 const TAG = Buffer.from('o1/t/');
 const ACCESS = Buffer.from('o1/a/');
 const EXPIRY = Buffer.from('o1/x/');
@@ -142,6 +147,12 @@ interface MetaRecord {
   size: number;
   /** crc32 of the whole body, checked when the whole body is streamed. */
   bodyCrc: number;
+  /**
+   * The body (one chunk) is in the entry's body row (`o1/f/<k>`: generation, then a chunk row's
+   * value), not in a chunk row: a disk hit reads meta and body in one getMany. Entries written
+   * before the body row existed keep their chunk row.
+   */
+  bodyRow: boolean;
   accessAt: number;
   meta: EntryMeta;
 }
@@ -204,6 +215,7 @@ const chunkKey = (gen: Buffer, index: number) => Buffer.concat([BODY, gen, u32(i
 const chunkPrefix = (gen: Buffer) => Buffer.concat([BODY, gen]);
 /** Covers the chunk's key too, so a chunk found at another position or generation fails. */
 const chunkCrc = (key: Buffer, data: Buffer) => crc32(data, crc32(key));
+const bodyRowKey = (k: Buffer) => Buffer.concat([BODY_ROW, k]);
 const pendingKey = (gen: Buffer) => Buffer.concat([PENDING, gen]);
 const accessKey = (at: number, k: Buffer) => Buffer.concat([ACCESS, time6(at), k]);
 // Rounded up so a row is never due before its entry is.
@@ -228,6 +240,7 @@ function encodeRecord(rec: MetaRecord): Buffer {
       chunkBytes: rec.chunkBytes,
       size: rec.size,
       bodyCrc: rec.bodyCrc,
+      ...(rec.bodyRow ? { bodyRow: 1 } : {}),
       accessAt: rec.accessAt,
       meta,
     }),
@@ -260,6 +273,7 @@ function decodeRecord(value: Buffer, k: Buffer, key?: string): MetaRecord | unde
     raw.chunkBytes === 0 ||
     raw.chunks !== Math.ceil(raw.size / raw.chunkBytes) ||
     !isCount(raw.bodyCrc) ||
+    (raw.bodyRow !== undefined && (raw.bodyRow !== 1 || raw.chunks !== 1)) ||
     typeof raw.accessAt !== 'number' ||
     typeof meta !== 'object' ||
     meta === null ||
@@ -275,6 +289,7 @@ function decodeRecord(value: Buffer, k: Buffer, key?: string): MetaRecord | unde
     chunkBytes: raw.chunkBytes,
     size: raw.size,
     bodyCrc: raw.bodyCrc,
+    bodyRow: raw.bodyRow === 1,
     accessAt: raw.accessAt,
     meta: { ...(meta as unknown as EntryMeta), size: raw.size },
   };
@@ -296,8 +311,20 @@ function indexOps(k: Buffer, rec: MetaRecord): Op[] {
 /** Deletes of every row of `rec`; with `withBody` also its chunks. */
 function removalOps(k: Buffer, rec: MetaRecord, withBody: boolean): Op[] {
   const ops: Op[] = indexOps(k, rec).map((op) => ({ type: 'del', key: op.key }));
-  if (withBody) for (let i = 0; i < rec.chunks; i++) ops.push({ type: 'del', key: chunkKey(rec.gen, i) });
+  if (withBody && rec.bodyRow) ops.push({ type: 'del', key: bodyRowKey(k) });
+  else if (withBody) for (let i = 0; i < rec.chunks; i++) ops.push({ type: 'del', key: chunkKey(rec.gen, i) });
   return ops;
+}
+
+/**
+ * The body held in `value`, the body row read with `rec`'s meta row (one snapshot), when it is
+ * this generation's, whole and passes both checksums; else undefined.
+ */
+function bodyFromRow(rec: MetaRecord, value: Buffer | undefined): Buffer | undefined {
+  if (value === undefined || value.length !== GEN_BYTES + 4 + rec.size || !value.subarray(0, GEN_BYTES).equals(rec.gen)) return undefined;
+  const data = value.subarray(GEN_BYTES + 4);
+  if (chunkCrc(chunkKey(rec.gen, 0), data) !== value.readUInt32BE(GEN_BYTES) || crc32(data) !== rec.bodyCrc) return undefined;
+  return data;
 }
 
 function writeFailed(what: string, cause: unknown): StoreError {
@@ -306,11 +333,12 @@ function writeFailed(what: string, cause: unknown): StoreError {
 }
 
 class LevelEntry implements CachedEntry {
-  readonly body = undefined;
   constructor(
     private readonly store: LevelStore,
     private readonly k: Buffer,
     private readonly rec: MetaRecord,
+    /** The whole body, verified, when it came from the body row with the meta. */
+    readonly body: Buffer | undefined,
   ) {}
 
   get key(): string {
@@ -322,7 +350,7 @@ class LevelEntry implements CachedEntry {
   }
 
   openBody(range?: { start: number; end: number }): Readable {
-    return this.store.streamBody(this.k, this.rec, range);
+    return this.body !== undefined ? bufferBody(this.body, range) : this.store.streamBody(this.k, this.rec, range);
   }
 }
 
@@ -488,11 +516,13 @@ export class LevelStore implements CacheStore {
     return !this.presenceReady || this.presence.mightContain(encodeText(key));
   }
 
+  /** Meta and body row in one read (a snapshot): a hit on a one-chunk entry needs no other. */
   private async lookup(key: string, k: Buffer): Promise<CachedEntry | undefined> {
     let value: Buffer | undefined;
+    let bodyValue: Buffer | undefined;
     const db = this.db;
     try {
-      value = await db.get(metaKey(k));
+      [value, bodyValue] = await db.getMany([metaKey(k), bodyRowKey(k)]);
     } catch (error) {
       // Closed, or being reopened (reopen): a miss, not an error.
       if (this.closed || db !== this.db || db.status !== 'open') return undefined;
@@ -506,10 +536,19 @@ export class LevelStore implements CacheStore {
     }
     const now = this.now();
     if (rec.meta.deleteAt <= now) return undefined;
+    let body: Buffer | undefined;
+    if (rec.bodyRow) {
+      body = bodyFromRow(rec, bodyValue);
+      if (body === undefined) {
+        // Never served: dropped, and the request goes upstream as a miss.
+        await this.corruptChunk(k, rec, bodyValue === undefined ? 'its body row is missing' : 'its body row fails its checksum');
+        return undefined;
+      }
+    }
     if (now - Math.max(rec.accessAt, this.recentTouches.get(key) ?? -Infinity) >= TOUCH_INTERVAL_MS) {
       this.touch(key, k, now);
     }
-    return new LevelEntry(this, k, rec);
+    return new LevelEntry(this, k, rec, body);
   }
 
   openWriter(key: string, meta: EntryMeta): EntryWriter {
@@ -792,7 +831,7 @@ export class LevelStore implements CacheStore {
     });
     // The entries are committed now; cleanup failures must not fail the commits (their writers would delete their chunks).
     try {
-      for (const { corrupt } of replaced) if (corrupt) await this.forgetCorrupt(corrupt, true);
+      for (const [i, { corrupt }] of replaced.entries()) if (corrupt) await this.forgetCorrupt(commits[i]!.k, corrupt, true);
       await this.evict();
     } catch {
       this.counters.writeErrors++;
@@ -910,22 +949,29 @@ export class LevelStore implements CacheStore {
     const current = await this.db.get(metaKey(k));
     if (!current || !current.equals(value)) return;
     await this.db.del(metaKey(k));
-    await this.forgetCorrupt(value, counted);
+    await this.forgetCorrupt(k, value, counted);
   }
 
   /**
    * Cleans up after a corrupt meta row that is gone. Its index rows are dropped lazily by their
-   * readers. Its chunks are found through the generation at the row's fixed offset and measured
-   * while deleted, to un-count its bytes (best effort: if the generation bytes are the corrupt
-   * ones, the chunks stay and `bytes` runs high until the next open recounts).
+   * readers. Its body is found through the generation at the row's fixed offset (in chunk rows,
+   * or in the body row if that holds the same generation: a newer entry's stays) and measured while
+   * deleted, to un-count its bytes (best effort: if the generation bytes are the corrupt ones, the
+   * body stays and `bytes` runs high until the next open recounts).
    */
-  private async forgetCorrupt(value: Buffer, counted: boolean): Promise<void> {
+  private async forgetCorrupt(k: Buffer, value: Buffer, counted: boolean): Promise<void> {
     this.counters.corruptDropped++;
     let size = 0;
     if (value.length >= 4 + GEN_BYTES) {
-      const prefix = chunkPrefix(value.subarray(4, 4 + GEN_BYTES));
+      const gen = value.subarray(4, 4 + GEN_BYTES);
+      const prefix = chunkPrefix(gen);
       for await (const chunk of this.db.values({ gte: prefix, lt: prefixEnd(prefix) })) size += chunk.length - 4;
       await this.db.clear({ gte: prefix, lt: prefixEnd(prefix) });
+      const bodyRow = await this.db.get(bodyRowKey(k));
+      if (bodyRow !== undefined && bodyRow.subarray(0, GEN_BYTES).equals(gen)) {
+        size += bodyRow.length - DATA_AT;
+        await this.db.del(bodyRowKey(k));
+      }
     }
     // While a background count runs, a corrupt row can only come from its snapshot, which the
     // count does not add up: un-counting it here would count it out twice.
@@ -1332,7 +1378,7 @@ class LevelWriter implements EntryWriter {
       // A body that never filled a chunk is written with its commit; a longer one's last chunk now.
       const rows: Op[] = [];
       if (this.pendingRow) await this.flush();
-      else if (this.filled > 0) rows.push(this.takeChunk());
+      else if (this.filled > 0) rows.push(this.takeBodyRow());
       if (this.error) throw this.error;
       await this.store.commitEntry(this.k, {
         key: this.key,
@@ -1341,6 +1387,7 @@ class LevelWriter implements EntryWriter {
         chunkBytes: this.store.chunkBytes,
         size: this.written,
         bodyCrc: this.bodyCrc,
+        bodyRow: rows.length > 0,
         meta: { ...this.meta, tags: [...this.meta.tags], size: this.written },
       }, this.epoch, rows, this.pendingRow);
       this.state = 'committed';
@@ -1358,12 +1405,13 @@ class LevelWriter implements EntryWriter {
     for (let offset = 0; offset < chunk.length; ) {
       if (this.error || this.state === 'aborted') return;
       if (!this.buffer) {
-        // A declared size caps the buffer, so a small body does not cost a whole chunk.
+        // A declared size caps the buffer, so a small body does not cost a whole chunk. Room in
+        // front for a chunk row's checksum, and a body row's generation before that.
         const left = this.meta.size === UNKNOWN_SIZE ? size : this.meta.size - this.chunks * size;
-        this.buffer = Buffer.allocUnsafe(4 + Math.min(size, left));
+        this.buffer = Buffer.allocUnsafe(DATA_AT + Math.min(size, left));
       }
       const n = Math.min(size - this.filled, chunk.length - offset);
-      chunk.copy(this.buffer, 4 + this.filled, offset, offset + n);
+      chunk.copy(this.buffer, DATA_AT + this.filled, offset, offset + n);
       this.filled += n;
       offset += n;
       // A full chunk is written now, unless it is the whole declared body (then it goes in the commit's batch).
@@ -1374,11 +1422,21 @@ class LevelWriter implements EntryWriter {
   /** The filled buffer as the row of the next chunk; the buffer is handed over. */
   private takeChunk(): { type: 'put'; key: Buffer; value: Buffer } {
     const key = chunkKey(this.gen, this.chunks);
-    const value = this.buffer!.subarray(0, 4 + this.filled);
+    const value = this.buffer!.subarray(GEN_BYTES, DATA_AT + this.filled);
     value.writeUInt32BE(chunkCrc(key, value.subarray(4)), 0);
     this.buffer = undefined;
     this.filled = 0;
     return { type: 'put', key, value };
+  }
+
+  /** The whole body, one chunk, as the entry's body row: its generation, then chunk 0's row value. */
+  private takeBodyRow(): { type: 'put'; key: Buffer; value: Buffer } {
+    const value = this.buffer!.subarray(0, DATA_AT + this.filled);
+    this.gen.copy(value, 0);
+    value.writeUInt32BE(chunkCrc(chunkKey(this.gen, 0), value.subarray(DATA_AT)), GEN_BYTES);
+    this.buffer = undefined;
+    this.filled = 0;
+    return { type: 'put', key: bodyRowKey(this.k), value };
   }
 
   /** Writes the filled chunk; the first one in one batch with the pending row, so a crash after any chunk leaves a record of it. */

@@ -2,11 +2,12 @@
  * Memory tier: lru-cache bounded in bytes. A hit returns the stored entry object itself:
  * no promise, no copy, no JSON, no disk.
  */
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import {
   StoreError,
   UNKNOWN_SIZE,
+  bufferBody,
   type CacheStore,
   type CachedEntry,
   type EntryMeta,
@@ -15,6 +16,7 @@ import {
   type StoreStats,
   type StoredVariant,
 } from './cache-store.js';
+import { FrequencySketch } from './frequency-sketch.js';
 import { KeyIndex } from './key-index.js';
 import { primaryKeyPrefix, urlKeyPrefix } from './keys.js';
 import { RemovalLog } from './removal-log.js';
@@ -27,13 +29,16 @@ import { RemovalLog } from './removal-log.js';
 export const ENTRY_OBJECT_BYTES = 700;
 
 /** What an entry costs the memory tier: its body, its key, its header text and the objects around them. */
-export function entryCost(key: string, meta: EntryMeta, body: Buffer): number {
+export function entryCost(key: string, meta: EntryMeta, bodyLength: number): number {
   let text = key.length;
   const headers = (meta.http as { headers?: unknown } | undefined)?.headers;
   if (Array.isArray(headers)) for (const field of headers) if (typeof field === 'string') text += field.length;
   for (const tag of meta.tags) text += tag.length;
-  return body.length + text + ENTRY_OBJECT_BYTES;
+  return bodyLength + text + ENTRY_OBJECT_BYTES;
 }
+
+/** Memory a byte bound of `maxBytes` is expected to hold entries for: the sketch's size (entries of 1 KiB and more). */
+const KEYS_PER_BYTE = 1 / 2048;
 const SWEEP_INTERVAL_MS = 30_000;
 
 export interface MemoryStoreOptions {
@@ -41,6 +46,12 @@ export interface MemoryStoreOptions {
   maxBytes: number;
   /** Largest body kept; larger writes are skipped (counted). Defaults to maxBytes / 8. */
   maxEntryBytes?: number;
+  /**
+   * TinyLFU admission (Caffeine, Ristretto): a new entry goes in only if it was asked for more
+   * often lately than each entry it would evict (`admits`). For a tier over a disk that keeps
+   * everything: a one-hit wonder then stays on disk instead of pushing hot entries out of memory.
+   */
+  admission?: boolean;
   /** Clock, for tests. */
   now?: () => number;
 }
@@ -85,8 +96,7 @@ export class MemoryEntry implements CachedEntry {
   ) {}
 
   openBody(range?: { start: number; end: number }): Readable {
-    const bytes = range ? this.body.subarray(range.start, range.end + 1) : this.body;
-    return Readable.from(bytes.length > 0 ? [bytes] : [], { objectMode: false });
+    return bufferBody(this.body, range);
   }
 }
 
@@ -96,6 +106,10 @@ export class MemoryStore implements CacheStore {
   skippedTooLarge = 0;
   /** Entries dropped to stay within maxBytes. */
   evictions = 0;
+  /** New entries `admits` turned away: less asked for than what they would have evicted. */
+  admissionsRefused = 0;
+  /** Lookups per key lately, when admission is on. */
+  private readonly sketch: FrequencySketch | undefined;
   private readonly lru: LRUCache<string, MemoryEntry>;
   /** urlKeyPrefix(url) -> entry keys, for purge by URL and by prefix. */
   private readonly byUrl = new KeyIndex();
@@ -111,7 +125,7 @@ export class MemoryStore implements CacheStore {
     this.maxEntryBytes = Math.min(options.maxEntryBytes ?? Math.floor(options.maxBytes / 8), options.maxBytes);
     this.lru = new LRUCache<string, MemoryEntry>({
       maxSize: options.maxBytes,
-      sizeCalculation: (entry) => entryCost(entry.key, entry.meta, entry.body),
+      sizeCalculation: (entry) => entryCost(entry.key, entry.meta, entry.body.length),
       dispose: (entry, key, reason) => {
         // 'set' with the same key re-indexes in insert(); only unlink on real removal.
         if (reason !== 'set') this.unindex(key, entry.meta);
@@ -120,9 +134,12 @@ export class MemoryStore implements CacheStore {
     });
     this.sweepTimer = setInterval(() => this.sweepExpired(), SWEEP_INTERVAL_MS);
     this.sweepTimer.unref();
+    if (options.admission) this.sketch = new FrequencySketch(Math.ceil(options.maxBytes * KEYS_PER_BYTE));
   }
 
+  /** The entry for `key`, if held and not past deleteAt; with admission on, the lookup is counted. */
   get(key: string): MemoryEntry | undefined {
+    this.sketch?.increment(key);
     const entry = this.lru.get(key);
     if (entry === undefined) return undefined;
     if (entry.meta.deleteAt <= this.now()) {
@@ -130,6 +147,30 @@ export class MemoryStore implements CacheStore {
       return undefined;
     }
     return entry;
+  }
+
+  /**
+   * Whether a new entry for `key` of `size` body bytes is worth its place (TinyLFU): always while
+   * it fits, or when it replaces the key's entry (an old version is never kept); else only if
+   * asked for more often lately than every entry it would evict, least recently used first. Ties
+   * go to what is held. The caller (a tier over disk) skips memory when refused.
+   */
+  admits(key: string, meta: EntryMeta, size: number): boolean {
+    const sketch = this.sketch;
+    if (sketch === undefined || this.lru.has(key)) return true;
+    let excess = this.lru.calculatedSize + entryCost(key, meta, size) - this.lru.maxSize;
+    if (excess <= 0) return true;
+    const frequency = sketch.frequency(key);
+    for (const victim of this.lru.rkeys()) {
+      if (sketch.frequency(victim) >= frequency) {
+        this.admissionsRefused++;
+        return false;
+      }
+      const entry = this.lru.peek(victim)!;
+      excess -= entryCost(victim, entry.meta, entry.body.length);
+      if (excess <= 0) break;
+    }
+    return true;
   }
 
   /** Stores a complete body at once (used by the tiered store to promote disk hits). */

@@ -9,5 +9,6 @@ export function openStore(config: Readonly<Config>): Promise<CacheStore> {
     memoryBytes: config.memorySize,
     diskBytes: config.diskSize,
     memoryMaxEntryBytes: config.memoryMaxObjectSize,
+    memoryAdmission: config.memoryAdmission === 'tinylfu',
   });
 }

@@ -108,6 +108,8 @@ export interface DiskReport extends DiskHealthReport {
   skippedDegraded: number;
   /** Writes that skipped memory (to disk only) while memory writes in flight held their bound. */
   memorySkippedBusy: number;
+  /** Fills and promotions the memory tier's admission turned away (they stay on disk). */
+  memoryAdmissionsRefused: number;
   /** Body bytes memory writes in flight hold. */
   memoryPendingBytes: number;
   writeErrors: number;
@@ -203,6 +205,7 @@ export class TieredStore implements CacheStore {
       skippedBehind: this.counters.diskSkippedBehind,
       skippedDegraded: this.counters.diskSkippedDegraded,
       memorySkippedBusy: this.counters.memorySkippedBusy,
+      memoryAdmissionsRefused: this.memory.admissionsRefused,
       memoryPendingBytes: this.pendingMemoryBytes,
       writeErrors: this.counters.diskWriteErrors,
       owed: this.owed.size,
@@ -471,6 +474,12 @@ export class TieredStore implements CacheStore {
             // An older disk version must not come back once memory evicts the new one: owed (hidden
             // from disk reads at once), deleted when the disk takes writes again.
             this.outdate(key);
+          }
+          // Refused by admission (memory is full of entries asked for more often): disk has it, and
+          // memory has no old version (a replacement is always admitted).
+          if (memWriter !== undefined && diskError === undefined && !this.memory.admits(key, meta, length)) {
+            dropMemory();
+            return;
           }
           let inMemory = false;
           if (memWriter !== undefined) {
@@ -767,18 +776,24 @@ export class TieredStore implements CacheStore {
     return entry;
   }
 
-  /** Copies a disk entry into memory without delaying the caller, who already has the disk entry. */
+  /**
+   * Copies a disk entry into memory without delaying the caller, who already has the disk entry:
+   * at once when the entry holds its body (read with its meta), else by reading it in the background.
+   */
   private promote(key: string, entry: CachedEntry): void {
     if (this.closed || this.promotions.has(key) || this.busyKeys.has(key) || this.purgesRunning > 0) return;
+    // Asked first, so a body read is not spent on an entry memory will not take.
+    if (!this.memory.admits(key, entry.meta, entry.meta.size)) return;
+    if (entry.body !== undefined) {
+      this.insertPromoted(key, entry.meta, entry.body);
+      return;
+    }
     const promotion: Promotion = { valid: true, stream: undefined, done: Promise.resolve() };
     promotion.done = (async () => {
       try {
-        const body = entry.body ?? (await this.readBody(entry, promotion));
-        if (promotion.valid && body !== undefined && this.memory.insert(key, entry.meta, body)) {
-          this.counters.promotions++;
-        } else {
-          this.counters.promotionsDropped++;
-        }
+        const body = await this.readBody(entry, promotion);
+        if (promotion.valid && body !== undefined) this.insertPromoted(key, entry.meta, body);
+        else this.counters.promotionsDropped++;
       } catch {
         // A corrupt or vanished body: the disk store already dropped it; serving is unaffected.
         this.counters.promotionsDropped++;
@@ -787,6 +802,11 @@ export class TieredStore implements CacheStore {
       }
     })();
     this.promotions.set(key, promotion);
+  }
+
+  private insertPromoted(key: string, meta: EntryMeta, body: Buffer): void {
+    if (this.memory.insert(key, meta, body)) this.counters.promotions++;
+    else this.counters.promotionsDropped++;
   }
 
   private async readBody(entry: CachedEntry, promotion: Promotion): Promise<Buffer | undefined> {
@@ -866,6 +886,8 @@ export interface OpenTieredStoreOptions {
   memoryBytes: number;
   diskBytes: number;
   memoryMaxEntryBytes?: number;
+  /** TinyLFU admission to the memory tier (MemoryStore `admission`). */
+  memoryAdmission?: boolean;
   diskKeys?: (key: string) => boolean;
   /** Clock shared by both tiers, for tests. */
   now?: () => number;
@@ -888,6 +910,7 @@ export async function openTieredStore(options: OpenTieredStoreOptions): Promise<
   const memory = new MemoryStore({
     maxBytes: options.memoryBytes,
     ...(options.memoryMaxEntryBytes !== undefined ? { maxEntryBytes: options.memoryMaxEntryBytes } : {}),
+    admission: options.memoryAdmission ?? false,
     ...(options.now ? { now: options.now } : {}),
   });
   let disk: LevelStore;

@@ -16,6 +16,7 @@ function report(overrides: Partial<DiskReport>): DiskReport {
     skippedBehind: 0,
     skippedDegraded: 0,
     memorySkippedBusy: 0,
+    memoryAdmissionsRefused: 0,
     memoryPendingBytes: 0,
     writeErrors: 0,
     owed: 0,
@@ -28,7 +29,7 @@ const snapshot = (disk: DiskReport | undefined): NodeSnapshot => ({ disk }) as u
 test('two workers, one degraded: the sums, the degraded count, its start and error; readiness names one of two', (t) => {
   const since = Date.UTC(2026, 11, 7, 1, 0, 0);
   const snapshots = [
-    snapshot(report({ skippedBehind: 3, pendingBytes: 100, memorySkippedBusy: 1, degradedMs: 1500 })),
+    snapshot(report({ skippedBehind: 3, pendingBytes: 100, memorySkippedBusy: 1, memoryAdmissionsRefused: 5, degradedMs: 1500 })),
     snapshot(report({ state: 'degraded', since, lastError: 'ENOSPC', skippedDegraded: 7, pendingBytes: 50, degradedEntered: 2, degradedMs: 2500 })),
     // The primary, which has no disk tier.
     snapshot(undefined),
@@ -41,6 +42,7 @@ test('two workers, one degraded: the sums, the degraded count, its start and err
     skippedBehind: 3,
     skippedDegraded: 7,
     memorySkippedBusy: 1,
+    memoryAdmissionsRefused: 5,
     pendingBytes: 150,
     degradedEntered: 2,
     degradedSeconds: 4,

@@ -57,7 +57,8 @@ test('round-trips 0 B, 1 KiB and 5 MiB bodies byte-exact, across a reopen', asyn
     for (const [key, bytes] of bodies) {
       const entry = await store.get(key);
       t.is(entry?.key, key, round);
-      t.is(entry?.body, undefined);
+      // A one-chunk body comes with its meta, in the same read; a longer one is streamed.
+      t.is(entry?.body?.equals(bytes), key === 'small' ? true : undefined);
       t.is(entry?.meta.size, bytes.length);
       t.deepEqual(entry?.meta.tags, [key]);
       t.deepEqual(entry?.meta.http, { status: 200, h: ['a'] });
@@ -71,8 +72,9 @@ test('round-trips 0 B, 1 KiB and 5 MiB bodies byte-exact, across a reopen', asyn
     t.deepEqual(store.stats(), { entries: 4, bytes: expectedBytes });
   }
   await store.close();
-  // 5 MiB in 64 KiB chunks.
-  t.is((await rawKeys(dir, 'o1/b/')).length, 1 + 80 + 1);
+  // 5 MiB in 64 KiB chunks; the 1 KiB and 3 B bodies in their body rows.
+  t.is((await rawKeys(dir, 'o1/b/')).length, 80);
+  t.is((await rawKeys(dir, 'o1/f/')).length, 2);
 });
 
 test('a streamed write is invisible until commit and replaces the old entry atomically', async (t) => {
@@ -353,13 +355,39 @@ test('corrupt chunks, missing chunks and corrupt meta are never served and are c
   t.deepEqual(await rawKeys(dir, 'o1/b/'), [], 'no chunks left behind');
 });
 
-test('a body read in one chunk (a one-chunk body, or a range inside one chunk) is checked as a streamed one: a bad or missing chunk is never served', async (t) => {
+test('a one-chunk body is read with its meta and checked: a bad, missing or other generation\'s body row is never served, and the entry is dropped', async (t) => {
   const dir = tempDir(t);
   const small = body(700);
+  let store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
+  for (const key of ['small-flipped', 'small-lost', 'small-swapped', 'small-good']) await putEntry(store, key, meta(small.length), small);
+  await store.close();
+  await withRaw(dir, async (db) => {
+    const row = (key: string) => Buffer.from(`o1/f/${key}`);
+    const value = Buffer.from((await db.get(row('small-flipped')))!);
+    value[100]! ^= 1;
+    await db.put(row('small-flipped'), value);
+    await db.del(row('small-lost'));
+    // The same bytes with a valid checksum, but of another entry's generation.
+    await db.put(row('small-swapped'), (await db.get(row('small-good')))!);
+  });
+  store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
+  t.teardown(() => store.close());
+  const good = await store.get('small-good');
+  t.true(good?.body?.equals(small), 'the body comes with the meta');
+  t.true((await read(good, { start: 10, end: 19 })).equals(small.subarray(10, 20)));
+  for (const key of ['small-flipped', 'small-lost', 'small-swapped']) t.is(await store.get(key), undefined, `${key} is a miss`);
+  t.is(store.counters.corruptDropped, 3);
+  t.deepEqual(store.stats(), { entries: 1, bytes: small.length + ENTRY_OVERHEAD_BYTES }, 'dropped, and counted out');
+  await store.close();
+  t.deepEqual((await rawKeys(dir, 'o1/m/')).map(String), ['o1/m/small-good']);
+  t.deepEqual((await rawKeys(dir, 'o1/f/')).map(String), ['o1/f/small-good'], 'no body row left of the dropped');
+});
+
+test('a range read inside one chunk of a longer body is checked as a streamed one: a bad or missing chunk is never served', async (t) => {
+  const dir = tempDir(t);
   const large = body(5000);
   let store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
-  for (const key of ['small-flipped', 'small-lost', 'small-good']) await putEntry(store, key, meta(small.length), small);
-  await putEntry(store, 'large-lost', meta(large.length), large);
+  for (const key of ['large-lost', 'large-flipped']) await putEntry(store, key, meta(large.length), large);
   await store.close();
   await withRaw(dir, async (db) => {
     const chunk = async (key: string, index: number) => {
@@ -367,26 +395,22 @@ test('a body read in one chunk (a one-chunk body, or a range inside one chunk) i
       at.writeUInt32BE(index);
       return Buffer.concat([Buffer.from('o1/b/'), (await db.get(Buffer.from(`o1/m/${key}`)))!.subarray(4, 20), at]);
     };
-    const flipped = await chunk('small-flipped', 0);
+    const flipped = await chunk('large-flipped', 3);
     const value = Buffer.from((await db.get(flipped))!);
     value[100]! ^= 1;
     await db.put(flipped, value);
-    await db.del(await chunk('small-lost', 0));
     await db.del(await chunk('large-lost', 2));
   });
   store = await LevelStore.open({ location: dir, maxBytes: 1 << 30, chunkBytes: 1000 });
   t.teardown(() => store.close());
-  t.true((await read(await store.get('small-good'))).equals(small));
-  t.true((await read(await store.get('small-good'), { start: 10, end: 19 })).equals(small.subarray(10, 20)));
-  for (const key of ['small-flipped', 'small-lost']) {
-    await t.throwsAsync(read(await store.get(key)), { code: 'CORRUPT_ENTRY' }, key);
-    t.is(await store.get(key), undefined, `${key} is dropped`);
+  for (const [key, index] of [['large-lost', 2], ['large-flipped', 3]] as const) {
+    const entry = await store.get(key);
+    t.is(entry?.body, undefined, 'a longer body is streamed');
+    t.true((await read(entry, { start: 1000, end: 1999 })).equals(large.subarray(1000, 2000)), 'a range in an intact chunk is served');
+    await t.throwsAsync(read(entry, { start: index * 1000 + 100, end: index * 1000 + 200 }), { code: 'CORRUPT_ENTRY' }, 'a range in the bad chunk is not');
+    t.is(await store.get(key), undefined);
   }
-  const lost = await store.get('large-lost');
-  t.true((await read(lost, { start: 1000, end: 1999 })).equals(large.subarray(1000, 2000)), 'a range in an intact chunk is served');
-  await t.throwsAsync(read(lost, { start: 2100, end: 2200 }), { code: 'CORRUPT_ENTRY' }, 'a range in the lost chunk is not');
-  t.is(await store.get('large-lost'), undefined);
-  t.is(store.counters.corruptDropped, 3);
+  t.is(store.counters.corruptDropped, 2);
 });
 
 test('a folder held by another handle rejects with STORE_LOCKED naming the folder', async (t) => {
@@ -489,10 +513,14 @@ test('a body stream keeps reading its generation when the entry is replaced mid-
   t.true(Buffer.concat(parts).equals(first), 'the old body, whole, from the snapshot');
   t.true((await read(await store.get('k'))).equals(body(300, 2)));
 
-  // Removed before the stream started: an error, but not corruption.
+  // Removed before the stream started: an error, but not corruption. (A one-chunk body was read
+  // with its meta and is served whole.)
+  const held = await store.get('k');
+  await putEntry(store, 'k', meta(first.length), first);
   const entry = await store.get('k');
   t.true(await store.delete('k'));
   await t.throwsAsync(read(entry), { code: 'ENTRY_GONE' });
+  t.true((await read(held)).equals(body(300, 2)));
   t.is(store.counters.corruptDropped, 0);
 });
 

@@ -12,7 +12,7 @@ import {
 } from '../../storage/cache-store.js';
 import { entryKey } from '../../storage/keys.js';
 import { LevelStore, TOUCH_INTERVAL_MS } from '../../storage/level-store.js';
-import { MemoryStore } from '../../storage/memory-store.js';
+import { MemoryStore, entryCost } from '../../storage/memory-store.js';
 import { TieredStore, openTieredStore } from '../../storage/tiered-store.js';
 import { bodyOf, meta, readAll, runStoreContract } from './contract.js';
 import { tempDir } from '../helpers/temp-dir.js';
@@ -57,7 +57,8 @@ class CountingStore implements CacheStore {
         key: entry.key,
         meta: entry.meta,
         body: entry.body,
-        openBody(range) {
+        openBody: (range) => {
+          this.count('openBody');
           const gateNow = held();
           if (!gateNow) return entry.openBody(range);
           const out = new PassThrough();
@@ -124,11 +125,15 @@ class CountingStore implements CacheStore {
 
 async function counted(
   t: ExecutionContext,
-  options: { memoryBytes?: number; memoryMaxEntryBytes?: number; diskBytes?: number } = {},
+  options: { memoryBytes?: number; memoryMaxEntryBytes?: number; diskBytes?: number; admission?: boolean } = {},
 ) {
   const level = await LevelStore.open({ location: tempDir(t), maxBytes: options.diskBytes ?? 64 * 1024 * 1024 });
   const disk = new CountingStore(level);
-  const memory = new MemoryStore({ maxBytes: options.memoryBytes ?? 16 * 1024 * 1024 });
+  const memory = new MemoryStore({
+    maxBytes: options.memoryBytes ?? 16 * 1024 * 1024,
+    ...(options.memoryMaxEntryBytes !== undefined ? { maxEntryBytes: options.memoryMaxEntryBytes } : {}),
+    admission: options.admission ?? false,
+  });
   const store = new TieredStore({
     memory,
     disk,
@@ -154,38 +159,43 @@ test('tiered: a memory hit is synchronous and touches no disk', async (t) => {
   t.is(store.counters.diskHits, 0);
 });
 
-test('tiered: a disk hit is served, then promoted to memory', async (t) => {
-  const { store, memory, disk, level } = await counted(t);
-  const body = bodyOf(50_000, 3);
-  await putEntry(level, key('cold'), meta(body.length, { tags: ['c'] }), body); // disk only
-  t.is(memory.get(key('cold')), undefined);
+for (const [name, size, reads] of [['a one-chunk body, read with its meta: promoted at once', 50_000, 0], ['a longer body, read in the background', 200_000, 1]] as const) {
+  test(`tiered: a disk hit is served, then promoted to memory: ${name}`, async (t) => {
+    const { store, memory, disk, level } = await counted(t);
+    const body = bodyOf(size, 3);
+    await putEntry(level, key('cold'), meta(body.length, { tags: ['c'] }), body); // disk only
+    t.is(memory.get(key('cold')), undefined);
 
-  const pending = store.get(key('cold'));
-  t.true(pending instanceof Promise, 'a disk lookup is a promise');
-  const entry = await pending;
-  if (!entry) return t.fail('disk entry missing');
-  t.true((await readAll(entry.openBody())).equals(body));
-  t.is(store.counters.diskHits, 1);
-  await store.promotionsIdle();
-  t.is(store.counters.promotions, 1);
+    const pending = store.get(key('cold'));
+    t.true(pending instanceof Promise, 'a disk lookup is a promise');
+    const entry = await pending;
+    if (!entry) return t.fail('disk entry missing');
+    t.true((await readAll(entry.openBody())).equals(body));
+    t.is(store.counters.diskHits, 1);
+    t.is(entry.body !== undefined, reads === 0, 'a one-chunk body comes with the entry');
+    if (reads === 0) t.is(store.counters.promotions, 1, 'promoted at once');
+    await store.promotionsIdle();
+    t.is(store.counters.promotions, 1);
+    t.is(disk.calls.openBody, 1 + reads, 'the body is read for the promotion only when it did not come with the entry');
 
-  const diskGets = disk.calls.get;
-  const hit = store.get(key('cold'));
-  t.false((hit as unknown) instanceof Promise);
-  t.true((hit as { body?: Buffer }).body?.equals(body));
-  t.deepEqual((hit as { meta: EntryMeta }).meta.tags, ['c']);
-  t.is(disk.calls.get, diskGets, 'second read served from memory');
-  t.is(store.counters.memoryHits, 1);
-  t.is(store.memoryStats().entries, 1);
+    const diskGets = disk.calls.get;
+    const hit = store.get(key('cold'));
+    t.false((hit as unknown) instanceof Promise);
+    t.true((hit as { body?: Buffer }).body?.equals(body));
+    t.deepEqual((hit as { meta: EntryMeta }).meta.tags, ['c']);
+    t.is(disk.calls.get, diskGets, 'second read served from memory');
+    t.is(store.counters.memoryHits, 1);
+    t.is(store.memoryStats().entries, 1);
 
-  t.is(await store.get(key('absent')), undefined);
-  t.is(store.counters.misses, 1);
-});
+    t.is(await store.get(key('absent')), undefined);
+    t.is(store.counters.misses, 1);
+  });
+}
 
 test('tiered: a promotion overtaken by a mutation does not bring back old data', async (t) => {
   const { store, memory, disk, level } = await counted(t);
   const names = ['deleted', 'updated', 'soft-purged', 'purged'];
-  for (const name of names) await putEntry(level, key(name), meta(30_000, { tags: [name] }), bodyOf(30_000));
+  for (const name of names) await putEntry(level, key(name), meta(100_000, { tags: [name] }), bodyOf(100_000));
   /** Looks the keys up (starting promotions), runs `mutate` while their body reads are held, then lets them finish. */
   const overtake = async (keys: string[], mutate: () => Promise<void>) => {
     const bodies = gate();
@@ -198,7 +208,7 @@ test('tiered: a promotion overtaken by a mutation does not bring back old data',
   };
   await overtake(['deleted', 'updated'], async () => {
     t.true(await store.delete(key('deleted')));
-    t.true(await store.updateMeta(key('updated'), meta(30_000, { tags: ['updated'], http: { version: 2 } })));
+    t.true(await store.updateMeta(key('updated'), meta(100_000, { tags: ['updated'], http: { version: 2 } })));
   });
   const softAt = Date.now();
   await overtake(['soft-purged', 'purged'], async () => {
@@ -422,4 +432,44 @@ test('tiered: keys outside diskKeys live in memory only and are never read from 
   t.is(store.get(theirs), undefined, 'a memory miss for a key outside diskKeys is a miss, synchronously, whatever the disk holds');
   t.true(await store.updateMeta(mine, meta(body.length, { staleAt: 1 })));
   t.is((await level.get(mine))?.meta.staleAt, 1);
+});
+
+test('tiered: with TinyLFU admission, a one-time fill or disk hit does not push hot entries out of memory; it is served from disk', async (t) => {
+  const body = bodyOf(10_000);
+  const cost = entryCost(key('h0'), meta(body.length), body.length);
+  const { store, memory, disk, level } = await counted(t, { memoryBytes: 4 * cost, memoryMaxEntryBytes: cost, admission: true });
+  const hot = ['h0', 'h1', 'h2', 'h3'];
+  for (const name of hot) await putEntry(store, key(name), meta(body.length), body);
+  for (let round = 0; round < 3; round++) for (const name of hot) t.truthy(store.get(key(name)));
+  // A fill of a key asked for once: the disk takes it, memory does not.
+  t.is(await store.get(key('once')), undefined);
+  await putEntry(store, key('once'), meta(body.length), body);
+  t.deepEqual(memory.keys().sort(), hot.map((name) => key(name)).sort(), 'the hot entries stay in memory');
+  t.is(memory.admissionsRefused, 1);
+  t.is(store.diskReport().memoryAdmissionsRefused, 1);
+  const fromDisk = await store.get(key('once'));
+  t.true((await readAll(fromDisk!.openBody())).equals(body), 'served from disk');
+  t.is(memory.get(key('once')), undefined, 'its disk hit is not promoted either: asked for twice, as often as the hot ones were before');
+  // Asked for often enough, it is promoted at its next disk hit.
+  for (let n = 0; n < 4; n++) store.get(key('once'));
+  await store.get(key('once'));
+  await store.promotionsIdle();
+  t.truthy(memory.get(key('once')), 'promoted once asked for more often than the entry it evicts');
+  t.true(disk.calls.get! >= 2);
+  void level;
+});
+
+test('tiered: admission never refuses a write that memory must keep: a replacement of a memory entry, or a fill the disk failed to take', async (t) => {
+  const body = bodyOf(10_000);
+  const cost = entryCost(key('h0'), meta(body.length), body.length);
+  const { store, memory, disk } = await counted(t, { memoryBytes: 2 * cost, memoryMaxEntryBytes: cost, admission: true });
+  for (const name of ['h0', 'h1']) await putEntry(store, key(name), meta(body.length), body);
+  for (let round = 0; round < 3; round++) for (const name of ['h0', 'h1']) store.get(key(name));
+  const newer = bodyOf(10_000, 9);
+  await putEntry(store, key('h0'), meta(newer.length), newer);
+  t.true(memory.get(key('h0'))?.body.equals(newer), 'the new version replaces the old in memory');
+  disk.failCommits = true;
+  await putEntry(store, key('lost-on-disk'), meta(body.length), body);
+  t.truthy(memory.get(key('lost-on-disk')), 'memory holds the only copy');
+  t.is(memory.admissionsRefused, 0);
 });
